@@ -1,0 +1,49 @@
+# Two commands set everything up: `make demo` and `make test` (see README.md).
+# Both create .venv from requirements*.txt and node_modules from package-lock.json when missing.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+VENV_STAMP := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+
+.PHONY: demo test lint unit bench system-deps clean
+
+$(VENV_STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# iptables proves the metadata firewall inside a network namespace; only root can install it,
+# and the tests print why they skip where it cannot be had.
+system-deps:
+	@if ! command -v iptables >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing iptables (firewall tests)"; \
+		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables >/dev/null; \
+	fi
+
+demo: $(VENV_STAMP) $(NODE_STAMP)
+	$(BIN)/python -m condor_annex.demo
+
+lint: $(VENV_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy condor_annex stacks lambda app.py
+
+test: $(VENV_STAMP) $(NODE_STAMP) system-deps lint
+	$(BIN)/pytest -n 2 --dist loadgroup
+
+unit: $(VENV_STAMP)
+	$(BIN)/pytest tests/unit
+
+bench: $(VENV_STAMP) $(NODE_STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) node_modules cdk.out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+"""condor_annex: burst an HTCondor pool into AWS."""
+
+__version__ = "0.1.0"
