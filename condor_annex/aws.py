@@ -33,4 +33,4 @@ def make_session(region: Optional[str] = None, profile: Optional[str] = None) ->
 
 def make_client(session: boto3.Session, service: str, **config_overrides: Any) -> Any:
     """A client for `service` with the shared retry and user-agent settings."""
-    return session.client(service, config=client_config(**config_overrides))  # type: ignore[call-overload]
+    return session.client(service, config=client_config(**config_overrides))

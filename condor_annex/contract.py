@@ -163,7 +163,7 @@ def annex_name_from_config_key(key: str) -> str:
 
 TARBALL_CONFIG_FILE = "50-annex.config"
 """The annex's HTCondor configuration inside the tarball (unpacked into config.d)."""
-TARBALL_TOKEN_DIR = "tokens.d"
+TARBALL_TOKEN_DIR = "tokens.d"  # noqa: S105 - a directory name, not a secret
 """Token directory inside the tarball; HTCondor skips subdirectories of LOCAL_CONFIG_DIR."""
 TARBALL_TOKEN_FILE = f"{TARBALL_TOKEN_DIR}/annex.token"
 INSTANCE_MACROS_FILE = "00-annex-instance.config"
@@ -202,7 +202,9 @@ CLIENT_TOKEN_MAX_LENGTH = 64
 _GUID_LENGTH = 36
 ANNEX_NAME_MAX_LENGTH = CLIENT_TOKEN_MAX_LENGTH - 1 - _GUID_LENGTH
 _ANNEX_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*[A-Za-z0-9]$|^[A-Za-z]$")
-_GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_GUID_RE = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
 
 
 class InvalidAnnexName(ValueError):
@@ -252,12 +254,12 @@ def annex_name_from_client_token(token: str) -> Optional[str]:
 
 
 def token_belongs_to(token: Optional[str], annex_name: str) -> bool:
-    """True when `token` was made for exactly `annex_name` (`big` does not own `big_data_<GUID>`)."""
+    """True when `token` was made for `annex_name`: `big` does not own `big_data_<GUID>`."""
     return token is not None and annex_name_from_client_token(token) == annex_name
 
 
 def client_token_filter_value(annex_name: str) -> str:
-    """Server-side filter value for `client-token`; callers still confirm with `token_belongs_to`."""
+    """Server-side `client-token` filter value; callers still confirm with `token_belongs_to`."""
     validate_annex_name(annex_name)
     return f"{annex_name}_*"
 

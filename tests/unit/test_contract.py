@@ -60,8 +60,21 @@ def test_longest_valid_name_fills_a_client_token_exactly() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["", " ", "has space", "semi;colon", "$(reboot)", "naïve", "___", "9lives", "trailing_", "dot.ted",
-     "slash/name", "quote\"d", "new\nline"],
+    [
+        "",
+        " ",
+        "has space",
+        "semi;colon",
+        "$(reboot)",
+        "naïve",
+        "___",
+        "9lives",
+        "trailing_",
+        "dot.ted",
+        "slash/name",
+        'quote"d',
+        "new\nline",
+    ],
 )
 def test_names_aws_or_htcondor_would_refuse_are_rejected(bad: str) -> None:
     with pytest.raises(contract.InvalidAnnexName):
@@ -98,7 +111,9 @@ def test_config_key_fills_the_pattern_and_matches_it() -> None:
         ("*", None),
     ],
 )
-def test_bucket_is_found_only_from_the_exact_config_pattern(resource: str, bucket: str | None) -> None:
+def test_bucket_is_found_only_from_the_exact_config_pattern(
+    resource: str, bucket: str | None
+) -> None:
     assert contract.bucket_from_policy_resource(resource) == bucket
 
 
