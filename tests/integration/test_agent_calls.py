@@ -1,0 +1,84 @@
+"""AWS calls the agent spends per path, counted with a botocore `before-call` hook (SPEC §5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from condor_annex.agent.main import Options, run
+from condor_annex.agent.root import Root
+from tests.integration import test_agent_world as _world_fixtures
+from tests.integration.test_agent_world import AnnexWorld
+
+# The fixture shared by the agent integration modules.
+world = _world_fixtures.world
+
+
+def _run_counting(world: AnnexWorld, monkeypatch: pytest.MonkeyPatch) -> tuple[int, list[str]]:
+    for name in list(__import__("os").environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    for name, value in world.env().items():
+        if name.startswith("AWS_"):
+            monkeypatch.setenv(name, value)
+    calls: list[str] = []
+
+    def hook(session: Any) -> None:
+        def count(model: Any, **_: Any) -> None:
+            calls.append(f"{model.service_model.service_name}:{model.name}")
+
+        session.events.register("before-call", count)
+
+    options = Options(root=Root(world.root), firewall=False, poweroff_command=None)
+    return run(options, session_hook=hook), calls
+
+
+def test_on_demand_path_spends_at_most_three_aws_calls(
+    world: AnnexWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.setup()
+    world.upload("counted")
+    world.launch_on_demand("counted")
+    code, calls = _run_counting(world, monkeypatch)
+    assert code == 0
+    assert calls == ["ec2:DescribeInstances", "iam:GetRolePolicy", "s3:GetObject"]
+
+
+def test_fallback_path_calls_are_bounded_by_the_role_policies(
+    world: AnnexWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.setup(inline=False)
+    world.upload("scan")
+    world.launch_on_demand("scan")
+    code, calls = _run_counting(world, monkeypatch)
+    assert code == 0
+    assert calls == [
+        "ec2:DescribeInstances",
+        "iam:GetRolePolicy",
+        "iam:GetInstanceProfile",
+        "iam:ListRolePolicies",
+        "iam:GetRolePolicy",
+        "iam:ListAttachedRolePolicies",
+        "iam:GetPolicy",
+        "iam:GetPolicyVersion",
+        "s3:GetObject",
+    ]
+
+
+def test_spot_fleet_with_metadata_tags_adds_only_the_fleet_lookup(
+    world: AnnexWorld, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    world.aws.set_fleet_tag_delay(3.0)
+    world.setup()
+    world.upload("spotcount")
+    world.launch_spot_fleet("spotcount", tags_in_metadata=True)
+    code, calls = _run_counting(world, monkeypatch)
+    assert code == 0
+    assert calls == [
+        "ec2:DescribeInstances",
+        "ec2:DescribeSpotFleetRequests",
+        "iam:GetRolePolicy",
+        "s3:GetObject",
+    ]
