@@ -357,3 +357,30 @@ class LeaseRecord:
 
 ANNEX_TOKEN_AUTHZ: tuple[str, ...] = ("READ", "ADVERTISE_STARTD", "ADVERTISE_MASTER")
 """What an execute node needs from the pool; nothing that writes."""
+
+
+# --- Setup stack internals shared with the Lambda code (added with the setup stacks) ------------
+
+LAMBDA_ENV_CONFIG_BUCKET = "ANNEX_CONFIG_BUCKET"
+"""Environment variable naming the config bucket in the sweep function."""
+
+# --- Spot Fleet launch templates (added by the CLI helper) --------------------------------------
+
+LAUNCH_TEMPLATE_NAME_PREFIX = "condor-annex-"
+"""Spot Fleet launch specifications cannot require IMDSv2; each Spot Fleet annex launches from
+its own launch template (which can), named by `launch_template_name`."""
+
+
+def launch_template_name(annex_name: str) -> str:
+    """The per-annex launch template of a Spot Fleet annex (3-128 chars of [A-Za-z0-9_-])."""
+    validate_annex_name(annex_name)
+    return f"{LAUNCH_TEMPLATE_NAME_PREFIX}{annex_name}"
+
+# --- Annex ClassAd attributes and job opt-in (added by the tokens/tarball/setup helper) ---------
+
+ANNEX_LEASE_EXPIRY_ATTRIBUTE = "AnnexLeaseExpiresAt"
+"""Startd/master attribute: the lease expiry (Unix seconds) the annex was launched with."""
+JOB_TARGET_ANNEX_ATTRIBUTE = "TargetAnnexName"
+"""Job attribute (`+TargetAnnexName = "NAME"`) that asks for one annex by name."""
+JOB_MAY_USE_AWS_ATTRIBUTE = "MayUseAWS"
+"""Job attribute (`+MayUseAWS = True`) that lets a job run on any of its owner's annexes."""

@@ -1,0 +1,748 @@
+"""`-setup`, `-check-setup`, `-destroy-setup`: the setup stack and the user config that names it.
+
+`run_setup` deploys the CDK app (`app.py`) with the pinned CDK CLI from the project's
+`node_modules`, bootstrapping the account/region first when the CDK bootstrap stack is missing,
+and writes every stack output into the user's HTCondor config as its `ANNEX_DEFAULT_*` macro.
+`check_setup` compares AWS with that config and reports each problem with the command that
+fixes it. `destroy_setup` refuses while any annex is alive, then empties the config bucket
+(the stack has no custom resources to do it), destroys the stack and removes the macros.
+
+Verbs never print: progress goes through a callback, results are dataclasses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Optional
+
+import boto3
+import botocore.exceptions
+
+from condor_annex import contract
+from condor_annex.aws import make_client, make_session
+from condor_annex.errors import (
+    AnnexError,
+    ConnectivityFailed,
+    CredentialsError,
+    InvalidInput,
+    SetupIncomplete,
+    SetupMissing,
+    translate_aws_error,
+)
+from condor_annex.tokens import check_private_file
+from condor_annex.user_config import (
+    condor_params,
+    read_annex_macros,
+    remove_annex_macros,
+    user_config_path,
+    write_annex_macros,
+)
+
+Progress = Callable[[str], None]
+ConnectivityProbe = Callable[[dict[str, Any]], dict[str, Any]]
+"""`{"host", "port", "timeout"}` → `{"reachable", "host", "port", "address", "error", ...}`."""
+
+BOOTSTRAP_STACK_NAME = "CDKToolkit"
+"""The CDK's default bootstrap stack (qualifier hnb659fds)."""
+# Reference compatibility: `-setup` without key files used these in ~/.condor.
+REFERENCE_SECRET_KEY_FILE = "privateKeyFile"  # noqa: S105 (a file name)
+DEFAULT_COLLECTOR_PORT = 9618
+CONNECTIVITY_TIMEOUT_SECONDS = 5.0
+CDK_TIMEOUT_SECONDS = 3600
+PROJECT_DIR_VARIABLE = "CONDOR_ANNEX_PROJECT_DIR"
+_OUTPUT_TAIL_LINES = 40
+_GOOD_STACK_STATES = frozenset({"CREATE_COMPLETE", "UPDATE_COMPLETE", "IMPORT_COMPLETE"})
+_USABLE_BOOTSTRAP_STATES = _GOOD_STACK_STATES | {"UPDATE_ROLLBACK_COMPLETE"}
+_LIVE_INSTANCE_STATES = ("pending", "running")
+
+# CDK CLI `--progress events` lines: "<stack> | 3/15 | 1:02:03 PM | CREATE_COMPLETE | AWS::S3::Bucket | Config/Bucket (ConfigBucket1234)"
+_EVENT_LINE = re.compile(
+    r"^\s*(?P<stack>\S+)\s*\|\s*(?P<done>\d+)/(?P<total>\d+)\s*\|\s*(?P<time>[^|]+)\|"
+    r"\s*(?P<status>[A-Z_]+)\s*\|\s*(?P<type>\S+)\s*\|\s*(?P<rest>.*)$"
+)
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def default_project_dir() -> Path:
+    """Where `app.py`, `cdk.json` and the pinned CDK CLI live: the source tree or installed app.
+
+    `CONDOR_ANNEX_PROJECT_DIR` names it when the package is installed apart from the app.
+    """
+    here = Path(__file__).resolve().parent.parent
+    return Path(os.environ.get(PROJECT_DIR_VARIABLE, here))
+
+
+def _project(project_dir: Optional[Path]) -> Path:
+    project = Path(project_dir) if project_dir is not None else default_project_dir()
+    if not (project / "app.py").is_file() or not (project / "cdk.json").is_file():
+        raise SetupIncomplete(
+            f"the setup app (app.py, cdk.json) is not in {project}",
+            next_step=f"run from a condor_annex checkout or set {PROJECT_DIR_VARIABLE}",
+        )
+    return project
+
+
+# --- Results ------------------------------------------------------------------------------------
+
+
+@dataclass
+class SetupResult:
+    stack_name: str
+    region: str
+    outputs: dict[str, str]
+    config_file: Path
+    changed: bool
+
+
+@dataclass(frozen=True)
+class Problem:
+    what: str
+    next_step: str
+
+
+@dataclass
+class CheckResult:
+    ok: bool
+    problems: list[Problem] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)
+    """What passed, in order (for a verbose display)."""
+
+
+# --- Running the CDK CLI ------------------------------------------------------------------------
+
+
+def cdk_command(project_dir: Path) -> list[str]:
+    """The pinned CDK CLI: `node_modules/.bin/cdk` of the project (what `npx cdk` runs)."""
+    local = project_dir / "node_modules" / ".bin" / "cdk"
+    if local.exists():
+        return [str(local)]
+    return ["npx", "--no-install", "cdk"]
+
+
+def _progress_line(line: str) -> Optional[str]:
+    """A short per-resource line for an event line of the CDK CLI, else None."""
+    match = _EVENT_LINE.match(line)
+    if match is None:
+        return None
+    rest = match.group("rest").strip()
+    return (
+        f"[{match.group('done')}/{match.group('total')}] {match.group('status')} "
+        f"{match.group('type')} {rest}"
+    ).rstrip()
+
+
+def _run_cdk(
+    args: Sequence[str],
+    *,
+    project_dir: Path,
+    env: Mapping[str, str],
+    progress: Progress,
+    action: str,
+    cwd: Optional[Path] = None,
+) -> list[str]:
+    """Run the CDK CLI, streaming its resource events to `progress`; all output lines back."""
+    command = [*cdk_command(project_dir), *args]
+    lines: list[str] = []
+    try:
+        process = subprocess.Popen(
+            command,
+            cwd=cwd or project_dir,
+            env=dict(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+        )
+    except FileNotFoundError:
+        raise SetupIncomplete(
+            f"cannot {action}: the CDK CLI is not installed in {project_dir}",
+            next_step=f"run `npm ci` in {project_dir}",
+        ) from None
+    assert process.stdout is not None
+    for raw in process.stdout:
+        line = _ANSI.sub("", raw.rstrip("\n"))
+        lines.append(line)
+        event = _progress_line(line)
+        if event is not None:
+            progress(event)
+        elif line.startswith(("✅", "❌", " ⏳", "⏳", "✨")) or "bootstrapping" in line.lower():
+            progress(line.strip())
+    code = process.wait(timeout=CDK_TIMEOUT_SECONDS)
+    if code != 0:
+        raise _cdk_failure(action, code, lines)
+    return lines
+
+
+class CdkFailed(AnnexError):
+    """The CDK CLI failed; `output` holds the end of what it printed (for a verbose display)."""
+
+    def __init__(self, message: str, *, next_step: str, output: Sequence[str]) -> None:
+        super().__init__(message, next_step=next_step)
+        self.output = list(output)
+
+
+def _cdk_failure(action: str, code: int, lines: list[str]) -> AnnexError:
+    tail = lines[-_OUTPUT_TAIL_LINES:]
+    synth_errors = [line.strip() for line in lines if line.startswith("ERROR")]
+    if synth_errors:
+        reason = f"synthesis failed with {len(synth_errors)} error(s), first: {synth_errors[0]}"
+    else:
+        reason = next(
+            (
+                line.strip()
+                for line in reversed(tail)
+                if "❌" in line or "Error" in line or "failed" in line
+            ),
+            tail[-1].strip() if tail else "no output",
+        )
+    if re.search(
+        r"ExpiredToken|security token included in the request is expired", "\n".join(tail)
+    ):
+        return CredentialsError(
+            f"cannot {action}: the AWS credentials have expired ({reason})",
+            next_step="refresh them and re-run `condor_annex -setup`",
+        )
+    return CdkFailed(
+        f"cannot {action}: the CDK CLI exited with {code}: {reason}",
+        next_step="fix the cause above and re-run `condor_annex -setup` (it resumes safely)",
+        output=tail,
+    )
+
+
+def _read_key_file(path: Path, what: str) -> str:
+    check_private_file(path, what=what)
+    value = path.read_text(encoding="utf-8").strip()
+    if not value or any(c.isspace() for c in value):
+        raise InvalidInput(f"the {what} {path} must hold exactly one key")
+    return value
+
+
+def _cdk_env(
+    base: Mapping[str, str],
+    region: str,
+    credentials_files: Optional[tuple[Path, Optional[Path]]],
+) -> tuple[dict[str, str], Optional[tuple[str, str]]]:
+    env = dict(base)
+    env["AWS_REGION"] = region
+    env["AWS_DEFAULT_REGION"] = region
+    env.setdefault("CDK_DISABLE_VERSION_CHECK", "1")
+    env.setdefault("CI", "true")  # no interactive prompts, plain progress output
+    env["NO_COLOR"] = "1"
+    keys: Optional[tuple[str, str]] = None
+    if credentials_files is not None:
+        access_file, secret_file = credentials_files
+        if secret_file is None:
+            secret_file = access_file.parent / REFERENCE_SECRET_KEY_FILE
+        keys = (
+            _read_key_file(access_file, "access key file"),
+            _read_key_file(secret_file, "secret key file"),
+        )
+        # Only these keys: a profile or session token from the environment must not mix in.
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+            env.pop(name, None)
+        env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"] = keys
+    return env, keys
+
+
+def _session_for(region: str, env: Mapping[str, str], keys: Optional[tuple[str, str]]) -> Any:
+    """A boto3 session seeing the same account as the CDK process will."""
+    if keys is not None:
+        return boto3.Session(
+            aws_access_key_id=keys[0], aws_secret_access_key=keys[1], region_name=region
+        )
+    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        return boto3.Session(
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+            aws_session_token=env.get("AWS_SESSION_TOKEN"),
+            region_name=region,
+        )
+    return make_session(region=region, profile=env.get("AWS_PROFILE"))
+
+
+def _client(session: Any, service: str, env: Mapping[str, str], region: str) -> Any:
+    # The CDK process honours AWS_ENDPOINT_URL from `env`; so must our own calls.
+    overrides: dict[str, Any] = {"region_name": region}
+    client = make_client(session, service, **overrides)
+    endpoint = env.get(f"AWS_ENDPOINT_URL_{service.upper()}") or env.get("AWS_ENDPOINT_URL")
+    if endpoint and endpoint != client.meta.endpoint_url:
+        client = session.client(
+            service, endpoint_url=endpoint, config=client.meta.config, region_name=region
+        )
+    return client
+
+
+def _stack(cfn: Any, stack_name: str) -> Optional[dict[str, Any]]:
+    try:
+        stacks = cfn.describe_stacks(StackName=stack_name)["Stacks"]
+    except botocore.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "ValidationError":
+            return None
+        raise
+    return stacks[0] if stacks else None
+
+
+def _default_vpc(ec2: Any, region: str) -> str:
+    vpcs = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
+    if not vpcs:
+        raise InvalidInput(
+            f"{region} has no default VPC for the annex security group",
+            next_step="pass -vpc-id vpc-... (a VPC whose subnets give instances internet access)",
+        )
+    return str(vpcs[0]["VpcId"])
+
+
+def run_setup(
+    *,
+    region: str,
+    pool_cidrs: Sequence[str],
+    stack_name: str = contract.STACK_NAME,
+    vpc_id: Optional[str] = None,
+    allow_ssh_from: Sequence[str] = (),
+    config_file: Optional[Path] = None,
+    project_dir: Optional[Path] = None,
+    env: Optional[Mapping[str, str]] = None,
+    progress: Progress = lambda s: None,
+    credentials_files: Optional[tuple[Path, Optional[Path]]] = None,
+) -> SetupResult:
+    """Deploy (or update) the setup stack, then record its outputs in the user config file."""
+    if not region:
+        raise InvalidInput("no AWS region given", next_step="pass -aws-region REGION")
+    if not pool_cidrs:
+        raise InvalidInput(
+            "no pool address ranges given: the security group would admit nobody to port 9618",
+            next_step="pass -pool-cidr CIDR (the collector's and submit hosts' public ranges)",
+        )
+    project = _project(project_dir)
+    base_env = dict(os.environ if env is None else env)
+    cdk_env, keys = _cdk_env(base_env, region, credentials_files)
+    config_path = Path(config_file) if config_file is not None else user_config_path(base_env)
+    session = _session_for(region, cdk_env, keys)
+
+    action = "deploy the condor_annex setup"
+    try:
+        cfn = _client(session, "cloudformation", cdk_env, region)
+        if vpc_id is None:
+            vpc_id = _default_vpc(_client(session, "ec2", cdk_env, region), region)
+            progress(f"using the default VPC {vpc_id}")
+        bootstrap = _stack(cfn, BOOTSTRAP_STACK_NAME)
+        needs_bootstrap = (
+            bootstrap is None or str(bootstrap["StackStatus"]) not in _USABLE_BOOTSTRAP_STATES
+        )
+        account = None
+        if needs_bootstrap:
+            account = _client(session, "sts", cdk_env, region).get_caller_identity()["Account"]
+    except botocore.exceptions.BotoCoreError as exc:
+        raise translate_aws_error(exc, action=action, region=region) from exc
+    except botocore.exceptions.ClientError as exc:
+        raise translate_aws_error(exc, action=action, region=region) from exc
+
+    context = [
+        "-c",
+        f"stackName={stack_name}",
+        "-c",
+        f"poolCidrs={','.join(pool_cidrs)}",
+        "-c",
+        f"vpcId={vpc_id}",
+    ]
+    if allow_ssh_from:
+        context += ["-c", "allowSsh=true", "-c", f"sshCidrs={','.join(allow_ssh_from)}"]
+    app = ["--app", f"{sys.executable} app.py"]
+
+    with tempfile.TemporaryDirectory(prefix="condor-annex-cdk-") as scratch:
+        common = [*app, "--output", str(Path(scratch) / "cdk.out"), "--no-color", *context]
+        if needs_bootstrap:
+            progress(f"bootstrapping the CDK in aws://{account}/{region} (once per account/region)")
+            # Outside the project (no cdk.json): bootstrapping needs no synth of our app.
+            _run_cdk(
+                ["bootstrap", "--no-color", f"aws://{account}/{region}"],
+                cwd=Path(scratch),
+                project_dir=project,
+                env=cdk_env,
+                progress=progress,
+                action=f"bootstrap the CDK in {region}",
+            )
+        outputs_file = Path(scratch) / "outputs.json"
+        progress(f"deploying stack {stack_name} in {region}")
+        lines = _run_cdk(
+            [
+                "deploy",
+                *common,
+                "--all",
+                "--require-approval",
+                "never",
+                "--progress",
+                "events",
+                "--outputs-file",
+                str(outputs_file),
+            ],
+            project_dir=project,
+            env=cdk_env,
+            progress=progress,
+            action=action,
+        )
+        stack_changed = not any("(no changes)" in line for line in lines)
+        try:
+            all_outputs: dict[str, dict[str, str]] = json.loads(outputs_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise SetupIncomplete(
+                f"the deploy finished but wrote no outputs ({exc})",
+                next_step="run `condor_annex -check-setup`",
+            ) from exc
+    outputs = {str(k): str(v) for k, v in all_outputs.get(stack_name, {}).items()}
+    missing = [o.key for o in contract.STACK_OUTPUTS if o.key not in outputs]
+    if missing:
+        raise SetupIncomplete(
+            f"stack {stack_name} lacks the outputs {', '.join(missing)}",
+            next_step="update the setup code and re-run `condor_annex -setup`",
+        )
+    macros = {o.macro: outputs[o.key] for o in contract.STACK_OUTPUTS}
+    macros[contract.MACRO_AWS_REGION] = region
+    macros[contract.MACRO_STACK_NAME] = stack_name
+    before = read_annex_macros(config_path)
+    write_annex_macros(config_path, macros)
+    progress(f"wrote {len(macros)} ANNEX_DEFAULT_* macros to {config_path}")
+    changed = stack_changed or any(before.get(k) != v for k, v in macros.items())
+    return SetupResult(
+        stack_name=stack_name,
+        region=region,
+        outputs=outputs,
+        config_file=config_path,
+        changed=changed,
+    )
+
+
+# --- -check-setup -------------------------------------------------------------------------------
+
+
+def _arn_name(arn: str) -> str:
+    """The last path element of an ARN (`...:instance-profile/path/name` → `name`)."""
+    return arn.rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+
+
+def parse_collector(collector: str) -> tuple[str, int]:
+    """(host, port) of an HTCondor collector address (`host`, `host:port`, `host:port?sock=`)."""
+    address = collector.strip().split("?", 1)[0].strip("<>")
+    if address.startswith("["):
+        host, _, rest = address[1:].partition("]")
+        port = rest.lstrip(":")
+    else:
+        host, _, port = address.partition(":")
+    if not host:
+        raise InvalidInput(f"{collector!r} is not a collector address")
+    try:
+        return host, int(port) if port else DEFAULT_COLLECTOR_PORT
+    except ValueError:
+        raise InvalidInput(f"{collector!r} has no valid port") from None
+
+
+def invoke_connectivity_lambda(lambda_client: Any, function_arn: str) -> ConnectivityProbe:
+    """A probe that runs the setup's connectivity function in AWS."""
+
+    def probe(event: dict[str, Any]) -> dict[str, Any]:
+        response = lambda_client.invoke(
+            FunctionName=function_arn,
+            InvocationType="RequestResponse",
+            Payload=json.dumps(event).encode(),
+        )
+        payload = response["Payload"].read()
+        if response.get("FunctionError"):
+            return {"reachable": False, "error": f"the function failed: {payload[:200]!r}"}
+        result: dict[str, Any] = json.loads(payload)
+        return result
+
+    return probe
+
+
+def check_connectivity(probe: ConnectivityProbe, collector: str) -> Optional[Problem]:
+    """None when AWS reaches the collector; else the problem and what to open."""
+    host, port = parse_collector(collector)
+    result = probe({"host": host, "port": port, "timeout": CONNECTIVITY_TIMEOUT_SECONDS})
+    if result.get("reachable"):
+        return None
+    return Problem(
+        f"AWS cannot reach the collector {host}:{port} ({result.get('error') or 'no answer'})",
+        f"open TCP {port} on the collector to AWS (and check the -pool-cidr ranges given "
+        "to `condor_annex -setup`)",
+    )
+
+
+def check_setup(
+    *,
+    session: Any,
+    config_file: Path,
+    collector: Optional[str] = None,
+    connectivity_probe: Optional[ConnectivityProbe] = None,
+) -> CheckResult:
+    """Every way the setup can be broken or drifted, each with the command that fixes it."""
+    result = CheckResult(ok=True)
+
+    def problem(what: str, next_step: str) -> None:
+        result.problems.append(Problem(what, next_step))
+
+    macros = read_annex_macros(config_file)
+    if not macros:
+        problem(
+            f"{config_file} holds no ANNEX_DEFAULT_* macros",
+            "run `condor_annex -setup -aws-region REGION -pool-cidr CIDR`",
+        )
+        result.ok = False
+        return result
+    region = macros.get(contract.MACRO_AWS_REGION) or session.region_name
+    stack_name = macros.get(contract.MACRO_STACK_NAME) or contract.STACK_NAME
+    flag = f" -aws-region {region}" if region else ""
+    rerun = f"re-run `condor_annex -setup{flag}` (it rewrites the macros in place)"
+
+    def client(service: str) -> Any:
+        return make_client(session, service, region_name=region)
+
+    try:
+        stack = _stack(client("cloudformation"), stack_name)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise translate_aws_error(exc, action="check the setup", region=region) from exc
+    if stack is None:
+        problem(
+            f"stack {stack_name} does not exist in {region}", f"run `condor_annex -setup{flag}`"
+        )
+        result.ok = False
+        return result
+    status = str(stack["StackStatus"])
+    if status not in _GOOD_STACK_STATES:
+        problem(
+            f"stack {stack_name} is {status}",
+            f"see its events in the CloudFormation console, then {rerun}",
+        )
+    else:
+        result.checked.append(f"stack {stack_name} is {status}")
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+    for output in contract.STACK_OUTPUTS:
+        actual = outputs.get(output.key)
+        recorded = macros.get(output.macro)
+        if actual is None:
+            problem(f"stack {stack_name} has no output {output.key}", rerun)
+        elif recorded != actual:
+            problem(
+                f"{config_file}: {output.macro} is {recorded!r} but the stack says {actual!r}",
+                rerun,
+            )
+    if not any(p.what.startswith(str(config_file)) for p in result.problems):
+        result.checked.append(f"{config_file} matches the stack outputs")
+
+    def exists(what: str, call: Callable[[], Any]) -> None:
+        try:
+            call()
+        except botocore.exceptions.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("ResourceNotFoundException", "NoSuchEntity", "404", "NoSuchBucket"):
+                problem(f"{what} does not exist", rerun)
+                return
+            raise translate_aws_error(exc, action=f"check {what}", region=region) from exc
+        result.checked.append(f"{what} exists")
+
+    awslambda = client("lambda")
+    for output in (
+        contract.OUTPUT_LEASE_FUNCTION_ARN,
+        contract.OUTPUT_SWEEP_FUNCTION_ARN,
+        contract.OUTPUT_CONNECTIVITY_FUNCTION_ARN,
+    ):
+        arn = outputs.get(output.key)
+        if arn:
+            exists(f"function {_arn_name(arn)}", partial(awslambda.get_function, FunctionName=arn))
+    bucket = outputs.get(contract.OUTPUT_CONFIG_BUCKET.key)
+    if bucket:
+        s3 = client("s3")
+        exists(f"bucket {bucket}", lambda: s3.head_bucket(Bucket=bucket))
+    profile = outputs.get(contract.OUTPUT_INSTANCE_PROFILE_ARN.key)
+    if profile:
+        iam = client("iam")
+        exists(
+            f"instance profile {_arn_name(profile)}",
+            lambda: iam.get_instance_profile(InstanceProfileName=_arn_name(profile)),
+        )
+
+    if collector is None:
+        collector = condor_params(["COLLECTOR_HOST"]).get("COLLECTOR_HOST")
+    connectivity_arn = outputs.get(contract.OUTPUT_CONNECTIVITY_FUNCTION_ARN.key)
+    if collector is None:
+        problem(
+            "no collector to test connectivity against (no COLLECTOR_HOST in the HTCondor config)",
+            "run on a machine of the pool, or pass the collector address",
+        )
+    elif connectivity_probe is None and not connectivity_arn:
+        pass  # reported above as a missing output
+    else:
+        probe = connectivity_probe or invoke_connectivity_lambda(awslambda, str(connectivity_arn))
+        try:
+            failure = check_connectivity(probe, collector)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            failure = Problem(
+                f"the connectivity check could not run ({translate_aws_error(exc, action='invoke it')})",
+                rerun,
+            )
+        if failure is not None:
+            result.problems.append(failure)
+        else:
+            result.checked.append(f"AWS reaches the collector {collector}")
+    result.ok = not result.problems
+    return result
+
+
+def raise_for_problems(result: CheckResult) -> None:
+    """Turn a failed check into the error the CLI exits with (the first problem leads)."""
+    if result.ok:
+        return
+    first = result.problems[0]
+    cls: type[AnnexError] = SetupIncomplete
+    if "does not exist in" in first.what or "holds no ANNEX_DEFAULT_" in first.what:
+        cls = SetupMissing
+    elif first.what.startswith("AWS cannot reach"):
+        cls = ConnectivityFailed
+    more = f" (and {len(result.problems) - 1} more)" if len(result.problems) > 1 else ""
+    raise cls(first.what + more, next_step=first.next_step)
+
+
+# --- -destroy-setup -----------------------------------------------------------------------------
+
+
+def live_annex_instances(ec2: Any) -> dict[str, list[str]]:
+    """Annex name → ids of its pending or running instances (by the annex tag)."""
+    live: dict[str, list[str]] = {}
+    paginator = ec2.get_paginator("describe_instances")
+    pages = paginator.paginate(
+        Filters=[
+            {"Name": "tag-key", "Values": [contract.TAG_ANNEX_NAME]},
+            {"Name": "instance-state-name", "Values": list(_LIVE_INSTANCE_STATES)},
+        ]
+    )
+    for page in pages:
+        for reservation in page.get("Reservations", []):
+            for instance in reservation.get("Instances", []):
+                tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+                name = tags.get(contract.TAG_ANNEX_NAME, "?")
+                live.setdefault(name, []).append(instance["InstanceId"])
+    return live
+
+
+def lease_records(s3: Any, bucket: str) -> list[str]:
+    """Annex names with a lease record in the config bucket."""
+    names: list[str] = []
+    paginator = s3.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=contract.LEASE_KEY_PREFIX):
+        for obj in page.get("Contents", []):
+            key = str(obj["Key"])[len(contract.LEASE_KEY_PREFIX) :]
+            names.append(key.removesuffix(".json"))
+    return names
+
+
+def empty_bucket(s3: Any, bucket: str) -> int:
+    """Delete every object version and delete marker in `bucket`; the number deleted."""
+    deleted = 0
+    paginator = s3.get_paginator("list_object_versions")
+    for page in paginator.paginate(Bucket=bucket):
+        batch = [
+            {"Key": v["Key"], "VersionId": v["VersionId"]}
+            for v in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
+        ]
+        for start in range(0, len(batch), 1000):
+            chunk = batch[start : start + 1000]
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": chunk, "Quiet": True})
+            deleted += len(chunk)
+    return deleted
+
+
+def _annex_list(names: Iterable[str]) -> str:
+    return ", ".join(sorted(names))
+
+
+def destroy_setup(
+    *,
+    session: Any,
+    config_file: Path,
+    stack_name: str,
+    region: str,
+    project_dir: Optional[Path] = None,
+    env: Optional[Mapping[str, str]] = None,
+    progress: Progress = lambda s: None,
+) -> None:
+    """Remove the setup stack and its macros; refuses while any annex is running or leased."""
+    project = _project(project_dir)
+    action = "destroy the condor_annex setup"
+    macros = read_annex_macros(config_file)
+    stack: Optional[dict[str, Any]] = None
+    vpc_id: Optional[str] = macros.get(contract.OUTPUT_VPC_ID.macro)
+
+    def client(service: str) -> Any:
+        return make_client(session, service, region_name=region)
+
+    try:
+        stack = _stack(client("cloudformation"), stack_name)
+        outputs = {o["OutputKey"]: o["OutputValue"] for o in (stack or {}).get("Outputs", [])}
+        bucket = outputs.get(contract.OUTPUT_CONFIG_BUCKET.key) or macros.get(
+            contract.OUTPUT_CONFIG_BUCKET.macro
+        )
+        vpc_id = outputs.get(contract.OUTPUT_VPC_ID.key) or vpc_id
+        live = live_annex_instances(client("ec2"))
+        if live:
+            raise AnnexError(
+                f"annexes are still running: {_annex_list(live)} "
+                f"({sum(len(v) for v in live.values())} instances)",
+                next_step="end each with `condor_annex off -annex-name NAME`, then retry",
+            )
+        s3 = client("s3")
+        if bucket and stack is not None:
+            leased = lease_records(s3, bucket)
+            if leased:
+                raise AnnexError(
+                    f"annexes still hold leases: {_annex_list(leased)}",
+                    next_step="end each with `condor_annex off -annex-name NAME`, then retry",
+                )
+            progress(f"emptying bucket {bucket}")
+            count = empty_bucket(s3, bucket)
+            progress(f"deleted {count} objects from {bucket}")
+    except botocore.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "NoSuchBucket":
+            raise translate_aws_error(exc, action=action, region=region) from exc
+    except botocore.exceptions.BotoCoreError as exc:
+        raise translate_aws_error(exc, action=action, region=region) from exc
+
+    if stack is not None:
+        base_env = dict(os.environ if env is None else env)
+        cdk_env, _ = _cdk_env(base_env, region, None)
+        context = ["-c", f"stackName={stack_name}"]
+        if vpc_id:
+            context += ["-c", f"vpcId={vpc_id}"]
+        with tempfile.TemporaryDirectory(prefix="condor-annex-cdk-") as scratch:
+            progress(f"destroying stack {stack_name} in {region}")
+            _run_cdk(
+                [
+                    "destroy",
+                    "--app",
+                    f"{sys.executable} app.py",
+                    "--output",
+                    str(Path(scratch) / "cdk.out"),
+                    "--no-color",
+                    *context,
+                    "--all",
+                    "--force",
+                ],
+                project_dir=project,
+                env=cdk_env,
+                progress=progress,
+                action=action,
+            )
+    else:
+        progress(f"stack {stack_name} does not exist in {region}; removing the macros only")
+    names = [o.macro for o in contract.STACK_OUTPUTS]
+    names += [contract.MACRO_AWS_REGION, contract.MACRO_STACK_NAME]
+    remove_annex_macros(config_file, names)
+    progress(f"removed the ANNEX_DEFAULT_* macros from {config_file}")
