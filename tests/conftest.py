@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.aws",
     "tests.fixtures.imds",
     "tests.fixtures.cdk",
+    "tests.fixtures.reliability",
 ]
