@@ -1,0 +1,636 @@
+"""The local AWS: moto's server on loopback, with fidelity patches, a call log and throttling.
+
+`LocalAws` runs moto's WSGI application in a thread of this process (what the tests use); the
+same server runs as a process with `python -m condor_annex.sandbox` (what the demo uses). A WSGI
+middleware in front of moto records every call, applies throttles, and answers control requests
+under `/_sandbox/` so that `SandboxControl` can drive a server in another process exactly as
+`LocalAws` drives its own.
+
+moto keeps its state in module globals: run one server per process.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import threading
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from typing import Any, Optional
+
+import boto3
+import botocore.loaders
+import botocore.session
+
+CONTROL_PREFIX = "/_sandbox/"
+FAKE_ACCESS_KEY_ID = "AKIASANDBOXEXAMPLE00"
+FAKE_SECRET_ACCESS_KEY = "sandbox-secret-access-key-not-a-secret"  # noqa: S105
+DEFAULT_ACCOUNT_ID = "123456789012"
+DEFAULT_FLEET_TAG_DELAY = 3.0
+
+StartResponse = Callable[..., Any]
+WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+
+@dataclass(frozen=True)
+class ApiCall:
+    """One request the local AWS received (control requests excluded)."""
+
+    service: str
+    operation: str
+    access_key_id: Optional[str]
+    time: float
+    throttled: bool = False
+
+
+# --- Which call is this? -------------------------------------------------------------------------
+
+_CREDENTIAL_RE = re.compile(r"Credential=([^/,\s]+)/[^/]+/([^/]+)/([^/]+)/aws4_request")
+# SigV4 signing names that differ from botocore's service model names.
+_MODEL_NAME_BY_SIGNING_NAME = {
+    "monitoring": "cloudwatch",
+    "email": "ses",
+    "states": "stepfunctions",
+    "execute-api": "apigateway",
+}
+
+
+def _credential_scope(
+    environ: dict[str, Any], query: dict[str, list[str]]
+) -> tuple[str | None, str | None]:
+    """(access key id, signing service) from the SigV4 Authorization header or presigned query."""
+    header = environ.get("HTTP_AUTHORIZATION", "")
+    match = _CREDENTIAL_RE.search(header)
+    if match:
+        return match.group(1), match.group(3)
+    credential = query.get("X-Amz-Credential", [""])[0]
+    parts = credential.split("/")
+    if len(parts) == 5:
+        return parts[0], parts[3]
+    return None, None
+
+
+@dataclass(frozen=True)
+class _Route:
+    operation: str
+    method: str
+    path: re.Pattern[str]
+    query: tuple[tuple[str, Optional[str]], ...]
+    headers: tuple[str, ...]
+    literal_chars: int
+
+
+@lru_cache(maxsize=64)
+def _rest_routes(signing_name: str) -> tuple[str, tuple[_Route, ...]]:
+    """The protocol and the HTTP routes of a service, from botocore's own service model.
+
+    A route is method + URI template + what the request must carry: query keys written into
+    the URI (`?acl`, `?list-type=2`) and the required members bound to the query string or a
+    header (UploadPart's `uploadId`, CopyObject's `x-amz-copy-source`).
+    """
+    import botocore.session
+
+    model_name = _MODEL_NAME_BY_SIGNING_NAME.get(signing_name, signing_name)
+    try:
+        model = botocore.session.get_session().get_service_model(model_name)
+    except Exception:
+        return "", ()
+    routes = []
+    for name in model.operation_names:
+        operation = model.operation_model(name)
+        http = operation.http
+        uri, _, query = http.get("requestUri", "/").partition("?")
+        pattern = re.sub(
+            r"\\\{([^}]+)\\\}",
+            lambda m: ".+" if m.group(1).endswith("+") else "[^/]+",
+            re.escape(uri),
+        )
+        required_query = [
+            (key, value or None)
+            for key, _, value in (item.partition("=") for item in query.split("&") if item)
+        ]
+        required_headers = []
+        shape = operation.input_shape
+        for member in shape.required_members if shape is not None else []:
+            location = shape.members[member].serialization.get("location")
+            location_name = shape.members[member].serialization.get("name", member)
+            if location == "querystring":
+                required_query.append((location_name, None))
+            elif location == "header":
+                required_headers.append("HTTP_" + location_name.upper().replace("-", "_"))
+        literal = len(re.sub(r"\{[^}]+\}", "", uri))
+        routes.append(
+            _Route(
+                name,
+                http.get("method", "POST"),
+                re.compile(pattern + "/?"),
+                tuple(required_query),
+                tuple(required_headers),
+                literal,
+            )
+        )
+    return str(model.metadata.get("protocol", "")), tuple(routes)
+
+
+def _rest_operation(
+    signing_name: str, environ: dict[str, Any], query: dict[str, list[str]]
+) -> str | None:
+    method = environ.get("REQUEST_METHOD", "GET")
+    path = environ.get("PATH_INFO", "/")
+    routes = _rest_routes(signing_name)[1]
+    x_id = query.get("x-id", [None])[0]  # botocore names some S3 operations itself
+    if x_id and any(route.operation == x_id for route in routes):
+        return x_id
+    best: tuple[int, int, int, str] | None = None
+    for route in routes:
+        if route.method != method or not route.path.fullmatch(path):
+            continue
+        if any(
+            key not in query or (value is not None and value not in query[key])
+            for key, value in route.query
+        ) or any(header not in environ for header in route.headers):
+            continue
+        # The most specific match wins; among equals the plainest name (ListBuckets, not
+        # ListDirectoryBuckets).
+        score = (
+            len(route.query) + len(route.headers),
+            route.literal_chars,
+            -len(route.operation),
+            route.operation,
+        )
+        if best is None or score > best:
+            best = score
+    return best[3] if best else None
+
+
+def identify_call(environ: dict[str, Any]) -> tuple[str, str, str | None]:
+    """(service, operation, access key id) of a request; reads and restores a form body."""
+    query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+    access_key, service = _credential_scope(environ, query)
+    service = service or "unknown"
+    target = environ.get("HTTP_X_AMZ_TARGET")
+    if target:
+        return service, target.rsplit(".", 1)[-1], access_key
+    action = query.get("Action", [None])[0]
+    if action is None and environ.get("CONTENT_TYPE", "").startswith(
+        "application/x-www-form-urlencoded"
+    ):
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        action = urllib.parse.parse_qs(body.decode("utf-8", "replace")).get("Action", [None])[0]
+    if action:
+        return service, action, access_key
+    operation = _rest_operation(service, environ, query)
+    return (
+        service,
+        operation or f"{environ.get('REQUEST_METHOD', 'GET')} {environ.get('PATH_INFO', '/')}",
+        access_key,
+    )
+
+
+# --- Throttling ----------------------------------------------------------------------------------
+
+
+@dataclass
+class TokenBucket:
+    """`capacity` requests at once, refilled at `refill_per_second`."""
+
+    capacity: float
+    refill_per_second: float
+    tokens: float = field(init=False)
+    stamp: float = field(init=False, default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.tokens = self.capacity
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.refill_per_second)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+def throttling_response(service: str, operation: str) -> tuple[str, list[tuple[str, str]], bytes]:
+    """The throttling error the real service answers with, in its own protocol's error format.
+
+    EC2: "Request throttling for the Amazon EC2 API" (503 RequestLimitExceeded); S3: "Error
+    responses" (503 SlowDown); IAM/STS/CloudFormation (query): 400 Throttling; Lambda: 429
+    TooManyRequestsException; other JSON services: ThrottlingException.
+    """
+    request_id = str(uuid.uuid4())
+    protocol = _rest_routes(service)[0]
+    if protocol == "ec2":
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error>'
+            "<Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message>"
+            f"</Error></Errors><RequestID>{request_id}</RequestID></Response>"
+        )
+        return "503 Service Unavailable", [("Content-Type", "text/xml")], body.encode()
+    if service == "s3":
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+            "<Message>Please reduce your request rate.</Message>"
+            f"<RequestId>{request_id}</RequestId></Error>"
+        )
+        return "503 Slow Down", [("Content-Type", "application/xml")], body.encode()
+    if protocol in ("query", "rest-xml"):
+        body = (
+            "<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code>"
+            f"<Message>Rate exceeded</Message></Error><RequestId>{request_id}</RequestId>"
+            "</ErrorResponse>"
+        )
+        return "400 Bad Request", [("Content-Type", "text/xml")], body.encode()
+    headers = [("x-amzn-RequestId", request_id)]
+    if service == "lambda":
+        code, status = "TooManyRequestsException", "429 Too Many Requests"
+        payload: dict[str, str] = {
+            "Type": "User",
+            "message": "Rate exceeded",
+            "Reason": "CallerRateLimitExceeded",
+        }
+    elif protocol == "rest-json":
+        code, status = "ThrottlingException", "429 Too Many Requests"
+        payload = {"message": "Rate exceeded"}
+    else:
+        code, status = "ThrottlingException", "400 Bad Request"
+        payload = {"__type": code, "message": "Rate exceeded"}
+    headers += [("x-amzn-ErrorType", code), ("Content-Type", "application/x-amz-json-1.1")]
+    return status, headers, json.dumps(payload).encode()
+
+
+# --- Shared state of one server ------------------------------------------------------------------
+
+
+class SandboxState:
+    """Call log, throttles, IAM enforcement and the fleet tag delay of the running server."""
+
+    def __init__(self, fleet_tag_delay: float = DEFAULT_FLEET_TAG_DELAY) -> None:
+        self.default_fleet_tag_delay = fleet_tag_delay
+        self._lock = threading.Lock()
+        self._calls: list[ApiCall] = []
+        self._buckets: dict[tuple[str, Optional[str]], TokenBucket] = {}
+        self.schedule_clock: Any = None
+        """The `ScheduleClock` firing one-time schedules, once the server runs."""
+        self.set_fleet_tag_delay(fleet_tag_delay)
+
+    def record(self, service: str, operation: str, access_key_id: str | None) -> bool:
+        """Log a call; False when a throttle refuses it."""
+        with self._lock:
+            allowed = True
+            for key in ((service, operation), (service, None)):
+                bucket = self._buckets.get(key)
+                if bucket is not None and not bucket.take():
+                    allowed = False
+            self._calls.append(ApiCall(service, operation, access_key_id, time.time(), not allowed))
+        return allowed
+
+    def reset(self) -> None:
+        from moto.moto_api._internal.models import moto_api_backend
+
+        from condor_annex.sandbox.patches.spot_fleet import FLEET_TAG_CLOCK
+
+        FLEET_TAG_CLOCK.cancel_all()
+        moto_api_backend.reset()
+        if self.schedule_clock is not None:
+            self.schedule_clock.reset()
+        self.enforce_iam(False)
+        self.set_fleet_tag_delay(self.default_fleet_tag_delay)
+        with self._lock:
+            self._calls.clear()
+            self._buckets.clear()
+
+    def enforce_iam(self, enabled: bool = True) -> None:
+        """moto checks signatures and policies from the next request on (or stops checking)."""
+        from moto import settings
+        from moto.core.authorization import ActionAuthenticatorMixin
+
+        settings.INITIAL_NO_AUTH_ACTION_COUNT = 0 if enabled else float("inf")
+        ActionAuthenticatorMixin.request_count = 0
+
+    def set_fleet_tag_delay(self, seconds: float) -> None:
+        from condor_annex.sandbox.patches.spot_fleet import FLEET_TAG_CLOCK
+
+        FLEET_TAG_CLOCK.delay = float(seconds)
+
+    def throttle(
+        self,
+        service: str,
+        operation: str | None = None,
+        *,
+        capacity: float,
+        refill_per_second: float,
+    ) -> None:
+        with self._lock:
+            self._buckets[(service, operation)] = TokenBucket(capacity, refill_per_second)
+
+    def clear_throttles(self) -> None:
+        with self._lock:
+            self._buckets.clear()
+
+    def calls(self, service: str | None = None, operation: str | None = None) -> list[ApiCall]:
+        with self._lock:
+            return [
+                c
+                for c in self._calls
+                if (service is None or c.service == service)
+                and (operation is None or c.operation == operation)
+            ]
+
+    def clear_calls(self) -> None:
+        with self._lock:
+            self._calls.clear()
+
+
+class SandboxMiddleware:
+    """WSGI middleware: control endpoints, call log and throttling in front of moto."""
+
+    def __init__(self, app: WsgiApp, state: SandboxState) -> None:
+        self.app = app
+        self.state = state
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path.startswith(CONTROL_PREFIX):
+            return self._control(environ, start_response, path[len(CONTROL_PREFIX) :])
+        if path.startswith("/moto-api"):
+            return self.app(environ, start_response)
+        service, operation, access_key = identify_call(environ)
+        if not self.state.record(service, operation, access_key):
+            status, headers, body = throttling_response(service, operation)
+            start_response(status, [*headers, ("Content-Length", str(len(body)))])
+            return [body]
+        return self.app(environ, start_response)
+
+    def _control(
+        self, environ: dict[str, Any], start_response: StartResponse, command: str
+    ) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        args: dict[str, Any] = (
+            json.loads(environ["wsgi.input"].read(length) or b"{}") if length else {}
+        )
+        query = dict(urllib.parse.parse_qsl(environ.get("QUERY_STRING", "")))
+        state = self.state
+        result: Any = {"ok": True}
+        try:
+            if (method, command) == ("POST", "reset"):
+                state.reset()
+            elif (method, command) == ("POST", "iam"):
+                state.enforce_iam(bool(args.get("enabled", True)))
+            elif (method, command) == ("POST", "fleet-tag-delay"):
+                state.set_fleet_tag_delay(float(args["seconds"]))
+            elif (method, command) == ("POST", "throttles"):
+                state.throttle(
+                    args["service"],
+                    args.get("operation"),
+                    capacity=float(args["capacity"]),
+                    refill_per_second=float(args["refill_per_second"]),
+                )
+            elif (method, command) == ("DELETE", "throttles"):
+                state.clear_throttles()
+            elif (method, command) == ("GET", "calls"):
+                result = [
+                    asdict(c) for c in state.calls(query.get("service"), query.get("operation"))
+                ]
+            elif (method, command) == ("DELETE", "calls"):
+                state.clear_calls()
+            else:
+                start_response("404 Not Found", [("Content-Type", "application/json")])
+                return [json.dumps({"error": f"no control operation {method} {command}"}).encode()]
+        except (KeyError, TypeError, ValueError) as error:
+            start_response("400 Bad Request", [("Content-Type", "application/json")])
+            return [json.dumps({"error": str(error)}).encode()]
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps(result).encode()]
+
+
+# --- The server ----------------------------------------------------------------------------------
+
+
+class LocalAws:
+    """moto's server on loopback with the project's fidelity patches, in a thread of this process."""
+
+    def __init__(
+        self,
+        *,
+        region: str = "us-east-1",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        fleet_tag_delay: float = DEFAULT_FLEET_TAG_DELAY,
+    ) -> None:
+        self.region = region
+        self.host = host
+        self.port = port
+        self.account_id = DEFAULT_ACCOUNT_ID
+        self.state = SandboxState(fleet_tag_delay)
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> LocalAws:
+        """Apply the patches, bind the port, serve in a daemon thread."""
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+        from werkzeug.serving import make_server
+
+        from condor_annex.sandbox import lambda_runtime
+        from condor_annex.sandbox.patches import apply_all
+        from condor_annex.sandbox.schedule_clock import ScheduleClock
+
+        apply_all()
+        app = SandboxMiddleware(DomainDispatcherApplication(create_backend_app), self.state)
+        self._server = make_server(
+            self.host, self.port, app, threaded=True, request_handler=_quiet_handler()
+        )
+        self.port = int(self._server.server_address[1])
+        self.state.set_fleet_tag_delay(self.state.default_fleet_tag_delay)
+        # Lambda Invoke runs Python handlers; their own AWS calls come back here.
+        lambda_runtime.install(self.endpoint_url)
+        self.state.schedule_clock = ScheduleClock().start()
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="local-aws", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        from condor_annex.sandbox.patches.spot_fleet import FLEET_TAG_CLOCK
+
+        FLEET_TAG_CLOCK.cancel_all()
+        if self.state.schedule_clock is not None:
+            self.state.schedule_clock.stop()
+            self.state.schedule_clock = None
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> LocalAws:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def env(self) -> dict[str, str]:
+        """Environment for SDKs and the CDK CLI: endpoint, region, fake credentials."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_REGION": self.region,
+            "AWS_ACCESS_KEY_ID": FAKE_ACCESS_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": FAKE_SECRET_ACCESS_KEY,
+        }
+
+    def session(self, **kw: Any) -> boto3.Session:
+        """A boto3 session with the fake credentials and region (override with keywords).
+
+        Sessions share one botocore data loader, so making clients costs milliseconds instead of
+        re-reading the service models every time.
+        """
+        options: dict[str, Any] = {
+            "aws_access_key_id": FAKE_ACCESS_KEY_ID,
+            "aws_secret_access_key": FAKE_SECRET_ACCESS_KEY,
+            "region_name": self.region,
+            **kw,
+        }
+        if "botocore_session" not in options and "profile_name" not in options:
+            core = botocore.session.get_session()
+            core.register_component("data_loader", _shared_loader())
+            options["botocore_session"] = core
+        return boto3.Session(**options)
+
+    def client(self, service: str, **kw: Any) -> Any:
+        """A client for `service` bound to this server (keywords go to `Session.client`)."""
+        session_keys = (
+            "aws_access_key_id",
+            "aws_secret_access_key",
+            "aws_session_token",
+            "region_name",
+        )
+        session = self.session(**{k: kw.pop(k) for k in session_keys if k in kw})
+        kw.setdefault("endpoint_url", self.endpoint_url)
+        return session.client(service, **kw)
+
+    # Control: direct access to this process's state.
+    def reset(self) -> None:
+        self.state.reset()
+
+    def set_fleet_tag_delay(self, seconds: float) -> None:
+        self.state.set_fleet_tag_delay(seconds)
+
+    def enforce_iam(self, enabled: bool = True) -> None:
+        self.state.enforce_iam(enabled)
+
+    def throttle(
+        self,
+        service: str,
+        operation: str | None = None,
+        *,
+        capacity: float,
+        refill_per_second: float,
+    ) -> None:
+        self.state.throttle(
+            service, operation, capacity=capacity, refill_per_second=refill_per_second
+        )
+
+    def clear_throttles(self) -> None:
+        self.state.clear_throttles()
+
+    def calls(self, service: str | None = None, operation: str | None = None) -> list[ApiCall]:
+        return self.state.calls(service, operation)
+
+    def clear_calls(self) -> None:
+        self.state.clear_calls()
+
+
+@lru_cache(maxsize=1)
+def _shared_loader() -> botocore.loaders.Loader:
+    """One botocore data loader (it caches the parsed service models) for every session made here."""
+    return botocore.loaders.create_loader()
+
+
+def _quiet_handler() -> type:
+    """moto's request handler without werkzeug's one-line-per-request log."""
+    from moto.moto_server.werkzeug_app import MotoRequestHandler
+
+    class QuietHandler(MotoRequestHandler):
+        def log_request(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+    return QuietHandler
+
+
+class SandboxControl:
+    """Drive a local AWS running in another process (`python -m condor_annex.sandbox`)."""
+
+    def __init__(self, endpoint_url: str) -> None:
+        self.endpoint_url = endpoint_url.rstrip("/")
+
+    def _call(
+        self, method: str, command: str, body: dict[str, Any] | None = None, query: str = ""
+    ) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(  # noqa: S310 (the local AWS on loopback)
+            f"{self.endpoint_url}{CONTROL_PREFIX}{command}{query}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            return json.loads(response.read())
+
+    def reset(self) -> None:
+        self._call("POST", "reset", {})
+
+    def set_fleet_tag_delay(self, seconds: float) -> None:
+        self._call("POST", "fleet-tag-delay", {"seconds": seconds})
+
+    def enforce_iam(self, enabled: bool = True) -> None:
+        self._call("POST", "iam", {"enabled": enabled})
+
+    def throttle(
+        self,
+        service: str,
+        operation: str | None = None,
+        *,
+        capacity: float,
+        refill_per_second: float,
+    ) -> None:
+        self._call(
+            "POST",
+            "throttles",
+            {
+                "service": service,
+                "operation": operation,
+                "capacity": capacity,
+                "refill_per_second": refill_per_second,
+            },
+        )
+
+    def clear_throttles(self) -> None:
+        self._call("DELETE", "throttles")
+
+    def calls(self, service: str | None = None, operation: str | None = None) -> list[ApiCall]:
+        params = {
+            k: v for k, v in (("service", service), ("operation", operation)) if v is not None
+        }
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        return [ApiCall(**c) for c in self._call("GET", "calls", query=query)]
+
+    def clear_calls(self) -> None:
+        self._call("DELETE", "calls")

@@ -1,0 +1,61 @@
+"""Fidelity fixes applied to moto in this process before the local AWS serves.
+
+Each fix is one small named function that wraps or replaces a specific moto method and cites
+the AWS behaviour it reproduces; docs/EMULATOR.md lists them with the test proving each.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from condor_annex.sandbox.patches.cloudformation import (
+    cloudformation_resolves_s3_template_urls,
+    cloudformation_ssm_parameter_generated_name,
+    cloudformation_stack_outputs_from_change_sets,
+)
+from condor_annex.sandbox.patches.ec2_instances import (
+    describe_instances_filters,
+    run_instances_idempotent_on_client_token,
+    run_instances_profile_on_every_instance,
+)
+from condor_annex.sandbox.patches.iam import (
+    iam_authorizes_against_resource_arns,
+    iam_inline_policies_stored_as_json,
+    iam_trust_policy_account_principals,
+)
+from condor_annex.sandbox.patches.spot_fleet import (
+    cancelled_spot_fleets_stay_visible,
+    request_spot_fleet_accepts_aws_configs,
+    spot_fleet_instances_get_profile_and_fleet_tag,
+)
+
+# Order matters where two patches wrap the same method: the later one wraps the earlier one.
+PATCHES: tuple[Callable[[], None], ...] = (
+    run_instances_profile_on_every_instance,
+    run_instances_idempotent_on_client_token,
+    describe_instances_filters,
+    request_spot_fleet_accepts_aws_configs,
+    spot_fleet_instances_get_profile_and_fleet_tag,
+    cancelled_spot_fleets_stay_visible,
+    cloudformation_stack_outputs_from_change_sets,
+    cloudformation_resolves_s3_template_urls,
+    cloudformation_ssm_parameter_generated_name,
+    iam_trust_policy_account_principals,
+    iam_authorizes_against_resource_arns,
+    iam_inline_policies_stored_as_json,
+)
+
+_applied = False
+_lock = threading.Lock()
+
+
+def apply_all() -> None:
+    """Apply every patch once per process (later calls do nothing)."""
+    global _applied
+    with _lock:
+        if _applied:
+            return
+        for patch in PATCHES:
+            patch()
+        _applied = True

@@ -1,0 +1,103 @@
+"""IAM policy evaluation fidelity fixes (used when IAM enforcement is on)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from moto.iam.access_control import IAMPolicyStatement
+
+_ACCOUNT_PRINCIPAL = re.compile(r"^(?:arn:aws[a-z-]*:iam::(\d{12}):root|(\d{12}))$")
+
+
+def iam_trust_policy_account_principals() -> None:
+    """A trust policy naming an account (`arn:aws:iam::<id>:root` or `<id>`) trusts its principals.
+
+    "AWS JSON policy elements: Principal" / "AWS account principals" (IAM User Guide,
+    https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_elements_principal.html):
+    naming an account in a role trust policy delegates to the account, so any of its users and
+    roles whose identity policy allows `sts:AssumeRole` may assume the role. moto only matches
+    the exact principal ARN, and fails with HTTP 500 when the policy names only a Service.
+    """
+    original: Callable[[IAMPolicyStatement, str], bool] = IAMPolicyStatement._check_principal
+
+    def _check_principal(self: IAMPolicyStatement, principal: str) -> bool:
+        expected: Any = self._statement.get("Principal")
+        if not expected:
+            return True
+        aws = expected.get("AWS") if isinstance(expected, dict) else expected
+        if aws is None:
+            return False  # only Service / Federated principals: no IAM user or role matches
+        if original(self, principal):
+            return True
+        parts = principal.split(":")
+        caller_account = parts[4] if len(parts) > 4 else None
+        for entry in aws if isinstance(aws, list) else [aws]:
+            match = _ACCOUNT_PRINCIPAL.match(str(entry))
+            if match and caller_account in (match.group(1), match.group(2)):
+                return True
+        return False
+
+    IAMPolicyStatement._check_principal = _check_principal  # type: ignore[method-assign]
+
+
+def iam_authorizes_against_resource_arns() -> None:
+    """IAM actions are authorized against the instance profile or policy they name.
+
+    "Actions, resources, and condition keys for AWS Identity and Access Management"
+    (Service Authorization Reference,
+    https://docs.aws.amazon.com/service-authorization/latest/reference/list_awsidentityandaccessmanagementiam.html):
+    GetInstanceProfile (and the other instance-profile actions) act on the `instance-profile`
+    resource, GetPolicy/GetPolicyVersion on the `policy` resource. moto checks them against `*`,
+    so a policy scoped to those ARNs (least privilege) is denied.
+    """
+    from moto.iam.models import iam_backends
+    from moto.iam.responses import IamResponse
+
+    original: Callable[[IamResponse], str] = IamResponse._determine_resource
+
+    def _determine_resource(self: IamResponse) -> str:
+        data: Any = self.data
+        if "InstanceProfileName" in data:
+            name = data["InstanceProfileName"][0]
+            backend = iam_backends[self.current_account][self.partition]
+            for profile in backend.instance_profiles.values():
+                if profile.name == name:
+                    return str(profile.arn)
+            return "*"
+        resource = original(self)
+        if resource == "*" and "PolicyArn" in data:
+            return str(data["PolicyArn"][0])
+        return resource
+
+    IamResponse._determine_resource = _determine_resource  # type: ignore[method-assign]
+
+
+def iam_inline_policies_stored_as_json() -> None:
+    """Inline policies CloudFormation writes (a Role's `Policies`) are stored as JSON documents.
+
+    "GetRolePolicy" (IAM API Reference,
+    https://docs.aws.amazon.com/IAM/latest/APIReference/API_GetRolePolicy.html): the document
+    comes back as URL-encoded JSON, whoever wrote it. moto stores the template's dict as is, so
+    GetRolePolicy returns a Python repr and policy evaluation under IAM enforcement fails with
+    HTTP 500 (KeyError 'policy_document').
+    """
+    import json
+
+    from moto.iam.models import Group, Role, User
+
+    for model in (Role, Group, User):
+        original: Callable[[Any, str, Any], None] = model.put_policy
+
+        def put_policy(
+            self: Any,
+            policy_name: str,
+            policy_json: Any,
+            _original: Callable[[Any, str, Any], None] = original,
+        ) -> None:
+            if not isinstance(policy_json, str):
+                policy_json = json.dumps(policy_json)
+            _original(self, policy_name, policy_json)
+
+        model.put_policy = put_policy  # type: ignore[method-assign]

@@ -1,0 +1,131 @@
+"""Fidelity fixes: Lambda Invoke runs Python handlers; one-time schedules fire their Lambda target."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import zipfile
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from condor_annex.sandbox.schedule_clock import one_time_fire_time
+
+TRUST_LAMBDA = json.dumps(
+    {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": ["lambda.amazonaws.com", "scheduler.amazonaws.com"]},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+)
+
+HANDLER = """
+import os, boto3
+def handler(event, context):
+    if event.get("fail"):
+        raise RuntimeError("asked to fail")
+    caller = boto3.client("sts").get_caller_identity()["Arn"]
+    if "key" in event:
+        boto3.client("s3").put_object(Bucket=os.environ["BUCKET"], Key=event["key"], Body=b"x")
+    return {"caller": caller, "seen": event, "remaining_ms": context.get_remaining_time_in_millis()}
+"""
+
+
+def _function(aws, bucket: str = "fired-bucket") -> str:
+    role = aws.client("iam").create_role(RoleName="fn-role", AssumeRolePolicyDocument=TRUST_LAMBDA)
+    package = io.BytesIO()
+    with zipfile.ZipFile(package, "w") as archive:
+        archive.writestr("handler.py", HANDLER)
+    aws.client("s3").create_bucket(Bucket=bucket)
+    created = aws.client("lambda").create_function(
+        FunctionName="probe",
+        Runtime="python3.13",
+        Role=role["Role"]["Arn"],
+        Handler="handler.handler",
+        Code={"ZipFile": package.getvalue()},
+        Environment={"Variables": {"BUCKET": bucket}},
+        Timeout=30,
+    )
+    return str(created["FunctionArn"])
+
+
+def test_invoke_runs_the_handler_with_its_role_and_environment(aws) -> None:
+    """AWS runs the package's handler with the execution role's credentials (Lambda execution role)."""
+    _function(aws)
+    answer = aws.client("lambda").invoke(FunctionName="probe", Payload=json.dumps({"a": 1}))
+    body = json.loads(answer["Payload"].read())
+    assert "FunctionError" not in answer
+    assert body["seen"] == {"a": 1}
+    assert body["caller"].endswith(":assumed-role/fn-role/probe")
+    assert 0 < body["remaining_ms"] <= 30_000
+
+
+def test_invoke_reports_a_handler_exception_as_a_function_error(aws) -> None:
+    """An unhandled exception comes back as errorMessage/errorType with X-Amz-Function-Error."""
+    _function(aws)
+    answer = aws.client("lambda").invoke(FunctionName="probe", Payload=json.dumps({"fail": True}))
+    body = json.loads(answer["Payload"].read())
+    assert answer.get("FunctionError")
+    assert body == {"errorMessage": "asked to fail", "errorType": "RuntimeError"}
+
+
+def test_one_time_schedule_invokes_its_lambda_once_and_deletes_itself(aws) -> None:
+    """`at()` schedules fire once at their time; ActionAfterCompletion=DELETE removes them."""
+    arn = _function(aws)
+    role = aws.client("iam").get_role(RoleName="fn-role")["Role"]["Arn"]
+    scheduler = aws.client("scheduler")
+    soon = (datetime.now(timezone.utc) + timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%S")
+    scheduler.create_schedule(
+        Name="lease-probe",
+        ScheduleExpression=f"at({soon})",
+        ScheduleExpressionTimezone="UTC",
+        FlexibleTimeWindow={"Mode": "OFF"},
+        ActionAfterCompletion="DELETE",
+        Target={"Arn": arn, "RoleArn": role, "Input": json.dumps({"key": "fired"})},
+    )
+    s3 = aws.client("s3")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if s3.list_objects_v2(Bucket="fired-bucket").get("KeyCount"):
+            break
+        time.sleep(0.2)
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket="fired-bucket")["Contents"]] == ["fired"]
+    assert scheduler.list_schedules()["Schedules"] == []
+
+
+def test_future_schedule_does_not_fire_early(aws) -> None:
+    arn = _function(aws)
+    role = aws.client("iam").get_role(RoleName="fn-role")["Role"]["Arn"]
+    later = (datetime.now(timezone.utc) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S")
+    aws.client("scheduler").create_schedule(
+        Name="later",
+        ScheduleExpression=f"at({later})",
+        FlexibleTimeWindow={"Mode": "OFF"},
+        Target={"Arn": arn, "RoleArn": role, "Input": json.dumps({"key": "early"})},
+    )
+    time.sleep(1.5)
+    assert aws.client("s3").list_objects_v2(Bucket="fired-bucket").get("KeyCount") == 0
+    assert [s["Name"] for s in aws.client("scheduler").list_schedules()["Schedules"]] == ["later"]
+
+
+@pytest.mark.parametrize(
+    ("expression", "zone", "expected"),
+    [
+        ("at(2026-11-25T13:00:00)", "UTC", datetime(2026, 11, 25, 13, tzinfo=timezone.utc)),
+        (
+            "at(2026-11-25T13:00:00)",
+            "Europe/Berlin",
+            datetime(2026, 11, 25, 12, tzinfo=timezone.utc),
+        ),
+        ("rate(5 minutes)", "UTC", None),
+        ("cron(0 12 * * ? *)", None, None),
+    ],
+)
+def test_fire_time_honours_the_schedule_timezone(expression, zone, expected) -> None:
+    assert one_time_fire_time(expression, zone) == expected
