@@ -376,6 +376,7 @@ def launch_template_name(annex_name: str) -> str:
     validate_annex_name(annex_name)
     return f"{LAUNCH_TEMPLATE_NAME_PREFIX}{annex_name}"
 
+
 # --- Annex ClassAd attributes and job opt-in (added by the tokens/tarball/setup helper) ---------
 
 ANNEX_LEASE_EXPIRY_ATTRIBUTE = "AnnexLeaseExpiresAt"

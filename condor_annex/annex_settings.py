@@ -1,0 +1,140 @@
+"""The setup's outputs as the CLI reads them back: `ANNEX_DEFAULT_*` macros → `Settings`.
+
+`-setup` writes every stack output into the user's HTCondor config as a macro (the mapping lives
+in `contract.STACK_OUTPUTS`); every other verb starts from this typed view of those macros.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Optional
+
+from condor_annex import contract
+from condor_annex.aws import make_client, make_session
+
+# Which Settings field holds which stack output. Checked against contract.STACK_OUTPUTS below so a
+# new output cannot be forgotten here.
+FIELD_BY_OUTPUT_KEY: dict[str, str] = {
+    contract.OUTPUT_CONFIG_BUCKET.key: "config_bucket",
+    contract.OUTPUT_INSTANCE_PROFILE_ARN.key: "instance_profile_arn",
+    contract.OUTPUT_INSTANCE_ROLE_ARN.key: "instance_role_arn",
+    contract.OUTPUT_SPOT_FLEET_ROLE_ARN.key: "spot_fleet_role_arn",
+    contract.OUTPUT_SECURITY_GROUP_IDS.key: "security_group_ids",
+    contract.OUTPUT_VPC_ID.key: "vpc_id",
+    contract.OUTPUT_LEASE_FUNCTION_ARN.key: "lease_function_arn",
+    contract.OUTPUT_SWEEP_FUNCTION_ARN.key: "sweep_function_arn",
+    contract.OUTPUT_CONNECTIVITY_FUNCTION_ARN.key: "connectivity_function_arn",
+    contract.OUTPUT_SCHEDULER_ROLE_ARN.key: "scheduler_role_arn",
+    contract.OUTPUT_OPERATOR_POLICY_ARN.key: "operator_policy_arn",
+}
+if set(FIELD_BY_OUTPUT_KEY) != {o.key for o in contract.STACK_OUTPUTS}:  # pragma: no cover
+    raise RuntimeError("annex_settings.FIELD_BY_OUTPUT_KEY is out of step with contract")
+
+# What each verb needs from the setup.
+NEEDED_FOR_ON_DEMAND: tuple[contract.StackOutput, ...] = (
+    contract.OUTPUT_CONFIG_BUCKET,
+    contract.OUTPUT_INSTANCE_PROFILE_ARN,
+    contract.OUTPUT_SECURITY_GROUP_IDS,
+    contract.OUTPUT_LEASE_FUNCTION_ARN,
+    contract.OUTPUT_SCHEDULER_ROLE_ARN,
+)
+NEEDED_FOR_SPOT_FLEET: tuple[contract.StackOutput, ...] = (
+    *NEEDED_FOR_ON_DEMAND,
+    contract.OUTPUT_SPOT_FLEET_ROLE_ARN,
+)
+NEEDED_FOR_STATUS: tuple[contract.StackOutput, ...] = (contract.OUTPUT_CONFIG_BUCKET,)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed setup outputs; empty strings / tuples where the user config lacks a macro."""
+
+    config_bucket: str = ""
+    instance_profile_arn: str = ""
+    instance_role_arn: str = ""
+    spot_fleet_role_arn: str = ""
+    security_group_ids: tuple[str, ...] = ()
+    vpc_id: str = ""
+    lease_function_arn: str = ""
+    sweep_function_arn: str = ""
+    connectivity_function_arn: str = ""
+    scheduler_role_arn: str = ""
+    operator_policy_arn: str = ""
+    region: str = ""
+    stack_name: str = contract.STACK_NAME
+
+    @classmethod
+    def from_macros(cls, macros: Mapping[str, str]) -> Settings:
+        """Build from `ANNEX_DEFAULT_*` macro values (unknown macros are ignored)."""
+        values: dict[str, Any] = {}
+        for output in contract.STACK_OUTPUTS:
+            raw = macros.get(output.macro, "").strip()
+            name = FIELD_BY_OUTPUT_KEY[output.key]
+            if name == "security_group_ids":
+                values[name] = tuple(s.strip() for s in raw.split(",") if s.strip())
+            else:
+                values[name] = raw
+        values["region"] = macros.get(contract.MACRO_AWS_REGION, "").strip()
+        values["stack_name"] = (
+            macros.get(contract.MACRO_STACK_NAME, "").strip() or contract.STACK_NAME
+        )
+        return cls(**values)
+
+    @classmethod
+    def from_outputs(cls, outputs: Mapping[str, str], region: str = "") -> Settings:
+        """Build from stack outputs keyed by output key (as `setup` and test fixtures have them)."""
+        macros = {contract.MACRO_BY_OUTPUT_KEY[k]: v for k, v in outputs.items()}
+        macros[contract.MACRO_AWS_REGION] = region
+        return cls.from_macros(macros)
+
+    def value(self, output: contract.StackOutput) -> str:
+        raw = getattr(self, FIELD_BY_OUTPUT_KEY[output.key])
+        return ",".join(raw) if isinstance(raw, tuple) else str(raw)
+
+    def missing(self, needed: tuple[contract.StackOutput, ...]) -> list[contract.StackOutput]:
+        """The outputs in `needed` this configuration has no value for."""
+        return [o for o in needed if not self.value(o)]
+
+    @property
+    def empty(self) -> bool:
+        """True when no setup macro at all is present (setup never ran for this user)."""
+        return not any(self.value(o) for o in contract.STACK_OUTPUTS)
+
+
+def settings_field_names() -> list[str]:
+    return [f.name for f in fields(Settings)]
+
+
+def load_settings(config_file: Optional[Path] = None) -> Settings:
+    """Read the user's config file (or `config_file`) into Settings."""
+    from condor_annex import user_config  # part A's module; imported late to keep this light
+
+    path = config_file if config_file is not None else user_config.user_config_path()
+    macros = user_config.read_annex_macros(path) if path.exists() else {}
+    return Settings.from_macros(macros)
+
+
+@dataclass
+class AnnexClients:
+    """The AWS clients the annex verbs use; made once per command from one session."""
+
+    ec2: Any
+    s3: Any
+    scheduler: Any
+    lambda_: Any
+    region: str = ""
+
+    @classmethod
+    def from_session(
+        cls, region: Optional[str] = None, profile: Optional[str] = None
+    ) -> AnnexClients:
+        session = make_session(region=region or None, profile=profile)
+        return cls(
+            ec2=make_client(session, "ec2"),
+            s3=make_client(session, "s3"),
+            scheduler=make_client(session, "scheduler"),
+            lambda_=make_client(session, "lambda"),
+            region=session.region_name or "",
+        )

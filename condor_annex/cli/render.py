@@ -1,0 +1,139 @@
+"""Presentation: verbs return dataclasses; this turns them into text tables or JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from condor_annex import contract
+from condor_annex.create import CreateResult, ExtendResult
+from condor_annex.lease import utc_iso
+from condor_annex.off import OffResult
+from condor_annex.status import StatusReport
+
+SCHEMA_PATH = Path(__file__).with_name("status.schema.json")
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return utc_iso(value)
+    if isinstance(value, Path):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    raise TypeError(f"cannot render {type(value).__name__} as JSON")
+
+
+def to_json(value: Any) -> str:
+    """Any verb result as JSON (dataclasses, datetimes in the contract's UTC form)."""
+    if isinstance(value, StatusReport):
+        value = value.to_dict()
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    return json.dumps(value, default=_default, indent=2, sort_keys=True)
+
+
+def status_schema() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    return loaded
+
+
+def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
+    widths = [len(h) for h in header]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def _joined(value: bool | None, never: bool) -> str:
+    if never:
+        return "NEVER JOINED"
+    return {True: "yes", False: "no", None: "?"}[value]
+
+
+def render_status(report: StatusReport) -> str:
+    if not report.annexes:
+        return "No annexes found" + (f" in {report.region}." if report.region else ".")
+    out: list[str] = []
+    for annex in report.annexes:
+        lease = annex.lease_expires_at or "no lease record"
+        if annex.lease_expired:
+            lease += " (EXPIRED)"
+        kind = annex.kind or "unknown kind"
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(annex.counts.items())) or "no instances"
+        out.append(f"Annex {annex.annex_name} ({kind}): {counts}; lease until {lease}")
+        if annex.instances:
+            rows = [
+                [
+                    i.instance_id,
+                    i.state,
+                    i.instance_type,
+                    i.launch_time,
+                    _joined(i.joined_pool, i.never_joined),
+                ]
+                for i in annex.instances
+            ]
+            out.append(table(rows, ["INSTANCE", "STATE", "TYPE", "LAUNCHED", "IN POOL"]))
+        out.append("")
+    if not report.pool_checked:
+        out.append("(the pool was not asked; pass -collector HOST to see which instances joined)")
+    out.extend(f"note: {n}" for n in report.notes)
+    return "\n".join(out).rstrip()
+
+
+def render_create(result: CreateResult) -> str:
+    what = (
+        f"{len(result.instance_ids)} on-demand instance(s): {', '.join(result.instance_ids)}"
+        if result.kind == contract.FLEET_KIND_ON_DEMAND
+        else f"Spot Fleet request {result.fleet_id}"
+    )
+    lines = [
+        f"Annex {result.annex_name} started: {what}.",
+        f"Lease ends {utc_iso(result.expires_at)}; "
+        f"extend with `condor_annex -annex-name {result.annex_name} -duration D`.",
+        f"Check on it with `condor_annex status -annex-name {result.annex_name}`.",
+    ]
+    lines.extend(f"note: {n}" for n in result.notes)
+    return "\n".join(lines)
+
+
+def render_extend(result: ExtendResult) -> str:
+    lines = [
+        f"Lease of annex {result.annex_name} moved from "
+        f"{utc_iso(result.previous_expiry)} to {utc_iso(result.expires_at)}."
+    ]
+    lines.extend(f"note: {n}" for n in result.notes)
+    return "\n".join(lines)
+
+
+def render_off(result: OffResult) -> str:
+    if not result.changed:
+        return f"Annex {result.annex_name}: nothing left to turn off."
+    parts = []
+    if result.terminated_instances:
+        parts.append(f"terminated {len(result.terminated_instances)} instance(s)")
+    if result.cancelled_fleets:
+        parts.append(f"cancelled Spot Fleet {', '.join(result.cancelled_fleets)}")
+    removed = [
+        name
+        for name, done in (
+            ("configuration", result.deleted_tarball),
+            ("lease record", result.deleted_lease_record),
+            ("lease schedule", result.deleted_schedule),
+            ("launch template", result.deleted_launch_template),
+        )
+        if done
+    ]
+    if removed:
+        parts.append("removed " + ", ".join(removed))
+    lines = [f"Annex {result.annex_name}: " + "; ".join(parts) + "."]
+    if result.peaceful_requests is not None:
+        lines.append(f"Asked {result.peaceful_requests} daemon(s) to shut down peacefully first.")
+    lines.extend(f"note: {n}" for n in result.notes)
+    return "\n".join(lines)

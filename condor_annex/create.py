@@ -1,0 +1,1016 @@
+"""Creating an annex (on-demand or Spot Fleet) and extending an existing annex's lease.
+
+`create_annex` runs a straight sequence of steps; each step that changes AWS registers its undo,
+and when a later step fails (or the user presses ^C) the undos run in reverse order, so a failed
+create leaves nothing behind: launched instances / fleet, launch template, schedule, lease record,
+tarball. The order follows the seed guide: validate everything, check connectivity, build and
+upload the configuration tarball, create the lease, launch with one client token.
+
+Nothing here prints; progress goes to the optional `progress(step, state)` callback.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from condor_annex import contract, lease, spot
+from condor_annex.annex_settings import (
+    NEEDED_FOR_ON_DEMAND,
+    NEEDED_FOR_SPOT_FLEET,
+    AnnexClients,
+    Settings,
+)
+from condor_annex.backoff import Backoff
+from condor_annex.errors import (
+    AnnexError,
+    ConnectivityFailed,
+    InvalidInput,
+    SetupIncomplete,
+    SetupMissing,
+    translate_aws_error,
+)
+from condor_annex.lease import utc_iso
+
+DEFAULT_INSTANCE_TYPE = "m5.large"
+DEFAULT_COLLECTOR_PORT = 9618
+MAX_COUNT = 1000
+"""A sanity cap on -count/-slots: a typo must not start ten thousand instances."""
+MIN_LEASE_SECONDS = 60
+MIN_IDLE_SECONDS = 60
+MAX_USER_DATA_BYTES = 16 * 1024
+"""EC2: user data is limited to 16 KB before base64 encoding."""
+MAX_USER_TAGS = 40
+"""EC2 allows 50 tags per resource; condor_annex adds three of its own and keeps headroom."""
+RESERVED_TAG_PREFIXES = ("aws:", "htcondor:")
+_METADATA_TAG_KEY = re.compile(r"^[A-Za-z0-9+\-=._:@,]+$")
+LIVE_INSTANCE_STATES = ("pending", "running", "stopping", "stopped")
+LIVE_FLEET_STATES = ("submitted", "active", "modifying", "cancelled_running")
+LAUNCH_RETRY_SECONDS = 60.0
+CONNECTIVITY_TIMEOUT_SECONDS = 5.0
+
+STEP_VALIDATE = "validate"
+STEP_CONNECTIVITY = "connectivity"
+STEP_TOKEN = "token"  # noqa: S105 (a step name, not a secret)
+STEP_TARBALL = "tarball"
+STEP_LEASE = "lease"
+STEP_LAUNCH_TEMPLATE = "launch-template"
+STEP_LAUNCH = "launch"
+CREATE_STEPS = (
+    STEP_VALIDATE,
+    STEP_CONNECTIVITY,
+    STEP_TOKEN,
+    STEP_TARBALL,
+    STEP_LEASE,
+    STEP_LAUNCH_TEMPLATE,
+    STEP_LAUNCH,
+)
+
+Probe = Callable[[str, int], dict[str, Any]]
+Progress = Callable[[str, str], None]
+TokenProvider = Callable[[str, datetime], str]
+
+
+# --- Requests and results -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    """Everything the admin asked for; `count` (on-demand) xor `slots` (Spot Fleet)."""
+
+    annex_name: str
+    collector: str
+    count: Optional[int] = None
+    slots: Optional[int] = None
+    duration_seconds: int = contract.LEASE_DEFAULT_SECONDS
+    idle_seconds: int = contract.IDLE_DEFAULT_SECONDS
+    instance_type: str = DEFAULT_INSTANCE_TYPE
+    ami_id: Optional[str] = None
+    spot_instance_types: tuple[spot.InstanceTypeWeight, ...] = ()
+    spot_fleet_config_file: Optional[Path] = None
+    spot_allocation_strategy: str = spot.DEFAULT_ALLOCATION_STRATEGY
+    spot_fleet_type: str = spot.DEFAULT_FLEET_TYPE
+    key_name: Optional[str] = None
+    subnet_ids: tuple[str, ...] = ()
+    tags: tuple[tuple[str, str], ...] = ()
+    owner: str = ""
+    user_data: Optional[bytes] = None
+    start_expression: Optional[str] = None
+    token_file: Optional[Path] = None
+    signing_key_file: Optional[Path] = None
+    trust_domain: Optional[str] = None
+
+    @property
+    def kind(self) -> str:
+        return (
+            contract.FLEET_KIND_SPOT_FLEET
+            if self.slots is not None
+            else contract.FLEET_KIND_ON_DEMAND
+        )
+
+
+@dataclass
+class CreateResult:
+    """What a successful create made."""
+
+    annex_name: str
+    kind: str
+    client_token: str
+    expires_at: datetime
+    config_key: str
+    schedule_arn: str
+    instance_ids: list[str] = field(default_factory=list)
+    fleet_id: Optional[str] = None
+    launch_template_id: Optional[str] = None
+    connectivity: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ExtendResult:
+    """A moved lease."""
+
+    annex_name: str
+    previous_expiry: datetime
+    expires_at: datetime
+    schedule_recreated: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CreateHooks:
+    """Injectable collaborators (tests and the CLI replace them; defaults talk to AWS/sockets)."""
+
+    connectivity_probe: Optional[Probe] = None
+    """AWS's view of the collector; default invokes the setup's connectivity Lambda."""
+    local_probe: Optional[Probe] = None
+    """This machine's view; default is a TCP connect."""
+    token_provider: Optional[TokenProvider] = None
+    progress: Optional[Progress] = None
+    now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
+    backoff: Callable[[], Backoff] = lambda: Backoff(deadline_seconds=LAUNCH_RETRY_SECONDS)
+
+
+# --- Helpers ------------------------------------------------------------------------------------
+
+
+def parse_collector(collector: str) -> tuple[str, int]:
+    """`HOST[:PORT]` (IPv6 as `[addr]:port`) → (host, port); port defaults to 9618."""
+    text = collector.strip()
+    if not text:
+        raise InvalidInput(
+            "no collector is known",
+            next_step="pass -collector HOST[:PORT] or set COLLECTOR_HOST in the HTCondor config",
+        )
+    host, port_text = text, ""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest.lstrip(":")
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    # HTCondor allows `host:port?sock=...` sinful suffixes; the TCP part is what matters here.
+    port_text = port_text.split("?", 1)[0]
+    try:
+        port = int(port_text) if port_text else DEFAULT_COLLECTOR_PORT
+    except ValueError:
+        raise InvalidInput(f"collector port {port_text!r} is not a number") from None
+    if not host or not 0 < port < 65536:
+        raise InvalidInput(f"collector {collector!r} is not HOST[:PORT]")
+    return host, port
+
+
+def local_tcp_probe(host: str, port: int) -> dict[str, Any]:
+    """This machine's view of the collector, in the connectivity Lambda's result shape."""
+    address: Optional[str] = None
+    try:
+        with socket.create_connection((host, port), timeout=CONNECTIVITY_TIMEOUT_SECONDS) as sock:
+            address = str(sock.getpeername()[0])
+        return {"reachable": True, "host": host, "port": port, "address": address, "error": None}
+    except OSError as exc:
+        return {
+            "reachable": False,
+            "host": host,
+            "port": port,
+            "address": address,
+            "error": str(exc.strerror or exc),
+        }
+
+
+def lambda_connectivity_probe(lambda_client: Any, function_arn: str) -> Probe:
+    """A probe that invokes the setup's connectivity Lambda (it runs inside the account)."""
+
+    def probe(host: str, port: int) -> dict[str, Any]:
+        payload = json.dumps(
+            {"host": host, "port": port, "timeout": CONNECTIVITY_TIMEOUT_SECONDS}
+        ).encode()
+        response = lambda_client.invoke(
+            FunctionName=function_arn, InvocationType="RequestResponse", Payload=payload
+        )
+        body = response["Payload"].read()
+        if response.get("FunctionError"):
+            raise ConnectivityFailed(
+                f"the connectivity function failed: {body[:200]!r}",
+                next_step="run `condor_annex -check-setup`",
+            )
+        result: dict[str, Any] = json.loads(body)
+        return result
+
+    return probe
+
+
+def _tag_list(pairs: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
+    return [{"Key": k, "Value": v} for k, v in pairs]
+
+
+def annex_tags(request: CreateRequest) -> list[dict[str, str]]:
+    """The annex's own tags first, then the user's (validated not to collide)."""
+    return _tag_list(
+        [
+            (contract.TAG_ANNEX_NAME, request.annex_name),
+            (contract.TAG_ANNEX_OWNER, request.owner),
+            (contract.TAG_MANAGED_BY, contract.MANAGED_BY_VALUE),
+            *request.tags,
+        ]
+    )
+
+
+METADATA_OPTIONS: dict[str, Any] = {
+    # IMDSv2 only, and one hop: a container on the instance cannot reach the metadata service
+    # through the host's network stack (EC2 User Guide, "Configure the instance metadata options").
+    "HttpTokens": "required",
+    "HttpPutResponseHopLimit": 1,
+    "HttpEndpoint": "enabled",
+    # The agent reads the Spot Fleet tag from instance metadata instead of polling EC2.
+    "InstanceMetadataTags": "enabled",
+}
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Throttling and transient transport errors, retried with the SAME client token."""
+    if isinstance(exc, ClientError):
+        code = lease.error_code(exc)
+        return code in {
+            "Throttling",
+            "ThrottlingException",
+            "RequestLimitExceeded",
+            "TooManyRequestsException",
+            "RequestThrottled",
+            "InternalError",
+            "ServiceUnavailable",
+            "Unavailable",
+        }
+    return isinstance(exc, BotoCoreError) and "Connect" in type(exc).__name__
+
+
+# --- Validation ---------------------------------------------------------------------------------
+
+
+def validate_request(request: CreateRequest) -> None:
+    """Every check that needs no AWS call; raises InvalidInput naming the bad value."""
+    try:
+        contract.validate_annex_name(request.annex_name)
+    except contract.InvalidAnnexName as exc:
+        raise InvalidInput(str(exc), next_step="choose another -annex-name") from None
+    if (request.count is None) == (request.slots is None):
+        raise InvalidInput(
+            "say how big the annex is with exactly one of -count (on-demand) or -slots (Spot Fleet)"
+        )
+    size = request.count if request.count is not None else request.slots
+    what = "-count" if request.count is not None else "-slots"
+    if size is None or not 1 <= size <= MAX_COUNT:
+        raise InvalidInput(f"{what} must be between 1 and {MAX_COUNT}, not {size}")
+    validate_duration(request.duration_seconds)
+    if not MIN_IDLE_SECONDS <= request.idle_seconds <= contract.LEASE_MAX_SECONDS:
+        raise InvalidInput(
+            f"-idle must be between {MIN_IDLE_SECONDS} s and {contract.LEASE_MAX_SECONDS} s, "
+            f"not {request.idle_seconds} s"
+        )
+    if request.user_data is not None and len(request.user_data) > MAX_USER_DATA_BYTES:
+        raise InvalidInput(
+            f"user data has {len(request.user_data)} bytes; EC2 accepts at most {MAX_USER_DATA_BYTES}"
+        )
+    if len(request.tags) > MAX_USER_TAGS:
+        raise InvalidInput(f"{len(request.tags)} tags given; at most {MAX_USER_TAGS} are accepted")
+    keys = [k for k, _ in request.tags]
+    for key, value in request.tags:
+        if not key or len(key) > 128 or len(value) > 256:
+            raise InvalidInput(f"tag {key!r}: keys need 1-128 characters and values at most 256")
+        if not _METADATA_TAG_KEY.match(key) or key in (".", ".."):
+            # Instance metadata tags are enabled on every annex instance; EC2 then refuses tag
+            # keys outside this alphabet (EC2 User Guide, "View tags for your EC2 instances
+            # using instance metadata").
+            raise InvalidInput(f"tag key {key!r} may only use letters, digits and + - = . , _ : @")
+        if key.lower().startswith(RESERVED_TAG_PREFIXES):
+            raise InvalidInput(
+                f"tag key {key!r} is reserved (prefixes {', '.join(RESERVED_TAG_PREFIXES)})"
+            )
+    if len(set(keys)) != len(keys):
+        raise InvalidInput("a tag key is given twice")
+    for subnet in request.subnet_ids:
+        if not subnet.startswith("subnet-"):
+            raise InvalidInput(f"{subnet!r} is not a subnet ID (subnet-...)")
+    if request.ami_id is not None and not request.ami_id.startswith("ami-"):
+        raise InvalidInput(f"{request.ami_id!r} is not an AMI ID (ami-...)")
+    if request.kind == contract.FLEET_KIND_ON_DEMAND:
+        if request.spot_instance_types or request.spot_fleet_config_file:
+            raise InvalidInput("Spot Fleet options need -slots, not -count")
+        if request.ami_id is None:
+            raise InvalidInput(
+                "an on-demand annex needs an AMI",
+                next_step="pass -aws-on-demand-ami-id ami-... (an annex-compatible image)",
+            )
+    else:
+        if bool(request.spot_instance_types) == bool(request.spot_fleet_config_file):
+            raise InvalidInput(
+                "a Spot Fleet annex needs exactly one of -aws-spot-instance-types or "
+                "-aws-spot-fleet-config-file"
+            )
+    if not request.owner or len(request.owner) > 256:
+        raise InvalidInput("-owner must be 1 to 256 characters", next_step="pass -owner USER")
+
+
+def validate_duration(seconds: int) -> None:
+    if not MIN_LEASE_SECONDS <= seconds <= contract.LEASE_MAX_SECONDS:
+        raise InvalidInput(
+            f"-duration must be between {MIN_LEASE_SECONDS} s and {contract.LEASE_MAX_SECONDS} s "
+            f"(7 days), not {seconds} s"
+        )
+
+
+def require_setup(
+    settings: Settings, needed: tuple[contract.StackOutput, ...], region: str
+) -> None:
+    """Raise SetupMissing / SetupIncomplete when the user config lacks what a verb needs."""
+    where = f" -aws-region {region}" if region else ""
+    if settings.empty:
+        raise SetupMissing(
+            "no condor_annex setup is recorded in your HTCondor user config",
+            next_step=f"run `condor_annex -setup{where}`",
+        )
+    missing = settings.missing(needed)
+    if missing:
+        raise SetupIncomplete(
+            "the setup recorded in your HTCondor user config lacks "
+            + ", ".join(o.macro for o in missing),
+            next_step=f"run `condor_annex -setup{where}` again (it updates in place)",
+        )
+
+
+def check_bucket(clients: AnnexClients, settings: Settings) -> None:
+    try:
+        clients.s3.head_bucket(Bucket=settings.config_bucket)
+    except ClientError as exc:
+        if lease.error_code(exc) in {"404", "NoSuchBucket", "NotFound"}:
+            where = f" -aws-region {clients.region}" if clients.region else ""
+            raise SetupMissing(
+                f"the setup's config bucket {settings.config_bucket} does not exist"
+                + (f" in {clients.region}" if clients.region else ""),
+                next_step=f"run `condor_annex -check-setup{where}` or `condor_annex -setup{where}`",
+            ) from None
+        raise
+
+
+def check_image(ec2: Any, ami_id: str) -> None:
+    try:
+        images = ec2.describe_images(ImageIds=[ami_id]).get("Images", [])
+    except ClientError as exc:
+        if lease.error_code(exc).startswith("InvalidAMIID"):
+            images = []
+        else:
+            raise
+    if not images:
+        raise InvalidInput(
+            f"the AMI {ami_id} does not exist (or is not visible) in this region",
+            next_step="check -aws-on-demand-ami-id and -aws-region",
+        )
+    state = images[0].get("State", "available")
+    if state != "available":
+        raise InvalidInput(f"the AMI {ami_id} is {state}, not available")
+
+
+def check_instance_types(ec2: Any, types: Sequence[str]) -> None:
+    """Refuse unknown instance types; quietly skip when the identity may not describe them."""
+    if not types:
+        return
+    try:
+        ec2.describe_instance_types(InstanceTypes=list(types))
+    except ClientError as exc:
+        code = lease.error_code(exc)
+        if code.startswith("InvalidInstanceType") or code == "InvalidParameterValue":
+            raise InvalidInput(
+                f"unknown instance type among {', '.join(types)} ({exc.response['Error'].get('Message', code)})",
+                next_step="check the instance type names for this region",
+            ) from None
+        if code in {"UnauthorizedOperation", "AccessDenied"}:
+            return  # the operator policy may not grant it; RunInstances will say so
+        raise
+
+
+def _paginate_instances(ec2: Any, filters: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for page in ec2.get_paginator("describe_instances").paginate(Filters=filters):
+        for reservation in page.get("Reservations", []):
+            out.extend(reservation.get("Instances", []))
+    return out
+
+
+def instances_with_token_prefix(
+    ec2: Any, annex_name: str, states: Sequence[str] = LIVE_INSTANCE_STATES
+) -> list[dict[str, Any]]:
+    """Instances whose own client token belongs to the annex (filtered server-side, confirmed here)."""
+    found = _paginate_instances(
+        ec2,
+        [
+            {"Name": "client-token", "Values": [contract.client_token_filter_value(annex_name)]},
+            {"Name": "instance-state-name", "Values": list(states)},
+        ],
+    )
+    return [i for i in found if contract.token_belongs_to(i.get("ClientToken"), annex_name)]
+
+
+def fleets_of(ec2: Any, annex_name: Optional[str]) -> list[dict[str, Any]]:
+    """Live Spot Fleet requests whose client token belongs to `annex_name` (any annex if None)."""
+    out: list[dict[str, Any]] = []
+    for page in ec2.get_paginator("describe_spot_fleet_requests").paginate():
+        for fleet in page.get("SpotFleetRequestConfigs", []):
+            if fleet.get("SpotFleetRequestState") not in LIVE_FLEET_STATES:
+                continue
+            token = fleet.get("SpotFleetRequestConfig", {}).get("ClientToken")
+            owner = contract.annex_name_from_client_token(token or "")
+            if owner is not None and (annex_name is None or owner == annex_name):
+                out.append(fleet)
+    return out
+
+
+def existing_annex_summary(
+    clients: AnnexClients, settings: Settings, annex_name: str
+) -> Optional[str]:
+    """A description of what already exists under `annex_name`, or None when nothing does."""
+    parts: list[str] = []
+    record = lease.read_lease_record(clients.s3, settings.config_bucket, annex_name)
+    if record is not None:
+        parts.append(f"a lease until {record.expires_at}")
+    instances = instances_with_token_prefix(clients.ec2, annex_name)
+    if instances:
+        parts.append(f"{len(instances)} instance(s)")
+    fleets = fleets_of(clients.ec2, annex_name)
+    if fleets:
+        parts.append(f"{len(fleets)} Spot Fleet request(s)")
+    return ", ".join(parts) or None
+
+
+def _token_unused(clients: AnnexClients, client_token: str, kind: str) -> None:
+    """Before launching: nothing may already exist with this exact client token."""
+    if kind == contract.FLEET_KIND_ON_DEMAND:
+        found = _paginate_instances(
+            clients.ec2, [{"Name": "client-token", "Values": [client_token]}]
+        )
+        found = [i for i in found if i.get("ClientToken") == client_token]
+    else:
+        annex = contract.annex_name_from_client_token(client_token)
+        found = [
+            f
+            for f in (fleets_of(clients.ec2, annex) if annex else [])
+            if f.get("SpotFleetRequestConfig", {}).get("ClientToken") == client_token
+        ]
+    if found:
+        raise AnnexError(
+            f"something was already launched with client token {client_token}; refusing to launch "
+            "twice",
+            next_step="run `condor_annex status` and `condor_annex off` for this annex",
+        )
+
+
+# --- The create sequence ------------------------------------------------------------------------
+
+
+class _Undo:
+    """Undo actions registered by each step, run in reverse on failure."""
+
+    def __init__(self) -> None:
+        self._actions: list[tuple[str, Callable[[], None]]] = []
+        self.errors: list[str] = []
+
+    def push(self, what: str, action: Callable[[], None]) -> None:
+        self._actions.append((what, action))
+
+    def run(self) -> None:
+        while self._actions:
+            what, action = self._actions.pop()
+            try:
+                action()
+            except Exception as exc:  # keep undoing the rest; report what is left
+                self.errors.append(f"{what}: {type(exc).__name__}: {exc}")
+
+
+def create_annex(
+    request: CreateRequest,
+    *,
+    settings: Settings,
+    clients: AnnexClients,
+    hooks: Optional[CreateHooks] = None,
+) -> CreateResult:
+    """Create the annex, or raise AnnexError having removed everything this call created.
+
+    KeyboardInterrupt also rolls back, then propagates.
+    """
+    hooks = hooks or CreateHooks()
+    undo = _Undo()
+    stepper = _Stepper(hooks.progress, clients.region)
+    try:
+        return _create_steps(request, settings, clients, hooks, undo, stepper)
+    except BaseException as exc:
+        undo.run()
+        error = exc
+        if isinstance(exc, (ClientError, BotoCoreError)):
+            error = translate_aws_error(
+                exc,
+                action=_STEP_ACTIONS.get(stepper.current, "create the annex"),
+                region=clients.region or None,
+            )
+        if undo.errors and isinstance(error, AnnexError):
+            error.message += f" (rollback incomplete: {'; '.join(undo.errors)})"
+        if error is exc:
+            raise
+        raise error from exc
+
+
+_STEP_ACTIONS = {
+    STEP_VALIDATE: "check the annex request against AWS",
+    STEP_CONNECTIVITY: "check connectivity to the collector",
+    STEP_TOKEN: "obtain the annex token",
+    STEP_TARBALL: "upload the annex configuration",
+    STEP_LEASE: "create the annex's lease",
+    STEP_LAUNCH_TEMPLATE: "create the annex's launch template",
+    STEP_LAUNCH: "launch the annex instances",
+}
+
+
+@dataclass
+class _Stepper:
+    progress: Optional[Progress]
+    region: str
+    current: str = STEP_VALIDATE
+
+    def begin(self, step: str) -> None:
+        self.current = step
+        if self.progress:
+            self.progress(step, "start")
+
+    def done(self, step: str) -> None:
+        if self.progress:
+            self.progress(step, "done")
+
+    def call(self, action: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except (ClientError, BotoCoreError) as exc:
+            raise translate_aws_error(exc, action=action, region=self.region or None) from exc
+
+
+def _create_steps(
+    request: CreateRequest,
+    settings: Settings,
+    clients: AnnexClients,
+    hooks: CreateHooks,
+    undo: _Undo,
+    st: _Stepper,
+) -> CreateResult:
+    name = request.annex_name
+    kind = request.kind
+
+    # 1. Validate everything before changing anything.
+    st.begin(STEP_VALIDATE)
+    validate_request(request)
+    require_setup(
+        settings,
+        NEEDED_FOR_SPOT_FLEET if kind == contract.FLEET_KIND_SPOT_FLEET else NEEDED_FOR_ON_DEMAND,
+        clients.region,
+    )
+    host, port = parse_collector(request.collector)
+    plan: Optional[spot.SpotPlan] = None
+    if kind == contract.FLEET_KIND_SPOT_FLEET:
+        if request.spot_fleet_config_file is not None:
+            plan = spot.load_spot_fleet_config(
+                request.spot_fleet_config_file,
+                fleet_role_arn=settings.spot_fleet_role_arn,
+                instance_profile_arn=settings.instance_profile_arn,
+                security_group_ids=settings.security_group_ids,
+            )
+        else:
+            plan = spot.plan_from_instance_types(
+                request.spot_instance_types,
+                subnet_ids=request.subnet_ids,
+                allocation_strategy=request.spot_allocation_strategy,
+                fleet_type=request.spot_fleet_type,
+            )
+    ami = request.ami_id or (spot.image_id_of(plan) if plan else None)
+    if ami is None:
+        raise InvalidInput(
+            "the annex needs an AMI",
+            next_step="pass -aws-on-demand-ami-id ami-... or set ImageId in the Spot Fleet config",
+        )
+    st.call("find the config bucket", lambda: check_bucket(clients, settings))
+    st.call("look up the AMI", lambda: check_image(clients.ec2, ami))
+    types = plan.instance_types if plan else [request.instance_type]
+    st.call("look up the instance types", lambda: check_instance_types(clients.ec2, types))
+    existing = st.call(
+        "look for an existing annex of that name",
+        lambda: existing_annex_summary(clients, settings, name),
+    )
+    if existing:
+        raise InvalidInput(
+            f"an annex named {name} already exists ({existing})",
+            next_step=f"choose another -annex-name, extend it with `condor_annex -annex-name {name} "
+            f"-duration D`, or end it with `condor_annex off -annex-name {name}`",
+        )
+    now = hooks.now()
+    expires_at = (now + timedelta(seconds=request.duration_seconds)).replace(microsecond=0)
+    client_token = contract.new_client_token(name)
+    st.done(STEP_VALIDATE)
+
+    # 2. Connectivity: AWS must reach the collector the instances will report to.
+    st.begin(STEP_CONNECTIVITY)
+    remote_probe = hooks.connectivity_probe
+    if remote_probe is None:
+        if not settings.connectivity_function_arn:
+            raise SetupIncomplete(
+                f"the setup lacks {contract.OUTPUT_CONNECTIVITY_FUNCTION_ARN.macro}",
+                next_step="run `condor_annex -setup` again",
+            )
+        remote_probe = lambda_connectivity_probe(
+            clients.lambda_, settings.connectivity_function_arn
+        )
+    remote = st.call("run the connectivity check in AWS", lambda: remote_probe(host, port))
+    local = (hooks.local_probe or local_tcp_probe)(host, port)
+    connectivity = {"aws": remote, "local": local}
+    notes: list[str] = []
+    if not remote.get("reachable"):
+        raise ConnectivityFailed(
+            f"instances in AWS could not reach the collector {host}:{port} "
+            f"({remote.get('error') or 'unreachable'})",
+            next_step="open the collector port to the setup's security group / pool CIDRs, "
+            "or pass the collector's public name with -collector",
+        )
+    if (
+        local.get("reachable")
+        and remote.get("address")
+        and local.get("address")
+        and remote.get("address") != local.get("address")
+    ):
+        # Split-horizon DNS and NAT make this normal; say it, do not refuse.
+        notes.append(
+            f"AWS reaches {host} at {remote.get('address')} but this machine at "
+            f"{local.get('address')}: make sure both are the same collector"
+        )
+    st.done(STEP_CONNECTIVITY)
+
+    # 3. The token the instances use, expiring with the lease.
+    st.begin(STEP_TOKEN)
+    if hooks.token_provider is not None:
+        token = hooks.token_provider(name, expires_at)
+    else:
+        from condor_annex import tokens
+
+        token = tokens.annex_token(
+            annex_name=name,
+            expires_at=expires_at,
+            token_file=request.token_file,
+            signing_key_file=request.signing_key_file,
+            trust_domain=request.trust_domain,
+        )
+    st.done(STEP_TOKEN)
+
+    # 4. The configuration tarball, in the private bucket.
+    st.begin(STEP_TARBALL)
+    from condor_annex import tarball
+
+    cfg = tarball.AnnexConfig(
+        annex_name=name,
+        owner=request.owner,
+        collector_host=request.collector,
+        idle_seconds=request.idle_seconds,
+        lease_expires_at=expires_at,
+        token=token,
+        trust_domain=request.trust_domain,
+        start_expression=request.start_expression,
+    )
+    body = tarball.build_config_tarball(cfg)
+    key = contract.config_key(name)
+    undo.push(
+        "delete the configuration tarball",
+        lambda: clients.s3.delete_object(Bucket=settings.config_bucket, Key=key),
+    )
+    st.call(
+        "upload the annex configuration",
+        lambda: clients.s3.put_object(
+            Bucket=settings.config_bucket,
+            Key=key,
+            Body=body,
+            ContentType="application/gzip",
+            ServerSideEncryption=lease.SSE_ALGORITHM,
+        ),
+    )
+    st.done(STEP_TARBALL)
+
+    # 5. The lease: a record the sweep finds and a one-time schedule at the expiry.
+    st.begin(STEP_LEASE)
+    record = contract.LeaseRecord.new(
+        annex_name=name,
+        bucket=settings.config_bucket,
+        expires_at=expires_at,
+        client_token=client_token,
+        kind=kind,
+        owner=request.owner,
+        now=now,
+    )
+    undo.push(
+        "delete the lease record",
+        lambda: lease.delete_lease_record(clients.s3, settings.config_bucket, name),
+    )
+    st.call("record the annex's lease", lambda: lease.put_lease_record(clients.s3, record))
+    undo.push("delete the lease schedule", lambda: _delete_schedule_quietly(clients, name))
+    schedule_arn = st.call(
+        "create the annex's lease schedule",
+        lambda: lease.create_schedule(
+            clients.scheduler,
+            record,
+            lease_function_arn=settings.lease_function_arn,
+            scheduler_role_arn=settings.scheduler_role_arn,
+        ),
+    )
+    st.done(STEP_LEASE)
+
+    result = CreateResult(
+        annex_name=name,
+        kind=kind,
+        client_token=client_token,
+        expires_at=expires_at,
+        config_key=key,
+        schedule_arn=schedule_arn,
+        connectivity=connectivity,
+        notes=notes,
+    )
+    tags = annex_tags(request)
+
+    # 6./7. Launch with the one client token; retries reuse it.
+    if kind == contract.FLEET_KIND_ON_DEMAND:
+        st.begin(STEP_LAUNCH)
+        undo.push(
+            "terminate the launched instances",
+            lambda: _terminate_token(clients, client_token, result.instance_ids),
+        )
+        st.call(
+            "check the client token is unused",
+            lambda: _token_unused(clients, client_token, kind),
+        )
+        result.instance_ids = st.call(
+            "launch the annex instances",
+            lambda: hooks.backoff().retry(
+                lambda: _run_instances(clients, request, settings, ami, client_token, tags),
+                _retryable,
+            ),
+        )
+        st.done(STEP_LAUNCH)
+    else:
+        assert plan is not None
+        st.begin(STEP_LAUNCH_TEMPLATE)
+        template_name = contract.launch_template_name(name)
+        undo.push(
+            "delete the launch template",
+            lambda: _delete_launch_template_quietly(clients, template_name),
+        )
+        template_id, version = st.call(
+            "create the annex's launch template",
+            lambda: _create_launch_template(
+                clients, request, settings, plan, ami, template_name, client_token, tags
+            ),
+        )
+        result.launch_template_id = template_id
+        st.done(STEP_LAUNCH_TEMPLATE)
+
+        st.begin(STEP_LAUNCH)
+        undo.push(
+            "cancel the Spot Fleet request",
+            lambda: _cancel_fleet_token(clients, client_token, result.fleet_id),
+        )
+        st.call(
+            "check the client token is unused",
+            lambda: _token_unused(clients, client_token, kind),
+        )
+        fleet_config = spot.build_spot_fleet_request_config(
+            plan,
+            launch_template_id=template_id,
+            launch_template_version=version,
+            client_token=client_token,
+            slots=int(request.slots or 0),
+            fleet_role_arn=settings.spot_fleet_role_arn,
+            valid_until=utc_iso(expires_at),
+            tags=tags,
+            subnet_ids=request.subnet_ids,
+        )
+        result.fleet_id = st.call(
+            "request the Spot Fleet",
+            lambda: hooks.backoff().retry(
+                lambda: str(
+                    clients.ec2.request_spot_fleet(SpotFleetRequestConfig=fleet_config)[
+                        "SpotFleetRequestId"
+                    ]
+                ),
+                _retryable,
+            ),
+        )
+        st.done(STEP_LAUNCH)
+    return result
+
+
+def _run_instances(
+    clients: AnnexClients,
+    request: CreateRequest,
+    settings: Settings,
+    ami: str,
+    client_token: str,
+    tags: list[dict[str, str]],
+) -> list[str]:
+    args: dict[str, Any] = {
+        "ClientToken": client_token,
+        "ImageId": ami,
+        "InstanceType": request.instance_type,
+        "MinCount": request.count,
+        "MaxCount": request.count,
+        "MetadataOptions": METADATA_OPTIONS,
+        "IamInstanceProfile": {"Arn": settings.instance_profile_arn},
+        "SecurityGroupIds": list(settings.security_group_ids),
+        "TagSpecifications": [
+            {"ResourceType": "instance", "Tags": tags},
+            {"ResourceType": "volume", "Tags": tags},
+        ],
+        # The master's shutdown script powers the instance off; make that a termination.
+        "InstanceInitiatedShutdownBehavior": "terminate",
+    }
+    if request.subnet_ids:
+        args["SubnetId"] = request.subnet_ids[0]
+    if request.key_name:
+        args["KeyName"] = request.key_name
+    if request.user_data is not None:
+        args["UserData"] = request.user_data  # botocore base64-encodes it; content untouched
+    response = clients.ec2.run_instances(**args)
+    return [str(i["InstanceId"]) for i in response.get("Instances", [])]
+
+
+def _create_launch_template(
+    clients: AnnexClients,
+    request: CreateRequest,
+    settings: Settings,
+    plan: spot.SpotPlan,
+    ami: str,
+    template_name: str,
+    client_token: str,
+    tags: list[dict[str, str]],
+) -> tuple[str, str]:
+    data: dict[str, Any] = {k: v for k, v in plan.template_data.items() if k != "UserData"}
+    data.update(
+        {
+            "ImageId": ami,
+            "IamInstanceProfile": {"Arn": settings.instance_profile_arn},
+            "SecurityGroupIds": list(settings.security_group_ids),
+            "MetadataOptions": METADATA_OPTIONS,
+            "TagSpecifications": [
+                {"ResourceType": "instance", "Tags": tags},
+                {"ResourceType": "volume", "Tags": tags},
+            ],
+        }
+    )
+    if request.key_name:
+        data["KeyName"] = request.key_name
+    # Launch template user data is base64 text (botocore does not encode it, unlike RunInstances);
+    # a console-exported config already holds base64.
+    if request.user_data is not None:
+        data["UserData"] = base64.b64encode(request.user_data).decode()
+    elif plan.template_data.get("UserData"):
+        data["UserData"] = plan.template_data["UserData"]
+    response = clients.ec2.create_launch_template(
+        LaunchTemplateName=template_name,
+        ClientToken=client_token,
+        LaunchTemplateData=data,
+        TagSpecifications=[{"ResourceType": "launch-template", "Tags": tags}],
+    )
+    template = response["LaunchTemplate"]
+    return str(template["LaunchTemplateId"]), str(template.get("LatestVersionNumber", 1))
+
+
+def _terminate_token(clients: AnnexClients, client_token: str, known: Sequence[str]) -> None:
+    """Terminate what was launched with this exact token (even if the response was lost)."""
+    found = _paginate_instances(clients.ec2, [{"Name": "client-token", "Values": [client_token]}])
+    ids = sorted(
+        {*known, *(str(i["InstanceId"]) for i in found if i.get("ClientToken") == client_token)}
+    )
+    if ids:
+        clients.ec2.terminate_instances(InstanceIds=ids)
+
+
+def _cancel_fleet_token(clients: AnnexClients, client_token: str, fleet_id: Optional[str]) -> None:
+    annex = contract.annex_name_from_client_token(client_token)
+    ids = {fleet_id} if fleet_id else set()
+    for fleet in fleets_of(clients.ec2, annex) if annex else []:
+        if fleet.get("SpotFleetRequestConfig", {}).get("ClientToken") == client_token:
+            ids.add(str(fleet["SpotFleetRequestId"]))
+    if ids:
+        clients.ec2.cancel_spot_fleet_requests(
+            SpotFleetRequestIds=sorted(ids), TerminateInstances=True
+        )
+
+
+def _delete_schedule_quietly(clients: AnnexClients, annex_name: str) -> None:
+    lease.delete_schedule(clients.scheduler, annex_name)
+
+
+def _delete_launch_template_quietly(clients: AnnexClients, template_name: str) -> None:
+    delete_launch_template(clients.ec2, template_name)
+
+
+def delete_launch_template(ec2: Any, template_name: str) -> bool:
+    """Delete the named launch template if it exists; False when there was none.
+
+    Looked up with a filter (an empty answer, not an error, when absent), then deleted by ID.
+    """
+    found = ec2.describe_launch_templates(
+        Filters=[{"Name": "launch-template-name", "Values": [template_name]}]
+    ).get("LaunchTemplates", [])
+    for template in found:
+        try:
+            ec2.delete_launch_template(LaunchTemplateId=template["LaunchTemplateId"])
+        except ClientError as exc:
+            if "NotFound" not in lease.error_code(exc):
+                raise
+    return bool(found)
+
+
+# --- Lease extension ----------------------------------------------------------------------------
+
+
+def extend_lease(
+    annex_name: str,
+    duration_seconds: int,
+    *,
+    settings: Settings,
+    clients: AnnexClients,
+    now: Optional[datetime] = None,
+) -> ExtendResult:
+    """Move the annex's lease to `now + duration`: the record and the schedule."""
+    try:
+        contract.validate_annex_name(annex_name)
+    except contract.InvalidAnnexName as exc:
+        raise InvalidInput(str(exc)) from None
+    validate_duration(duration_seconds)
+    require_setup(settings, NEEDED_FOR_ON_DEMAND, clients.region)
+    region = clients.region or None
+    try:
+        record = lease.read_lease_record(clients.s3, settings.config_bucket, annex_name)
+        if record is None:
+            raise InvalidInput(
+                f"annex {annex_name} has no lease to extend (it ended or never existed)",
+                next_step=f"create it with `condor_annex -annex-name {annex_name} -count N`",
+            )
+        moment = now or datetime.now(timezone.utc)
+        new_expiry = (moment + timedelta(seconds=duration_seconds)).replace(microsecond=0)
+        moved = record.with_expiry(new_expiry)
+        lease.put_lease_record(clients.s3, moved)
+        result = ExtendResult(annex_name, record.expiry, new_expiry)
+        if lease.get_schedule(clients.scheduler, annex_name) is None:
+            lease.create_schedule(
+                clients.scheduler,
+                moved,
+                lease_function_arn=settings.lease_function_arn,
+                scheduler_role_arn=settings.scheduler_role_arn,
+            )
+            result.schedule_recreated = True
+        else:
+            lease.update_schedule(
+                clients.scheduler,
+                moved,
+                lease_function_arn=settings.lease_function_arn,
+                scheduler_role_arn=settings.scheduler_role_arn,
+            )
+        if record.kind == contract.FLEET_KIND_SPOT_FLEET and new_expiry > record.expiry:
+            # ModifySpotFleetRequest cannot change ValidUntil (EC2 API reference), and the fleet
+            # was requested with TerminateInstancesWithExpiration.
+            result.notes.append(
+                f"the Spot Fleet's own expiry stays at {record.expires_at}: its instances end "
+                "then; create a new annex to run longer"
+            )
+        result.notes.append(
+            "running instances keep the token they booted with (it expires at the old lease end)"
+        )
+        return result
+    except (ClientError, BotoCoreError) as exc:
+        raise translate_aws_error(exc, action="extend the annex's lease", region=region) from exc

@@ -1,0 +1,387 @@
+"""Spot Fleet request building: from instance types on the command line or a console-exported file.
+
+A Spot Fleet `LaunchSpecification` has no `MetadataOptions` (EC2 API reference,
+SpotFleetLaunchSpecification), so IMDSv2 cannot be required through it. Every Spot Fleet annex
+therefore launches from a per-annex launch template that carries what the setup dictates
+(instance profile, security groups, `HttpTokens=required`, hop limit 1, annex tags); the instance
+types, weights and subnets become the template config's `Overrides`. A user's file in the console's
+export format (`LaunchSpecifications`) is validated and folded into that shape; settings that would
+escape the setup (another fleet role, instance profile or security group) are refused, not merged.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from condor_annex.errors import InvalidInput
+
+MAX_CONFIG_FILE_BYTES = 256 * 1024
+MAX_OVERRIDES = 50
+"""AWS: a launch template config takes at most 50 overrides per fleet request."""
+
+ALLOCATION_STRATEGIES = (
+    "priceCapacityOptimized",
+    "capacityOptimized",
+    "capacityOptimizedPrioritized",
+    "diversified",
+    "lowestPrice",
+)
+DEFAULT_ALLOCATION_STRATEGY = "priceCapacityOptimized"
+FLEET_TYPES = ("maintain", "request")
+DEFAULT_FLEET_TYPE = "maintain"
+
+_INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$")
+
+# Top-level keys of SpotFleetRequestConfigData we accept from a file; the rest is refused by name.
+_FLEET_KEYS_KEPT = frozenset(
+    {
+        "AllocationStrategy",
+        "OnDemandAllocationStrategy",
+        "SpotMaintenanceStrategies",
+        "ExcessCapacityTerminationPolicy",
+        "SpotPrice",
+        "OnDemandTargetCapacity",
+        "OnDemandMaxTotalPrice",
+        "SpotMaxTotalPrice",
+        "Type",
+        "ReplaceUnhealthyInstances",
+        "InstanceInterruptionBehavior",
+        "InstancePoolsToUseCount",
+        "TargetCapacityUnitType",
+        "Context",
+    }
+)
+# Keys condor_annex sets itself (the file's values are ignored: capacity is -slots, the expiry is
+# the lease, the token is ours). IamFleetRole is checked separately.
+_FLEET_KEYS_REPLACED = frozenset(
+    {
+        "ClientToken",
+        "TargetCapacity",
+        "FulfilledCapacity",
+        "OnDemandFulfilledCapacity",
+        "ValidFrom",
+        "ValidUntil",
+        "TerminateInstancesWithExpiration",
+        "TagSpecifications",
+    }
+)
+# Per-launch-specification keys that become launch template data (must agree across specs).
+_SHARED_SPEC_KEYS = (
+    "ImageId",
+    "KeyName",
+    "UserData",
+    "BlockDeviceMappings",
+    "EbsOptimized",
+    "Monitoring",
+    "KernelId",
+    "RamdiskId",
+)
+# Per-launch-specification keys that become an override.
+_OVERRIDE_SPEC_KEYS = ("InstanceType", "SubnetId", "SpotPrice", "WeightedCapacity", "Priority")
+
+
+@dataclass(frozen=True)
+class InstanceTypeWeight:
+    """One instance type and how many slots one instance of it counts for."""
+
+    instance_type: str
+    weight: float = 1.0
+
+
+@dataclass
+class SpotPlan:
+    """What a Spot Fleet annex launches, before the setup's settings are applied."""
+
+    overrides: list[dict[str, Any]]
+    template_data: dict[str, Any] = field(default_factory=dict)
+    fleet_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def instance_types(self) -> list[str]:
+        return sorted({str(o["InstanceType"]) for o in self.overrides})
+
+
+def parse_instance_types(values: Sequence[str]) -> tuple[InstanceTypeWeight, ...]:
+    """Parse `-aws-spot-instance-types` values: `TYPE[:WEIGHT]`, comma-separated or repeated."""
+    out: list[InstanceTypeWeight] = []
+    seen: set[str] = set()
+    for value in values:
+        for item in value.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            itype, _, weight_text = item.partition(":")
+            itype = itype.strip()
+            if not _INSTANCE_TYPE_RE.match(itype):
+                raise InvalidInput(
+                    f"{itype!r} is not an EC2 instance type",
+                    next_step="write types as FAMILY.SIZE[:WEIGHT], e.g. m5.large:2,c5.xlarge:4",
+                )
+            weight = 1.0
+            if weight_text:
+                try:
+                    weight = float(weight_text)
+                except ValueError:
+                    weight = -1.0
+                if not 0 < weight <= 1000:
+                    raise InvalidInput(
+                        f"weight {weight_text!r} of {itype} is not a number in (0, 1000]",
+                        next_step="give each type the number of slots one instance provides",
+                    )
+            if itype in seen:
+                raise InvalidInput(f"instance type {itype} is listed twice")
+            seen.add(itype)
+            out.append(InstanceTypeWeight(itype, weight))
+    return tuple(out)
+
+
+def plan_from_instance_types(
+    types: Sequence[InstanceTypeWeight],
+    *,
+    subnet_ids: Sequence[str] = (),
+    allocation_strategy: str = DEFAULT_ALLOCATION_STRATEGY,
+    fleet_type: str = DEFAULT_FLEET_TYPE,
+) -> SpotPlan:
+    """One override per (type, subnet); weights become `WeightedCapacity`."""
+    if not types:
+        raise InvalidInput(
+            "a Spot Fleet annex needs instance types",
+            next_step="pass -aws-spot-instance-types TYPE[:WEIGHT],... "
+            "or -aws-spot-fleet-config-file FILE",
+        )
+    _check_choice("allocation strategy", allocation_strategy, ALLOCATION_STRATEGIES)
+    _check_choice("fleet type", fleet_type, FLEET_TYPES)
+    overrides: list[dict[str, Any]] = []
+    for t in types:
+        for subnet in subnet_ids or (None,):
+            override: dict[str, Any] = {"InstanceType": t.instance_type}
+            override["WeightedCapacity"] = t.weight
+            if subnet:
+                override["SubnetId"] = subnet
+            overrides.append(override)
+    _check_override_count(overrides)
+    return SpotPlan(
+        overrides=overrides,
+        fleet_options={"AllocationStrategy": allocation_strategy, "Type": fleet_type},
+    )
+
+
+def _check_choice(what: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise InvalidInput(f"{what} {value!r} is not one of {', '.join(allowed)}")
+
+
+def _check_override_count(overrides: Sequence[Any]) -> None:
+    if len(overrides) > MAX_OVERRIDES:
+        raise InvalidInput(
+            f"{len(overrides)} instance type/subnet combinations exceed the Spot Fleet limit "
+            f"of {MAX_OVERRIDES}",
+            next_step="name fewer instance types or subnets",
+        )
+
+
+def load_spot_fleet_config(
+    path: Path,
+    *,
+    fleet_role_arn: str,
+    instance_profile_arn: str,
+    security_group_ids: Sequence[str],
+) -> SpotPlan:
+    """Read and validate a Spot Fleet config file (console export or a bare config).
+
+    The file is refused, with the reason, when it is too big, not JSON, uses launch templates,
+    or names a fleet role, instance profile or security group other than the setup's.
+    """
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise InvalidInput(
+            f"cannot read the Spot Fleet config file {path}: {exc.strerror}"
+        ) from None
+    if size > MAX_CONFIG_FILE_BYTES:
+        raise InvalidInput(
+            f"the Spot Fleet config file {path} has {size} bytes; at most "
+            f"{MAX_CONFIG_FILE_BYTES} are accepted"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"the Spot Fleet config file {path} is not JSON: {exc}") from None
+    return plan_from_config(
+        data,
+        source=str(path),
+        fleet_role_arn=fleet_role_arn,
+        instance_profile_arn=instance_profile_arn,
+        security_group_ids=security_group_ids,
+    )
+
+
+def plan_from_config(
+    data: Any,
+    *,
+    source: str,
+    fleet_role_arn: str,
+    instance_profile_arn: str,
+    security_group_ids: Sequence[str],
+) -> SpotPlan:
+    """Validate a decoded Spot Fleet config (see `load_spot_fleet_config`)."""
+
+    def bad(problem: str, fix: str = "correct the file and retry") -> InvalidInput:
+        return InvalidInput(f"Spot Fleet config {source}: {problem}", next_step=fix)
+
+    if isinstance(data, Mapping) and "SpotFleetRequestConfig" in data:
+        data = data["SpotFleetRequestConfig"]  # console export / DescribeSpotFleetRequests shape
+    if not isinstance(data, Mapping):
+        raise bad("expected a JSON object (SpotFleetRequestConfig)")
+    if data.get("LaunchTemplateConfigs"):
+        raise bad(
+            "LaunchTemplateConfigs are not accepted: condor_annex makes its own launch template "
+            "to enforce IMDSv2 and the setup's instance profile",
+            "use LaunchSpecifications, or -aws-spot-instance-types on the command line",
+        )
+    unknown = sorted(
+        set(data)
+        - _FLEET_KEYS_KEPT
+        - _FLEET_KEYS_REPLACED
+        - {"IamFleetRole", "LaunchSpecifications", "LaunchTemplateConfigs"}
+    )
+    if unknown:
+        raise bad(f"unknown key(s) {', '.join(unknown)}")
+    role = data.get("IamFleetRole")
+    if role and role != fleet_role_arn:
+        raise bad(
+            f"IamFleetRole {role} is not the setup's Spot Fleet role {fleet_role_arn}",
+            "remove IamFleetRole from the file; condor_annex uses the setup's role",
+        )
+    specs = data.get("LaunchSpecifications")
+    if not isinstance(specs, list) or not specs:
+        raise bad("LaunchSpecifications must be a non-empty list")
+
+    shared: dict[str, Any] = {}
+    overrides: list[dict[str, Any]] = []
+    allowed_spec_keys = {
+        *_SHARED_SPEC_KEYS,
+        *_OVERRIDE_SPEC_KEYS,
+        "IamInstanceProfile",
+        "SecurityGroups",
+        "Placement",
+        "TagSpecifications",
+    }
+    for i, spec in enumerate(specs):
+        where = f"LaunchSpecifications[{i}]"
+        if not isinstance(spec, Mapping):
+            raise bad(f"{where} is not an object")
+        unknown = sorted(set(spec) - allowed_spec_keys)
+        if unknown:
+            raise bad(
+                f"{where} has key(s) condor_annex does not accept: {', '.join(unknown)}",
+                "remove them (network interfaces and instance requirements are not supported)",
+            )
+        profile = spec.get("IamInstanceProfile") or {}
+        profile_arn = profile.get("Arn") if isinstance(profile, Mapping) else None
+        if profile and profile_arn != instance_profile_arn:
+            raise bad(
+                f"{where}.IamInstanceProfile is not the setup's instance profile "
+                f"{instance_profile_arn}",
+                "remove IamInstanceProfile from the file; condor_annex uses the setup's profile",
+            )
+        groups = spec.get("SecurityGroups") or []
+        foreign = sorted(
+            str(g.get("GroupId"))
+            for g in groups
+            if isinstance(g, Mapping) and g.get("GroupId") not in security_group_ids
+        )
+        if foreign:
+            raise bad(
+                f"{where}.SecurityGroups {', '.join(foreign)} are not the setup's "
+                f"({', '.join(security_group_ids)})",
+                "remove SecurityGroups from the file; condor_annex uses the setup's groups",
+            )
+        itype = spec.get("InstanceType")
+        if not isinstance(itype, str) or not _INSTANCE_TYPE_RE.match(itype):
+            raise bad(f"{where}.InstanceType is missing or not an instance type")
+        for key in _SHARED_SPEC_KEYS:
+            if key in spec:
+                if key in shared and shared[key] != spec[key]:
+                    raise bad(
+                        f"{where}.{key} differs from an earlier launch specification",
+                        f"use one {key} for every launch specification",
+                    )
+                shared[key] = spec[key]
+        override = {k: spec[k] for k in _OVERRIDE_SPEC_KEYS if k in spec}
+        weight = override.get("WeightedCapacity", 1)
+        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight <= 0:
+            raise bad(f"{where}.WeightedCapacity must be a positive number")
+        placement = spec.get("Placement")
+        if isinstance(placement, Mapping) and placement.get("AvailabilityZone"):
+            override["AvailabilityZone"] = placement["AvailabilityZone"]
+        overrides.append(override)
+    _check_override_count(overrides)
+
+    options = {k: v for k, v in data.items() if k in _FLEET_KEYS_KEPT}
+    options.setdefault("AllocationStrategy", DEFAULT_ALLOCATION_STRATEGY)
+    options.setdefault("Type", DEFAULT_FLEET_TYPE)
+    try:
+        _check_choice(
+            "allocation strategy", str(options["AllocationStrategy"]), ALLOCATION_STRATEGIES
+        )
+        _check_choice("fleet type", str(options["Type"]), FLEET_TYPES)
+    except InvalidInput as exc:
+        raise bad(exc.message) from None
+    if "Monitoring" in shared:
+        shared["Monitoring"] = {"Enabled": bool((shared["Monitoring"] or {}).get("Enabled"))}
+    return SpotPlan(overrides=overrides, template_data=shared, fleet_options=options)
+
+
+def build_spot_fleet_request_config(
+    plan: SpotPlan,
+    *,
+    launch_template_id: str,
+    launch_template_version: str,
+    client_token: str,
+    slots: int,
+    fleet_role_arn: str,
+    valid_until: str,
+    tags: Sequence[Mapping[str, str]],
+    subnet_ids: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The `SpotFleetRequestConfig` for `RequestSpotFleet`.
+
+    The fleet ends with the lease (`ValidUntil` + `TerminateInstancesWithExpiration`), so even a
+    lost lease schedule cannot keep spot instances running past it.
+    """
+    overrides = [dict(o) for o in plan.overrides]
+    if subnet_ids and not any("SubnetId" in o for o in overrides):
+        overrides = [{**o, "SubnetId": s} for o in overrides for s in subnet_ids]
+        _check_override_count(overrides)
+    config: dict[str, Any] = dict(plan.fleet_options)
+    config.update(
+        {
+            "ClientToken": client_token,
+            "IamFleetRole": fleet_role_arn,
+            "TargetCapacity": slots,
+            "ValidUntil": valid_until,
+            "TerminateInstancesWithExpiration": True,
+            "LaunchTemplateConfigs": [
+                {
+                    "LaunchTemplateSpecification": {
+                        "LaunchTemplateId": launch_template_id,
+                        "Version": launch_template_version,
+                    },
+                    "Overrides": overrides,
+                }
+            ],
+            "TagSpecifications": [{"ResourceType": "spot-fleet-request", "Tags": list(tags)}],
+        }
+    )
+    return config
+
+
+def image_id_of(plan: SpotPlan) -> Optional[str]:
+    value = plan.template_data.get("ImageId")
+    return str(value) if value else None

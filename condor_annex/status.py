@@ -1,0 +1,274 @@
+"""`condor_annex status`: the AWS view of annexes joined with the pool's view.
+
+Instances are found with server-side filters (EC2 User Guide, "List and filter your resources"):
+the annex's own client token (`NAME_*`, confirmed with `token_belongs_to`), the Spot Fleet
+request-id tag for fleet instances, and the `htcondor:AnnexName` tag as a display-only index for
+fleet instances Spot Fleet has not tagged yet. The pool's view is injected as `pool_view`, a
+callable returning the EC2 instance IDs the collector knows (startd/master ads advertise
+`contract.INSTANCE_ID_ATTRIBUTE`); None means the pool was not asked or not reachable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Optional
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from condor_annex import contract, lease
+from condor_annex.annex_settings import NEEDED_FOR_STATUS, AnnexClients, Settings
+from condor_annex.create import LIVE_FLEET_STATES, require_setup
+from condor_annex.errors import InvalidInput, translate_aws_error
+from condor_annex.lease import utc_iso
+
+NEVER_JOINED_AFTER = timedelta(minutes=10)
+"""A running instance not in the pool after this long is flagged: booting and joining takes
+a few minutes; longer means the agent or HTCondor failed (the seed's "silent stragglers")."""
+SHOWN_STATES = ("pending", "running", "shutting-down", "stopping", "stopped")
+_FILTER_CHUNK = 200
+
+SOURCE_CLIENT_TOKEN = "client-token"  # noqa: S105 (a label, not a secret)
+SOURCE_FLEET = "spot-fleet"
+SOURCE_TAG = "tag"
+
+PoolView = Callable[[], set[str]]
+
+
+@dataclass
+class InstanceStatus:
+    instance_id: str
+    annex_name: str
+    state: str
+    instance_type: str
+    launch_time: str
+    found_by: str
+    fleet_id: Optional[str] = None
+    private_ip: Optional[str] = None
+    public_ip: Optional[str] = None
+    joined_pool: Optional[bool] = None
+    never_joined: bool = False
+
+
+@dataclass
+class AnnexStatus:
+    annex_name: str
+    kind: Optional[str] = None
+    owner: Optional[str] = None
+    lease_expires_at: Optional[str] = None
+    lease_expired: Optional[bool] = None
+    fleet_ids: list[str] = field(default_factory=list)
+    instances: list[InstanceStatus] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for i in self.instances:
+            out[i.state] = out.get(i.state, 0) + 1
+        return out
+
+
+@dataclass
+class StatusReport:
+    generated_at: str
+    region: str
+    pool_checked: bool
+    annexes: list[AnnexStatus] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `--json` document (schema: condor_annex/cli/status.schema.json)."""
+        data = asdict(self)
+        for annex, raw in zip(self.annexes, data["annexes"]):
+            raw["counts"] = annex.counts
+        data["schema_version"] = STATUS_SCHEMA_VERSION
+        return data
+
+    def instance_ids(self) -> set[str]:
+        return {i.instance_id for a in self.annexes for i in a.instances}
+
+
+STATUS_SCHEMA_VERSION = 1
+
+
+def _iso(value: Any) -> str:
+    if isinstance(value, datetime):
+        return utc_iso(value if value.tzinfo else value.replace(tzinfo=timezone.utc))
+    return str(value or "")
+
+
+def describe_instances(ec2: Any, filters: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for page in ec2.get_paginator("describe_instances").paginate(Filters=filters):
+        for reservation in page.get("Reservations", []):
+            out.extend(reservation.get("Instances", []))
+    return out
+
+
+def _chunks(values: list[str], size: int = _FILTER_CHUNK) -> Iterable[list[str]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _tag(instance: dict[str, Any], key: str) -> Optional[str]:
+    for tag in instance.get("Tags", []):
+        if tag.get("Key") == key:
+            return str(tag.get("Value"))
+    return None
+
+
+def collect_fleets(ec2: Any, annex_name: Optional[str]) -> dict[str, str]:
+    """Spot Fleet request id → annex name, for live fleets of `annex_name` (any annex if None).
+
+    The fleet's client token decides; the annex tag on the request is used only when the token
+    is absent from the answer (display only).
+    """
+    out: dict[str, str] = {}
+    for page in ec2.get_paginator("describe_spot_fleet_requests").paginate():
+        for fleet in page.get("SpotFleetRequestConfigs", []):
+            if fleet.get("SpotFleetRequestState") not in LIVE_FLEET_STATES:
+                continue
+            token = fleet.get("SpotFleetRequestConfig", {}).get("ClientToken")
+            owner = contract.annex_name_from_client_token(token) if token else None
+            if owner is None and not token:
+                owner = _tag(fleet, contract.TAG_ANNEX_NAME)
+            if owner is not None and (annex_name is None or owner == annex_name):
+                out[str(fleet["SpotFleetRequestId"])] = owner
+    return out
+
+
+def collect_instances(
+    ec2: Any, annex_name: Optional[str]
+) -> tuple[list[InstanceStatus], dict[str, str]]:
+    """Every shown-state instance of the annex (or of every annex), and its fleets."""
+    states = {"Name": "instance-state-name", "Values": list(SHOWN_STATES)}
+    seen: dict[str, InstanceStatus] = {}
+
+    def add(instance: dict[str, Any], annex: str, found_by: str, fleet: Optional[str]) -> None:
+        iid = str(instance["InstanceId"])
+        if iid in seen:
+            return
+        seen[iid] = InstanceStatus(
+            instance_id=iid,
+            annex_name=annex,
+            state=str(instance.get("State", {}).get("Name", "unknown")),
+            instance_type=str(instance.get("InstanceType", "")),
+            launch_time=_iso(instance.get("LaunchTime")),
+            found_by=found_by,
+            fleet_id=fleet,
+            private_ip=instance.get("PrivateIpAddress"),
+            public_ip=instance.get("PublicIpAddress"),
+        )
+
+    token_filter = contract.client_token_filter_value(annex_name) if annex_name else "*_*"
+    for inst in describe_instances(
+        ec2, [{"Name": "client-token", "Values": [token_filter]}, states]
+    ):
+        owner = contract.annex_name_from_client_token(inst.get("ClientToken") or "")
+        if owner is not None and (annex_name is None or owner == annex_name):
+            add(inst, owner, SOURCE_CLIENT_TOKEN, None)
+
+    fleets = collect_fleets(ec2, annex_name)
+    for chunk in _chunks(sorted(fleets)):
+        flt = [{"Name": f"tag:{contract.SPOT_FLEET_REQUEST_ID_TAG}", "Values": chunk}, states]
+        for inst in describe_instances(ec2, flt):
+            fleet_id = _tag(inst, contract.SPOT_FLEET_REQUEST_ID_TAG)
+            if fleet_id in fleets:
+                add(inst, fleets[fleet_id], SOURCE_FLEET, fleet_id)
+
+    tag_filter: dict[str, Any] = (
+        {"Name": f"tag:{contract.TAG_ANNEX_NAME}", "Values": [annex_name]}
+        if annex_name
+        else {"Name": "tag-key", "Values": [contract.TAG_ANNEX_NAME]}
+    )
+    for inst in describe_instances(ec2, [tag_filter, states]):
+        tagged = _tag(inst, contract.TAG_ANNEX_NAME)
+        token = inst.get("ClientToken") or ""
+        if tagged and contract.annex_name_from_client_token(token) in (None, tagged):
+            # Only instances whose own token does not name another annex (fleet instances
+            # carry the fleet's generated token) are shown by tag.
+            add(inst, tagged, SOURCE_TAG, _tag(inst, contract.SPOT_FLEET_REQUEST_ID_TAG))
+    return sorted(seen.values(), key=lambda i: (i.annex_name, i.instance_id)), fleets
+
+
+def annex_status(
+    *,
+    settings: Settings,
+    clients: AnnexClients,
+    annex_name: Optional[str] = None,
+    pool_view: Optional[PoolView] = None,
+    now: Optional[datetime] = None,
+) -> StatusReport:
+    """The status of one annex or of all annexes in the region."""
+    if annex_name is not None:
+        try:
+            contract.validate_annex_name(annex_name)
+        except contract.InvalidAnnexName as exc:
+            raise InvalidInput(str(exc)) from None
+    require_setup(settings, NEEDED_FOR_STATUS, clients.region)
+    moment = now or datetime.now(timezone.utc)
+    try:
+        instances, fleets = collect_instances(clients.ec2, annex_name)
+        if annex_name:
+            one = lease.read_lease_record(clients.s3, settings.config_bucket, annex_name)
+            records = [one] if one else []
+        else:
+            records = lease.list_lease_records(clients.s3, settings.config_bucket)
+    except (ClientError, BotoCoreError) as exc:
+        raise translate_aws_error(
+            exc, action="list the annex instances", region=clients.region or None
+        ) from exc
+
+    report = StatusReport(generated_at=_iso(moment), region=clients.region, pool_checked=False)
+    in_pool: Optional[set[str]] = None
+    if pool_view is not None:
+        try:
+            in_pool = set(pool_view())
+            report.pool_checked = True
+        except Exception as exc:  # the pool's view is optional; say why it is missing
+            report.notes.append(f"the pool could not be asked ({type(exc).__name__}: {exc})")
+
+    annexes: dict[str, AnnexStatus] = {}
+    for record in records:
+        annexes[record.annex_name] = AnnexStatus(
+            annex_name=record.annex_name,
+            kind=record.kind,
+            owner=record.owner or None,
+            lease_expires_at=record.expires_at,
+            lease_expired=record.expired(moment),
+        )
+    for fleet_id, owner in fleets.items():
+        annexes.setdefault(owner, AnnexStatus(annex_name=owner)).fleet_ids.append(fleet_id)
+    for inst in instances:
+        if in_pool is not None:
+            inst.joined_pool = inst.instance_id in in_pool
+            launched = contract.parse_utc(inst.launch_time) if inst.launch_time else moment
+            inst.never_joined = (
+                not inst.joined_pool
+                and inst.state == "running"
+                and moment - launched > NEVER_JOINED_AFTER
+            )
+        annexes.setdefault(
+            inst.annex_name, AnnexStatus(annex_name=inst.annex_name)
+        ).instances.append(inst)
+    report.annexes = [annexes[k] for k in sorted(annexes)]
+    return report
+
+
+def htcondor_pool_view(collector: str) -> PoolView:
+    """A pool view asking `collector` (htcondor2 bindings) for the instance IDs in its ads."""
+
+    def view() -> set[str]:
+        import htcondor2
+
+        coll = htcondor2.Collector(collector)
+        ids: set[str] = set()
+        for ad_type in (htcondor2.AdType.Startd, htcondor2.AdType.Master):
+            for ad in coll.query(ad_type, projection=[contract.INSTANCE_ID_ATTRIBUTE]):
+                value = ad.get(contract.INSTANCE_ID_ATTRIBUTE)
+                if value:
+                    ids.add(str(value))
+        return ids
+
+    return view
