@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -31,6 +30,11 @@ from condor_annex.annex_settings import (
     Settings,
 )
 from condor_annex.backoff import Backoff
+from condor_annex.collector import (
+    CONNECTIVITY_TIMEOUT_SECONDS,
+    local_tcp_probe,
+    parse_collector,
+)
 from condor_annex.errors import (
     AnnexError,
     ConnectivityFailed,
@@ -42,7 +46,6 @@ from condor_annex.errors import (
 from condor_annex.lease import utc_iso
 
 DEFAULT_INSTANCE_TYPE = "m5.large"
-DEFAULT_COLLECTOR_PORT = 9618
 MAX_COUNT = 1000
 """A sanity cap on -count/-slots: a typo must not start ten thousand instances."""
 MIN_LEASE_SECONDS = 60
@@ -56,7 +59,6 @@ _METADATA_TAG_KEY = re.compile(r"^[A-Za-z0-9+\-=._:@,]+$")
 LIVE_INSTANCE_STATES = ("pending", "running", "stopping", "stopped")
 LIVE_FLEET_STATES = ("submitted", "active", "modifying", "cancelled_running")
 LAUNCH_RETRY_SECONDS = 60.0
-CONNECTIVITY_TIMEOUT_SECONDS = 5.0
 
 STEP_VALIDATE = "validate"
 STEP_CONNECTIVITY = "connectivity"
@@ -161,48 +163,6 @@ class CreateHooks:
 
 
 # --- Helpers ------------------------------------------------------------------------------------
-
-
-def parse_collector(collector: str) -> tuple[str, int]:
-    """`HOST[:PORT]` (IPv6 as `[addr]:port`) → (host, port); port defaults to 9618."""
-    text = collector.strip()
-    if not text:
-        raise InvalidInput(
-            "no collector is known",
-            next_step="pass -collector HOST[:PORT] or set COLLECTOR_HOST in the HTCondor config",
-        )
-    host, port_text = text, ""
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port_text = rest.lstrip(":")
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-    # HTCondor allows `host:port?sock=...` sinful suffixes; the TCP part is what matters here.
-    port_text = port_text.split("?", 1)[0]
-    try:
-        port = int(port_text) if port_text else DEFAULT_COLLECTOR_PORT
-    except ValueError:
-        raise InvalidInput(f"collector port {port_text!r} is not a number") from None
-    if not host or not 0 < port < 65536:
-        raise InvalidInput(f"collector {collector!r} is not HOST[:PORT]")
-    return host, port
-
-
-def local_tcp_probe(host: str, port: int) -> dict[str, Any]:
-    """This machine's view of the collector, in the connectivity Lambda's result shape."""
-    address: Optional[str] = None
-    try:
-        with socket.create_connection((host, port), timeout=CONNECTIVITY_TIMEOUT_SECONDS) as sock:
-            address = str(sock.getpeername()[0])
-        return {"reachable": True, "host": host, "port": port, "address": address, "error": None}
-    except OSError as exc:
-        return {
-            "reachable": False,
-            "host": host,
-            "port": port,
-            "address": address,
-            "error": str(exc.strerror or exc),
-        }
 
 
 def lambda_connectivity_probe(lambda_client: Any, function_arn: str) -> Probe:

@@ -29,6 +29,7 @@ import botocore.exceptions
 
 from condor_annex import contract
 from condor_annex.aws import make_client, make_session
+from condor_annex.collector import CONNECTIVITY_TIMEOUT_SECONDS, parse_collector
 from condor_annex.errors import (
     AnnexError,
     ConnectivityFailed,
@@ -55,8 +56,6 @@ BOOTSTRAP_STACK_NAME = "CDKToolkit"
 """The CDK's default bootstrap stack (qualifier hnb659fds)."""
 # Reference compatibility: `-setup` without key files used these in ~/.condor.
 REFERENCE_SECRET_KEY_FILE = "privateKeyFile"  # noqa: S105 (a file name)
-DEFAULT_COLLECTOR_PORT = 9618
-CONNECTIVITY_TIMEOUT_SECONDS = 5.0
 CDK_TIMEOUT_SECONDS = 3600
 PROJECT_DIR_VARIABLE = "CONDOR_ANNEX_PROJECT_DIR"
 _OUTPUT_TAIL_LINES = 40
@@ -428,22 +427,6 @@ def run_setup(
 def _arn_name(arn: str) -> str:
     """The last path element of an ARN (`...:instance-profile/path/name` → `name`)."""
     return arn.rsplit("/", 1)[-1].rsplit(":", 1)[-1]
-
-
-def parse_collector(collector: str) -> tuple[str, int]:
-    """(host, port) of an HTCondor collector address (`host`, `host:port`, `host:port?sock=`)."""
-    address = collector.strip().split("?", 1)[0].strip("<>")
-    if address.startswith("["):
-        host, _, rest = address[1:].partition("]")
-        port = rest.lstrip(":")
-    else:
-        host, _, port = address.partition(":")
-    if not host:
-        raise InvalidInput(f"{collector!r} is not a collector address")
-    try:
-        return host, int(port) if port else DEFAULT_COLLECTOR_PORT
-    except ValueError:
-        raise InvalidInput(f"{collector!r} has no valid port") from None
 
 
 def invoke_connectivity_lambda(lambda_client: Any, function_arn: str) -> ConnectivityProbe:

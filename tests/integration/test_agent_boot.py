@@ -145,13 +145,6 @@ def test_instance_role_policy_is_enough_under_iam_enforcement(world: AnnexWorld)
     _assert_configured(world, "enforced", "203.0.113.10")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="emulator gap: moto 5.2.5 stores CloudFormation-created inline role policies as Python "
-    "repr strings (GetRolePolicy returns \"{'Statement': ...}\", and IAM enforcement answers 500 "
-    "KeyError 'policy_document'); AWS returns URL-encoded JSON. Remove this marker once "
-    "condor_annex.sandbox patches it.",
-)
 def test_setup_stack_instance_role_is_enough_for_the_agent(
     world: AnnexWorld, setup_outputs: dict[str, str]
 ) -> None:

@@ -307,12 +307,6 @@ def test_destroy_refuses_while_a_lease_is_recorded(deployed):
 
 
 @cdk
-@pytest.mark.xfail(
-    strict=True,
-    reason="emulator gap: moto's CloudFormation never deletes an AWS::IAM::ManagedPolicy "
-    "(no delete_from_cloudformation_json), so the role it is attached to cannot be deleted "
-    "(DeleteConflict); AWS deletes the policy first. Needs a fidelity patch in the sandbox.",
-)
 def test_destroy_removes_the_stack_the_bucket_contents_and_the_macros(deployed):
     """Last: it tears the module's deployment down."""
     s3 = deployed.aws.client("s3")
@@ -325,7 +319,8 @@ def test_destroy_removes_the_stack_the_bucket_contents_and_the_macros(deployed):
         stack_name=contract.STACK_NAME,
         region=deployed.aws.region,
         project_dir=PROJECT_DIR,
-        env=deployed.env,
+        # Day-to-day verbs use the standard credential chain; only -setup reads key files.
+        env={**deployed.env, **deployed.aws.env()},
         progress=steps.append,
     )
     stacks = deployed.aws.client("cloudformation").list_stacks()["StackSummaries"]

@@ -131,3 +131,27 @@ def test_unknown_flag_is_invalid_input_naming_it():
 def test_bad_count_is_invalid_input():
     with pytest.raises(InvalidInput):
         parse_args(["-annex-name", "a", "-count", "three"])
+
+
+@pytest.mark.parametrize(
+    ("collector", "expected"),
+    [
+        ("cm.example.org", ("cm.example.org", 9618)),
+        ("cm.example.org:9619", ("cm.example.org", 9619)),
+        ("<10.0.0.5:9618?addrs=10.0.0.5-9618&sock=collector>", ("10.0.0.5", 9618)),
+        ("[2001:db8::1]:9620", ("2001:db8::1", 9620)),
+    ],
+)
+def test_collector_addresses_parse_as_htcondor_writes_them(collector, expected) -> None:
+    from condor_annex.collector import parse_collector
+
+    assert parse_collector(collector) == expected
+
+
+@pytest.mark.parametrize("bad", ["", "host:notaport", "host:70000", ":9618"])
+def test_bad_collector_addresses_are_refused(bad) -> None:
+    from condor_annex.collector import parse_collector
+    from condor_annex.errors import InvalidInput
+
+    with pytest.raises(InvalidInput):
+        parse_collector(bad)

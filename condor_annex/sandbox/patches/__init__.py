@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable
 
 from condor_annex.sandbox.patches.cloudformation import (
+    cloudformation_deletes_managed_policies,
     cloudformation_resolves_s3_template_urls,
     cloudformation_ssm_parameter_generated_name,
     cloudformation_stack_outputs_from_change_sets,
@@ -39,6 +40,7 @@ PATCHES: tuple[Callable[[], None], ...] = (
     spot_fleet_instances_get_profile_and_fleet_tag,
     cancelled_spot_fleets_stay_visible,
     cloudformation_stack_outputs_from_change_sets,
+    cloudformation_deletes_managed_policies,
     cloudformation_resolves_s3_template_urls,
     cloudformation_ssm_parameter_generated_name,
     iam_trust_policy_account_principals,

@@ -125,3 +125,40 @@ def cloudformation_ssm_parameter_generated_name() -> None:
         return original(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
 
     Parameter.create_from_cloudformation_json = classmethod(create_from_cloudformation_json)  # type: ignore[method-assign,assignment]
+
+
+def cloudformation_deletes_managed_policies() -> None:
+    """Deleting a stack deletes its `AWS::IAM::ManagedPolicy`, detaching it first.
+
+    "AWS::IAM::ManagedPolicy" (AWS CloudFormation User Guide,
+    https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/aws-resource-iam-managedpolicy.html)
+    is a deletable resource: on stack deletion CloudFormation detaches it from the roles, users
+    and groups it names and deletes it, before the roles it depends on. moto has no delete for it,
+    so the policy stays attached and deleting the role fails with DeleteConflict.
+    """
+    from moto.iam.models import ManagedPolicy, iam_backends
+    from moto.utilities.utils import get_partition
+
+    def delete_from_cloudformation_json(
+        cls: type[ManagedPolicy],
+        resource_name: str,
+        cloudformation_json: Any,
+        account_id: str,
+        region_name: str,
+    ) -> None:
+        backend = iam_backends[account_id][get_partition(region_name)]
+        arn = resource_name
+        if arn not in backend.managed_policies:
+            return
+        for role in backend.roles.values():
+            if arn in role.managed_policies:
+                backend.detach_role_policy(arn, role.name)
+        for user in backend.users.values():
+            if arn in user.managed_policies:
+                backend.detach_user_policy(arn, user.name)
+        for group in backend.groups.values():
+            if arn in group.managed_policies:
+                backend.detach_group_policy(arn, group.name)
+        backend.delete_policy(arn)
+
+    ManagedPolicy.delete_from_cloudformation_json = classmethod(delete_from_cloudformation_json)  # type: ignore[method-assign,assignment]
