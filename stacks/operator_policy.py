@@ -1,0 +1,203 @@
+"""The "annex operator" managed policy: day-to-day `condor_annex` use without admin rights.
+
+SPEC §5: launch only annex-tagged instances and fleets with this setup's instance profile,
+terminate and cancel only annex-tagged ones, pass exactly the instance and Spot Fleet roles
+(and the Scheduler role for lease schedules), manage tarballs and lease records, schedules
+named for annexes, invoke the connectivity and lease functions, and read the setup stack.
+Attach it to the users' group or role; credentials come from the standard boto3 chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from aws_cdk import Aws
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from condor_annex import contract
+from stacks.lease import schedule_arn_pattern
+from stacks.nag import acknowledge_wildcard_resources
+from stacks.spot_fleet_role import ec2_arn
+
+_ANNEX_TAG = contract.TAG_ANNEX_NAME
+EXISTING_LAUNCH_RESOURCES = [
+    ec2_arn("image/*", account=False),
+    *(
+        ec2_arn(f"{kind}/*")
+        for kind in ("network-interface", "security-group", "subnet", "key-pair", "launch-template")
+    ),
+]
+
+
+class OperatorPolicy(Construct):
+    """`policy`: the customer-managed policy to attach to annex operators."""
+
+    policy: iam.ManagedPolicy
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        bucket: s3.IBucket,
+        instance_role_arn: str,
+        instance_profile_arn: str,
+        spot_fleet_role_arn: str,
+        scheduler_role_arn: str,
+        functions: Sequence[lambda_.IFunction],
+    ) -> None:
+        super().__init__(scope, id)
+        request_tagged = {"Null": {f"aws:RequestTag/{_ANNEX_TAG}": "false"}}
+        resource_tagged = {"Null": {f"aws:ResourceTag/{_ANNEX_TAG}": "false"}}
+        statements = [
+            iam.PolicyStatement(
+                sid="LaunchAnnexInstancesTagged",
+                actions=["ec2:RunInstances"],
+                resources=[ec2_arn("instance/*")],
+                conditions={
+                    **request_tagged,
+                    "ArnEquals": {"ec2:InstanceProfile": instance_profile_arn},
+                },
+            ),
+            iam.PolicyStatement(
+                sid="LaunchAnnexVolumesTagged",
+                actions=["ec2:RunInstances"],
+                resources=[ec2_arn("volume/*")],
+                conditions=request_tagged,
+            ),
+            iam.PolicyStatement(
+                sid="LaunchWithExistingResources",
+                actions=["ec2:RunInstances"],
+                resources=EXISTING_LAUNCH_RESOURCES,
+            ),
+            iam.PolicyStatement(
+                sid="RequestAnnexFleetsTagged",
+                actions=["ec2:RequestSpotFleet"],
+                resources=[ec2_arn("spot-fleet-request/*")],
+                conditions=request_tagged,
+            ),
+            iam.PolicyStatement(
+                sid="TagAtLaunchOnly",
+                actions=["ec2:CreateTags"],
+                resources=[
+                    ec2_arn("instance/*"),
+                    ec2_arn("volume/*"),
+                    ec2_arn("spot-fleet-request/*"),
+                ],
+                conditions={
+                    "StringEquals": {"ec2:CreateAction": ["RunInstances", "RequestSpotFleet"]}
+                },
+            ),
+            iam.PolicyStatement(
+                sid="EndAnnexInstances",
+                actions=["ec2:TerminateInstances"],
+                resources=[ec2_arn("instance/*")],
+                conditions=resource_tagged,
+            ),
+            iam.PolicyStatement(
+                sid="EndAnnexFleets",
+                actions=["ec2:CancelSpotFleetRequests"],
+                resources=[ec2_arn("spot-fleet-request/*")],
+                conditions=resource_tagged,
+            ),
+            iam.PolicyStatement(
+                sid="DescribeForStatusAndLaunch",
+                actions=[
+                    "ec2:DescribeInstances",
+                    "ec2:DescribeSpotFleetRequests",
+                    "ec2:DescribeSpotFleetInstances",
+                    "ec2:DescribeImages",
+                    "ec2:DescribeSubnets",
+                    "ec2:DescribeSecurityGroups",
+                    "ec2:DescribeInstanceTypes",
+                    "ec2:DescribeSpotPriceHistory",
+                ],
+                resources=["*"],
+            ),
+            iam.PolicyStatement(
+                sid="PassAnnexRolesToEc2",
+                actions=["iam:PassRole"],
+                resources=[instance_role_arn, spot_fleet_role_arn],
+                conditions={
+                    "StringEquals": {
+                        "iam:PassedToService": ["ec2.amazonaws.com", "spotfleet.amazonaws.com"]
+                    }
+                },
+            ),
+            iam.PolicyStatement(
+                sid="PassSchedulerRole",
+                actions=["iam:PassRole"],
+                resources=[scheduler_role_arn],
+                conditions={"StringEquals": {"iam:PassedToService": "scheduler.amazonaws.com"}},
+            ),
+            iam.PolicyStatement(
+                sid="ManageAnnexObjects",
+                actions=["s3:PutObject", "s3:GetObject", "s3:DeleteObject"],
+                resources=[
+                    bucket.arn_for_objects(contract.CONFIG_KEY_PATTERN),
+                    bucket.arn_for_objects(f"{contract.LEASE_KEY_PREFIX}*"),
+                ],
+            ),
+            iam.PolicyStatement(
+                sid="ListConfigBucket", actions=["s3:ListBucket"], resources=[bucket.bucket_arn]
+            ),
+            iam.PolicyStatement(
+                sid="ManageLeaseSchedules",
+                actions=[
+                    "scheduler:CreateSchedule",
+                    "scheduler:UpdateSchedule",
+                    "scheduler:GetSchedule",
+                    "scheduler:DeleteSchedule",
+                ],
+                resources=[schedule_arn_pattern()],
+            ),
+            iam.PolicyStatement(
+                sid="UseSetupFunctions",
+                actions=["lambda:InvokeFunction", "lambda:GetFunction"],
+                resources=[f.function_arn for f in functions],
+            ),
+            iam.PolicyStatement(
+                sid="ReadSetupStack",
+                actions=["cloudformation:DescribeStacks"],
+                resources=[Aws.STACK_ID],
+            ),
+        ]
+        self.policy = iam.ManagedPolicy(
+            self,
+            "Policy",
+            description="condor_annex day-to-day use: launch, inspect and end annexes",
+            statements=statements,
+        )
+        acknowledge_wildcard_resources(
+            self.policy,
+            ["*"],
+            "EC2 Describe* calls support no resource-level permissions (status, images, "
+            "subnets, prices).",
+        )
+        acknowledge_wildcard_resources(
+            self.policy,
+            [ec2_arn("instance/*"), ec2_arn("volume/*"), ec2_arn("spot-fleet-request/*")],
+            "Instances, volumes and fleets get generated ids: launching requires the "
+            "htcondor:AnnexName request tag (and the setup's instance profile), tagging is "
+            "limited to launch time, terminating and cancelling to annex-tagged resources.",
+        )
+        acknowledge_wildcard_resources(
+            self.policy,
+            EXISTING_LAUNCH_RESOURCES,
+            "Annexes launch from an image, subnet, security group, key pair or launch "
+            "template the user chooses per annex; limited to this account and region (images "
+            "may be owned by others).",
+        )
+        acknowledge_wildcard_resources(
+            self.policy,
+            [
+                bucket.arn_for_objects(contract.CONFIG_KEY_PATTERN),
+                bucket.arn_for_objects(f"{contract.LEASE_KEY_PREFIX}*"),
+                schedule_arn_pattern(),
+            ],
+            "Per-annex objects (config-<annex>.tar.gz, leases/<annex>.json) and schedules "
+            "(condor-annex-lease-<annex>): the `*` is the annex name.",
+        )

@@ -1,0 +1,284 @@
+"""The lease and sweep functions, run in-process against the local AWS with the deployed setup.
+
+Annexes are created the way the CLI creates them (one RunInstances or RequestSpotFleet with
+`<annex>_<GUID>` as client token, the annex tag, a lease record and a one-time schedule at the
+expiry). Leases expire an hour from the wall clock, so the local schedule clock never fires them
+during a test; the functions are handed a `now` past the expiry instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from condor_annex import contract
+from tests.fixtures.cdk import load_lambda_module
+
+lease = load_lambda_module("lease")
+
+HOUR = timedelta(hours=1)
+LIVE = ("pending", "running", "stopping", "stopped")
+
+
+@dataclass
+class Annex:
+    record: contract.LeaseRecord
+    instance_ids: list[str]
+    fleet_id: str | None = None
+
+
+IMAGE_ID = "ami-03cf127a"
+"""An image in the local AWS's built-in catalogue (listing the catalogue takes seconds)."""
+
+
+def _annex_tags(name: str, resource_type: str) -> list[dict[str, Any]]:
+    return [
+        {"ResourceType": resource_type, "Tags": [{"Key": contract.TAG_ANNEX_NAME, "Value": name}]}
+    ]
+
+
+def _record_lease(aws: Any, outputs: dict[str, str], record: contract.LeaseRecord) -> None:
+    bucket = outputs[contract.OUTPUT_CONFIG_BUCKET.key]
+    s3 = aws.client("s3")
+    s3.put_object(Bucket=bucket, Key=contract.config_key(record.annex_name), Body=b"tarball")
+    s3.put_object(Bucket=bucket, Key=contract.lease_key(record.annex_name), Body=record.to_json())
+    aws.client("scheduler").create_schedule(
+        Name=contract.schedule_name(record.annex_name),
+        ScheduleExpression=f"at({record.expiry.strftime('%Y-%m-%dT%H:%M:%S')})",
+        FlexibleTimeWindow={"Mode": "OFF"},
+        ActionAfterCompletion="DELETE",
+        Target={
+            "Arn": outputs[contract.OUTPUT_LEASE_FUNCTION_ARN.key],
+            "RoleArn": outputs[contract.OUTPUT_SCHEDULER_ROLE_ARN.key],
+            "Input": record.to_json(),
+        },
+    )
+
+
+def on_demand_annex(aws: Any, outputs: dict[str, str], name: str, count: int = 2) -> Annex:
+    token = contract.new_client_token(name)
+    ec2 = aws.client("ec2")
+    reservation = ec2.run_instances(
+        ImageId=IMAGE_ID,
+        InstanceType="t3.micro",
+        MinCount=count,
+        MaxCount=count,
+        ClientToken=token,
+        IamInstanceProfile={"Arn": outputs[contract.OUTPUT_INSTANCE_PROFILE_ARN.key]},
+        TagSpecifications=_annex_tags(name, "instance"),
+    )
+    record = contract.LeaseRecord.new(
+        annex_name=name,
+        bucket=outputs[contract.OUTPUT_CONFIG_BUCKET.key],
+        expires_at=datetime.now(timezone.utc) + HOUR,
+        client_token=token,
+    )
+    _record_lease(aws, outputs, record)
+    return Annex(record, [i["InstanceId"] for i in reservation["Instances"]])
+
+
+def spot_fleet_annex(aws: Any, outputs: dict[str, str], name: str, capacity: int = 2) -> Annex:
+    token = contract.new_client_token(name)
+    ec2 = aws.client("ec2")
+    fleet_id = ec2.request_spot_fleet(
+        SpotFleetRequestConfig={
+            "ClientToken": token,
+            "IamFleetRole": outputs[contract.OUTPUT_SPOT_FLEET_ROLE_ARN.key],
+            "AllocationStrategy": "lowestPrice",
+            "TargetCapacity": capacity,
+            "Type": "maintain",
+            "LaunchSpecifications": [
+                {
+                    "ImageId": IMAGE_ID,
+                    "InstanceType": "t3.micro",
+                    "IamInstanceProfile": {
+                        "Arn": outputs[contract.OUTPUT_INSTANCE_PROFILE_ARN.key]
+                    },
+                    "TagSpecifications": _annex_tags(name, "instance"),
+                }
+            ],
+            "TagSpecifications": _annex_tags(name, "spot-fleet-request"),
+        }
+    )["SpotFleetRequestId"]
+    instances = ec2.describe_spot_fleet_instances(SpotFleetRequestId=fleet_id)["ActiveInstances"]
+    record = contract.LeaseRecord.new(
+        annex_name=name,
+        bucket=outputs[contract.OUTPUT_CONFIG_BUCKET.key],
+        expires_at=datetime.now(timezone.utc) + HOUR,
+        client_token=token,
+        kind=contract.FLEET_KIND_SPOT_FLEET,
+    )
+    _record_lease(aws, outputs, record)
+    return Annex(record, [i["InstanceId"] for i in instances], fleet_id)
+
+
+def clients(aws: Any) -> dict[str, Any]:
+    return {"s3": aws.client("s3"), "ec2": aws.client("ec2"), "scheduler": aws.client("scheduler")}
+
+
+def live_instances(aws: Any, ids: list[str]) -> list[str]:
+    reservations = aws.client("ec2").describe_instances(InstanceIds=ids)["Reservations"]
+    return [
+        i["InstanceId"] for r in reservations for i in r["Instances"] if i["State"]["Name"] in LIVE
+    ]
+
+
+def objects(aws: Any, bucket: str) -> set[str]:
+    listed = aws.client("s3").list_objects_v2(Bucket=bucket).get("Contents", [])
+    return {o["Key"] for o in listed}
+
+
+def schedules(aws: Any) -> set[str]:
+    return {s["Name"] for s in aws.client("scheduler").list_schedules()["Schedules"]}
+
+
+def fleet_state(aws: Any, fleet_id: str) -> str:
+    configs = aws.client("ec2").describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])
+    return str(configs["SpotFleetRequestConfigs"][0]["SpotFleetRequestState"])
+
+
+def assert_untouched(aws: Any, annex: Annex) -> None:
+    name = annex.record.annex_name
+    assert sorted(live_instances(aws, annex.instance_ids)) == sorted(annex.instance_ids)
+    assert {contract.config_key(name), contract.lease_key(name)} <= objects(
+        aws, annex.record.bucket
+    )
+    assert contract.schedule_name(name) in schedules(aws)
+    if annex.fleet_id:
+        assert fleet_state(aws, annex.fleet_id) == "active"
+
+
+def assert_ended(aws: Any, annex: Annex) -> None:
+    name = annex.record.annex_name
+    assert live_instances(aws, annex.instance_ids) == []
+    assert not {contract.config_key(name), contract.lease_key(name)} & objects(
+        aws, annex.record.bucket
+    )
+    assert contract.schedule_name(name) not in schedules(aws)
+    if annex.fleet_id:
+        assert fleet_state(aws, annex.fleet_id).startswith("cancelled")
+
+
+def after_expiry(annex: Annex) -> datetime:
+    return annex.record.expiry + timedelta(minutes=1)
+
+
+def test_expired_on_demand_annex_is_fully_cleaned_up(aws, setup_outputs):
+    annex = on_demand_annex(aws, setup_outputs, "ondemand")
+
+    result = lease.end_lease(annex.record, now=after_expiry(annex), **clients(aws))
+
+    assert_ended(aws, annex)
+    assert sorted(result.terminated_instances) == sorted(annex.instance_ids)
+    assert result.deleted_schedule == contract.schedule_name("ondemand")
+    assert result.errors == []
+
+
+def test_expired_spot_fleet_annex_is_fully_cleaned_up(aws, setup_outputs):
+    annex = spot_fleet_annex(aws, setup_outputs, "spotty")
+    assert len(annex.instance_ids) == 2
+
+    result = lease.end_lease(annex.record, now=after_expiry(annex), **clients(aws))
+
+    assert_ended(aws, annex)
+    assert result.cancelled_fleets == [annex.fleet_id]
+    assert result.errors == []
+
+
+def test_unexpired_annex_is_untouched(aws, setup_outputs):
+    annex = on_demand_annex(aws, setup_outputs, "young")
+
+    result = lease.end_lease(
+        annex.record, now=annex.record.expiry - timedelta(seconds=1), **clients(aws)
+    )
+
+    assert not result.expired and not result.changed
+    assert_untouched(aws, annex)
+
+
+def test_annex_whose_name_extends_the_expired_one_is_untouched(aws, setup_outputs):
+    big = on_demand_annex(aws, setup_outputs, "big")
+    big_data = on_demand_annex(aws, setup_outputs, "big_data")
+    big_data_fleet = spot_fleet_annex(aws, setup_outputs, "big_fleet")
+
+    lease.end_lease(big.record, now=after_expiry(big), **clients(aws))
+
+    assert_ended(aws, big)
+    assert_untouched(aws, big_data)
+    assert_untouched(aws, big_data_fleet)
+
+
+def test_second_invocation_is_a_no_op(aws, setup_outputs):
+    annex = spot_fleet_annex(aws, setup_outputs, "twice")
+    lease.end_lease(annex.record, now=after_expiry(annex), **clients(aws))
+
+    again = lease.end_lease(annex.record, now=after_expiry(annex), **clients(aws))
+
+    assert again.expired and not again.changed
+    assert again.errors == []
+    assert_ended(aws, annex)
+
+
+def test_extended_lease_wins_over_the_expiry_a_stale_schedule_carries(aws, setup_outputs):
+    annex = on_demand_annex(aws, setup_outputs, "extended")
+    extended = annex.record.with_expiry(annex.record.expiry + 2 * HOUR)
+    aws.client("s3").put_object(
+        Bucket=annex.record.bucket,
+        Key=contract.lease_key("extended"),
+        Body=extended.to_json(),
+    )
+
+    result = lease.end_lease(annex.record, now=after_expiry(annex), **clients(aws))
+
+    assert not result.expired
+    assert_untouched(aws, annex)
+
+
+def test_sweep_ends_every_expired_annex_and_only_those(aws, setup_outputs):
+    old_one = on_demand_annex(aws, setup_outputs, "old")
+    old_fleet = spot_fleet_annex(aws, setup_outputs, "old_fleet")
+    young = on_demand_annex(aws, setup_outputs, "young")
+    s3 = aws.client("s3")
+    for annex in (old_one, old_fleet):
+        expired = annex.record.with_expiry(datetime.now(timezone.utc) - timedelta(minutes=5))
+        s3.put_object(
+            Bucket=annex.record.bucket,
+            Key=contract.lease_key(annex.record.annex_name),
+            Body=expired.to_json(),
+        )
+
+    results = lease.sweep(old_one.record.bucket, now=datetime.now(timezone.utc), **clients(aws))
+
+    assert sorted(r.annex_name for r in results) == ["old", "old_fleet"]
+    assert_ended(aws, old_one)
+    assert_ended(aws, old_fleet)
+    assert_untouched(aws, young)
+    assert lease.sweep(old_one.record.bucket, **clients(aws)) == []
+
+
+def test_lambda_entry_point_takes_the_schedule_input(aws, setup_outputs):
+    annex = on_demand_annex(aws, setup_outputs, "entry")
+    stale = annex.record.with_expiry(datetime.now(timezone.utc) - timedelta(minutes=1))
+    aws.client("s3").put_object(
+        Bucket=annex.record.bucket, Key=contract.lease_key("entry"), Body=stale.to_json()
+    )
+
+    summary = lease.handler(__import__("json").loads(stale.to_json()), None)
+
+    assert summary["changed"] and summary["errors"] == []
+    assert_ended(aws, annex)
+
+
+def test_sweep_entry_point_reads_the_bucket_from_its_environment(
+    aws, setup_outputs, monkeypatch: pytest.MonkeyPatch
+):
+    bucket = setup_outputs[contract.OUTPUT_CONFIG_BUCKET.key]
+    monkeypatch.setenv(contract.LAMBDA_ENV_CONFIG_BUCKET, bucket)
+    aws.client("s3").put_object(
+        Bucket=bucket, Key=f"{contract.LEASE_KEY_PREFIX}junk.json", Body=b"{"
+    )
+
+    assert lease.sweep_handler({}, None) == {"ended": []}
