@@ -129,3 +129,37 @@ def test_future_schedule_does_not_fire_early(aws) -> None:
 )
 def test_fire_time_honours_the_schedule_timezone(expression, zone, expected) -> None:
     assert one_time_fire_time(expression, zone) == expected
+
+
+def test_update_schedule_replaces_the_definition_with_create_defaults(aws) -> None:
+    """UpdateSchedule replaces every field; omitted State means ENABLED (Scheduler API
+    Reference, "UpdateSchedule"), so a moved lease schedule still fires."""
+    arn = _function(aws)
+    role = aws.client("iam").get_role(RoleName="fn-role")["Role"]["Arn"]
+    scheduler = aws.client("scheduler")
+    later = (datetime.now(timezone.utc) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S")
+    target = {"Arn": arn, "RoleArn": role, "Input": json.dumps({"key": "moved"})}
+    scheduler.create_schedule(
+        Name="moved",
+        ScheduleExpression=f"at({later})",
+        FlexibleTimeWindow={"Mode": "OFF"},
+        Target=target,
+    )
+    soon = (datetime.now(timezone.utc) + timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%S")
+    scheduler.update_schedule(
+        Name="moved",
+        ScheduleExpression=f"at({soon})",
+        FlexibleTimeWindow={"Mode": "OFF"},
+        ActionAfterCompletion="DELETE",
+        Target=target,
+    )
+    moved = scheduler.get_schedule(Name="moved")
+    assert moved["State"] == "ENABLED"
+    assert moved["ActionAfterCompletion"] == "DELETE"
+    s3 = aws.client("s3")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not s3.list_objects_v2(Bucket="fired-bucket").get(
+        "KeyCount"
+    ):
+        time.sleep(0.2)
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket="fired-bucket")["Contents"]] == ["moved"]

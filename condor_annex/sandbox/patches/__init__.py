@@ -25,6 +25,7 @@ from condor_annex.sandbox.patches.iam import (
     iam_inline_policies_stored_as_json,
     iam_trust_policy_account_principals,
 )
+from condor_annex.sandbox.patches.scheduler import scheduler_update_replaces_every_field
 from condor_annex.sandbox.patches.spot_fleet import (
     cancelled_spot_fleets_stay_visible,
     request_spot_fleet_accepts_aws_configs,
@@ -41,6 +42,7 @@ PATCHES: tuple[Callable[[], None], ...] = (
     cancelled_spot_fleets_stay_visible,
     cloudformation_stack_outputs_from_change_sets,
     cloudformation_deletes_managed_policies,
+    scheduler_update_replaces_every_field,
     cloudformation_resolves_s3_template_urls,
     cloudformation_ssm_parameter_generated_name,
     iam_trust_policy_account_principals,
