@@ -37,7 +37,7 @@ lint: $(VENV_STAMP)
 	$(BIN)/mypy condor_annex stacks lambda app.py
 
 test: $(VENV_STAMP) $(NODE_STAMP) system-deps lint
-	$(BIN)/pytest -n 2 --dist loadgroup
+	$(BIN)/pytest -n 2 --dist loadfile
 
 unit: $(VENV_STAMP)
 	$(BIN)/pytest tests/unit

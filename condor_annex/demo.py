@@ -1,0 +1,481 @@
+"""`make demo`: the whole condor_annex flow on the local AWS, one numbered step at a time.
+
+Starts the local AWS (as a process) and the IMDSv2 emulator, pretends to be a pool (a collector
+port and a POOL signing key), runs `condor_annex -setup`, creates an on-demand annex and a Spot
+Fleet annex, boots every emulated instance with the real `condor-annex-ec2` under its own
+`--root`, shows `condor_annex status`, lets one lease expire and watches the lease Lambda clean up,
+switches the other annex off and removes the setup. Everything it started is stopped at the end,
+whatever happened; the exit code is non-zero when any step failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Optional, TextIO
+
+from condor_annex import contract
+
+REGION = "us-east-1"
+ON_DEMAND_ANNEX = "demo_ondemand"
+SPOT_ANNEX = "demo_spot"
+TRUST_DOMAIN = "demo.pool.example"
+POOL_KEY_SCRAMBLE = bytes([0xDE, 0xAD, 0xBE, 0xEF])
+
+
+class DemoFailed(Exception):
+    """A step's outcome was not what the demo promised."""
+
+
+@dataclass
+class Outcomes:
+    """What each step observed; the end-to-end test asserts on these."""
+
+    setup_outputs: dict[str, str] = field(default_factory=dict)
+    check_setup_exit: Optional[int] = None
+    annex_instances: dict[str, list[str]] = field(default_factory=dict)
+    tarballs: list[str] = field(default_factory=list)
+    boots: dict[str, int] = field(default_factory=dict)
+    configured_files: dict[str, list[str]] = field(default_factory=dict)
+    status: dict[str, Any] = field(default_factory=dict)
+    lease_cleanup_seconds: Optional[float] = None
+    after_lease: dict[str, Any] = field(default_factory=dict)
+    after_off: dict[str, Any] = field(default_factory=dict)
+    destroyed: bool = False
+    step_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class Console:
+    """Numbered steps with timings, and indented detail lines."""
+
+    def __init__(self, out: TextIO, total: int) -> None:
+        self.out = out
+        self.total = total
+        self.number = 0
+
+    @contextlib.contextmanager
+    def step(self, title: str, outcomes: Outcomes) -> Iterator[None]:
+        self.number += 1
+        self.out.write(f"\n[{self.number}/{self.total}] {title} ...\n")
+        self.out.flush()
+        started = time.monotonic()
+        try:
+            yield
+        except BaseException:
+            self.out.write(f"      FAILED after {time.monotonic() - started:.1f} s\n")
+            raise
+        elapsed = time.monotonic() - started
+        outcomes.step_seconds[title] = elapsed
+        self.out.write(f"      done in {elapsed:.1f} s\n")
+        self.out.flush()
+
+    def detail(self, text: str) -> None:
+        for line in text.rstrip("\n").splitlines():
+            self.out.write(f"      {line}\n")
+        self.out.flush()
+
+
+class PretendCollector:
+    """A TCP port that accepts connections, standing in for the pool's collector."""
+
+    def __init__(self) -> None:
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.bind(("127.0.0.1", 0))
+        self._socket.listen(16)
+        self._socket.settimeout(0.2)
+        self.port: int = self._socket.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def start(self) -> PretendCollector:
+        self._thread.start()
+        return self
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                connection, _ = self._socket.accept()
+            except (TimeoutError, OSError):
+                continue
+            connection.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self._socket.close()
+
+
+def write_pool_signing_key(path: Path) -> None:
+    """A POOL key file as HTCondor stores it: random bytes XOR-scrambled with DE AD BE EF."""
+    key = secrets.token_bytes(32)
+    scrambled = bytes(b ^ POOL_KEY_SCRAMBLE[i % 4] for i, b in enumerate(key))
+    path.write_bytes(scrambled)
+    path.chmod(0o600)
+
+
+class Demo:
+    """The demo's state: processes it started, paths it uses, what it observed."""
+
+    STEPS = 10
+
+    def __init__(self, workdir: Path, out: TextIO = sys.stdout) -> None:
+        self.workdir = workdir
+        self.console = Console(out, self.STEPS)
+        self.outcomes = Outcomes()
+        self.bin_dir = Path(sys.executable).parent
+        self.user_config = workdir / "user_config"
+        self.key_file = workdir / "POOL"
+        self.aws_process: Optional[subprocess.Popen[str]] = None
+        self.endpoint = ""
+        self.imds: Any = None
+        self.collector: Optional[PretendCollector] = None
+        self.control: Any = None
+        self.aws_log: Optional[TextIO] = None
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    def aws_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(
+            AWS_ENDPOINT_URL=self.endpoint.replace("127.0.0.1", "localhost"),
+            AWS_ACCESS_KEY_ID="demo-access-key",
+            AWS_SECRET_ACCESS_KEY="demo-secret-key",  # noqa: S106 - the emulator accepts any
+            AWS_DEFAULT_REGION=REGION,
+            AWS_REGION=REGION,
+            HOME=str(self.workdir),
+            JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION="20",
+        )
+        return env
+
+    def client(self, service: str) -> Any:
+        import boto3
+
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint,
+            region_name=REGION,
+            aws_access_key_id="demo-access-key",
+            aws_secret_access_key="demo-secret-key",  # noqa: S106 - the emulator accepts any
+        )
+
+    def condor_annex(self, *args: str, show: bool = True) -> tuple[int, str]:
+        """Run the real CLI; stream its output indented; return (exit code, stdout)."""
+        command = [str(self.bin_dir / "condor_annex"), *args, "-config-file", str(self.user_config)]
+        self.console.detail("$ condor_annex " + " ".join(args))
+        process = subprocess.Popen(
+            command,
+            env=self.aws_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=self.workdir,
+        )
+        assert process.stdout is not None
+        captured: list[str] = []
+        for line in process.stdout:
+            captured.append(line)
+            if show:
+                self.console.detail(line)
+        return process.wait(), "".join(captured)
+
+    def expect(self, condition: bool, message: str) -> None:
+        if not condition:
+            raise DemoFailed(message)
+
+    def annex_instances(
+        self, annex: str, states: Sequence[str] = ("pending", "running")
+    ) -> list[str]:
+        ec2 = self.client("ec2")
+        pages = ec2.get_paginator("describe_instances").paginate(
+            Filters=[
+                {"Name": f"tag:{contract.TAG_ANNEX_NAME}", "Values": [annex]},
+                {"Name": "instance-state-name", "Values": list(states)},
+            ]
+        )
+        return sorted(
+            i["InstanceId"] for page in pages for r in page["Reservations"] for i in r["Instances"]
+        )
+
+    def bucket_keys(self) -> list[str]:
+        bucket = self.outcomes.setup_outputs[contract.OUTPUT_CONFIG_BUCKET.key]
+        listing = self.client("s3").list_objects_v2(Bucket=bucket)
+        return sorted(o["Key"] for o in listing.get("Contents", []))
+
+    # --- steps -----------------------------------------------------------------------------
+
+    def start_emulators(self) -> None:
+        from condor_annex.sandbox import SandboxControl
+        from condor_annex.sandbox.imds import ImdsServer
+
+        # The emulator's own chatter (moto warnings) goes to a log file, not the demo's story.
+        self.aws_log = (self.workdir / "local-aws.log").open("w")
+        self.aws_process = subprocess.Popen(
+            [sys.executable, "-m", "condor_annex.sandbox", "--port", "0", "--fleet-tag-delay", "3"],
+            stdout=subprocess.PIPE,
+            stderr=self.aws_log,
+            text=True,
+        )
+        assert self.aws_process.stdout is not None
+        first = self.aws_process.stdout.readline().strip()
+        self.expect(first.startswith("LOCAL_AWS_ENDPOINT="), f"local AWS did not start: {first!r}")
+        self.endpoint = first.split("=", 1)[1]
+        self.control = SandboxControl(self.endpoint)
+        self.imds = ImdsServer().start()
+        self.collector = PretendCollector().start()
+        write_pool_signing_key(self.key_file)
+        self.console.detail(f"local AWS (moto + fidelity fixes): {self.endpoint}")
+        self.console.detail(f"IMDSv2 emulator: {self.imds.endpoint}")
+        self.console.detail(f"pretend collector: 127.0.0.1:{self.collector.port}")
+
+    def setup(self) -> None:
+        code, _ = self.condor_annex("-setup", "-aws-region", REGION, "-pool-cidr", "127.0.0.1/32")
+        self.expect(code == 0, f"condor_annex -setup exited {code}")
+        outputs = self.client("cloudformation").describe_stacks(StackName=contract.STACK_NAME)
+        self.outcomes.setup_outputs = {
+            o["OutputKey"]: o["OutputValue"] for o in outputs["Stacks"][0].get("Outputs", [])
+        }
+        written = self.user_config.read_text()
+        missing = [o.macro for o in contract.STACK_OUTPUTS if o.macro not in written]
+        self.expect(not missing, f"user config lacks {missing}")
+        self.console.detail(
+            f"{len(contract.STACK_OUTPUTS)} ANNEX_DEFAULT_* macros in {self.user_config}"
+        )
+
+    def check_setup(self) -> None:
+        code, _ = self.condor_annex("-check-setup", "-collector", self.collector_address())
+        self.outcomes.check_setup_exit = code
+        self.expect(code == 0, f"condor_annex -check-setup exited {code}")
+
+    def collector_address(self) -> str:
+        assert self.collector is not None
+        return f"127.0.0.1:{self.collector.port}"
+
+    def demo_ami(self) -> str:
+        images = self.client("ec2").describe_images(Owners=["amazon"])["Images"]
+        self.expect(bool(images), "the local AWS offers no images")
+        return str(sorted(i["ImageId"] for i in images)[0])
+
+    def create_annexes(self) -> None:
+        common = [
+            "-aws-on-demand-ami-id",
+            self.demo_ami(),
+            "-collector",
+            self.collector_address(),
+            "-pool-signing-key-file",
+            str(self.key_file),
+            "-trust-domain",
+            TRUST_DOMAIN,
+            "-duration",
+            "50m",
+            "-idle",
+            "15m",
+            "-yes",
+        ]
+        code, _ = self.condor_annex("-annex-name", ON_DEMAND_ANNEX, "-count", "2", *common)
+        self.expect(code == 0, f"on-demand create exited {code}")
+        code, _ = self.condor_annex(
+            "-annex-name", SPOT_ANNEX, "-slots", "4", "-aws-spot-instance-types", "m5.large:2",
+            *common,
+        )  # fmt: skip
+        self.expect(code == 0, f"Spot Fleet create exited {code}")
+        for annex in (ON_DEMAND_ANNEX, SPOT_ANNEX):
+            self.outcomes.annex_instances[annex] = self.annex_instances(annex)
+        self.outcomes.tarballs = [k for k in self.bucket_keys() if contract.is_config_key(k)]
+        self.console.detail(f"instances: {json.dumps(self.outcomes.annex_instances)}")
+        self.console.detail(f"tarballs in the config bucket: {self.outcomes.tarballs}")
+        self.expect(
+            len(self.outcomes.annex_instances[ON_DEMAND_ANNEX]) == 2, "expected 2 on-demand"
+        )
+        self.expect(
+            len(self.outcomes.annex_instances[SPOT_ANNEX]) == 2, "expected 2 spot (4 slots / 2)"
+        )
+
+    def boot_instances(self) -> None:
+        from condor_annex.sandbox.imds import instance_from_ec2
+
+        ec2, iam, sts = self.client("ec2"), self.client("iam"), self.client("sts")
+        agents: dict[str, subprocess.Popen[str]] = {}
+        for annex, ids in self.outcomes.annex_instances.items():
+            for instance_id in ids:
+                instance = instance_from_ec2(ec2, iam, instance_id, sts_client=sts, region=REGION)
+                url = self.imds.add_instance(instance)
+                root = self.workdir / "instances" / instance_id
+                root.mkdir(parents=True)
+                env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+                env.update(AWS_ENDPOINT_URL=self.endpoint, AWS_EC2_METADATA_SERVICE_ENDPOINT=url)
+                agents[instance_id] = subprocess.Popen(
+                    [
+                        str(self.bin_dir / "condor-annex-ec2"),
+                        "--root",
+                        str(root),
+                        "--no-firewall",
+                        "--no-poweroff",
+                        "--fleet-tag-timeout",
+                        "60",
+                    ],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+                self.console.detail(f"booting {instance_id} ({annex}) ...")
+        for instance_id, agent in agents.items():
+            output, _ = agent.communicate(timeout=120)
+            self.outcomes.boots[instance_id] = agent.returncode
+            last = [line for line in output.splitlines() if "step=" in line][-1:]
+            self.console.detail(f"{instance_id}: exit {agent.returncode} {' '.join(last)}")
+            config_d = self.workdir / "instances" / instance_id / "etc" / "condor" / "config.d"
+            files = sorted(str(p.relative_to(config_d)) for p in config_d.rglob("*") if p.is_file())
+            self.outcomes.configured_files[instance_id] = files
+        failed = {i: c for i, c in self.outcomes.boots.items() if c != 0}
+        self.expect(not failed, f"agents failed: {failed}")
+
+    def status(self) -> None:
+        code, text = self.condor_annex("status", "--json", show=False)
+        self.expect(code == 0, f"status exited {code}")
+        self.outcomes.status = json.loads(text)
+        self.condor_annex("status")
+
+    def expire_one_lease(self) -> None:
+        from condor_annex import lease
+
+        bucket = self.outcomes.setup_outputs[contract.OUTPUT_CONFIG_BUCKET.key]
+        s3, scheduler = self.client("s3"), self.client("scheduler")
+        record = lease.read_lease_record(s3, bucket, ON_DEMAND_ANNEX)
+        self.expect(record is not None, "no lease record for the on-demand annex")
+        assert record is not None
+        soon = datetime.now(timezone.utc) + timedelta(seconds=3)
+        self.console.detail(
+            f"moving {ON_DEMAND_ANNEX}'s lease from {record.expires_at} to {soon:%H:%M:%S}Z "
+            "(the demo cannot wait 50 minutes)"
+        )
+        moved = record.with_expiry(soon)
+        lease.put_lease_record(s3, moved)
+        lease.update_schedule(
+            scheduler,
+            moved,
+            lease_function_arn=self.outcomes.setup_outputs[contract.OUTPUT_LEASE_FUNCTION_ARN.key],
+            scheduler_role_arn=self.outcomes.setup_outputs[contract.OUTPUT_SCHEDULER_ROLE_ARN.key],
+        )
+        started = time.monotonic()
+        while time.monotonic() - started < 60:
+            if (
+                not self.annex_instances(ON_DEMAND_ANNEX)
+                and contract.config_key(ON_DEMAND_ANNEX) not in self.bucket_keys()
+            ):
+                break
+            time.sleep(0.5)
+        self.outcomes.lease_cleanup_seconds = time.monotonic() - started
+        self.outcomes.after_lease = {
+            "running": self.annex_instances(ON_DEMAND_ANNEX),
+            "terminated": self.annex_instances(ON_DEMAND_ANNEX, ("shutting-down", "terminated")),
+            "keys": self.bucket_keys(),
+            "other_annex_running": self.annex_instances(SPOT_ANNEX),
+        }
+        self.console.detail(json.dumps(self.outcomes.after_lease, indent=1))
+        self.expect(not self.outcomes.after_lease["running"], "lease did not end the annex")
+        self.expect(
+            contract.config_key(ON_DEMAND_ANNEX) not in self.outcomes.after_lease["keys"],
+            "lease did not delete the tarball",
+        )
+
+    def off(self) -> None:
+        code, _ = self.condor_annex("off", "-annex-name", SPOT_ANNEX, "-yes")
+        self.expect(code == 0, f"off exited {code}")
+        self.outcomes.after_off = {
+            "running": self.annex_instances(SPOT_ANNEX),
+            "keys": self.bucket_keys(),
+        }
+        self.expect(not self.outcomes.after_off["running"], "off left instances running")
+
+    def destroy(self) -> None:
+        code, _ = self.condor_annex("-destroy-setup", "-yes")
+        self.expect(code == 0, f"-destroy-setup exited {code}")
+        stacks = self.client("cloudformation").list_stacks()["StackSummaries"]
+        live = [
+            s["StackName"]
+            for s in stacks
+            if s["StackName"] == contract.STACK_NAME and s["StackStatus"] != "DELETE_COMPLETE"
+        ]
+        self.expect(not live, f"stack still there: {live}")
+        self.outcomes.destroyed = True
+
+    def stop(self) -> None:
+        if self.imds is not None:
+            self.imds.stop()
+        if self.collector is not None:
+            self.collector.stop()
+        if self.aws_process is not None and self.aws_process.poll() is None:
+            self.aws_process.terminate()
+            try:
+                self.aws_process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.aws_process.kill()
+                self.aws_process.wait()
+        if self.aws_log is not None:
+            self.aws_log.close()
+
+    def run(self) -> Outcomes:
+        c, o = self.console, self.outcomes
+        try:
+            with c.step("Start the local AWS, the IMDSv2 emulator and a pretend pool", o):
+                self.start_emulators()
+            with c.step("condor_annex -setup (the CDK app through the pinned CDK CLI)", o):
+                self.setup()
+            with c.step("condor_annex -check-setup", o):
+                self.check_setup()
+            with c.step(
+                "Create an on-demand annex (2 instances) and a Spot Fleet annex (4 slots)", o
+            ):
+                self.create_annexes()
+            with c.step("Boot every instance with the real condor-annex-ec2", o):
+                self.boot_instances()
+            with c.step("condor_annex status", o):
+                self.status()
+            with c.step(f"Let {ON_DEMAND_ANNEX}'s lease expire; the lease Lambda cleans up", o):
+                self.expire_one_lease()
+            with c.step(f"condor_annex off -annex-name {SPOT_ANNEX}", o):
+                self.off()
+            with c.step("condor_annex -destroy-setup", o):
+                self.destroy()
+        finally:
+            with c.step("Stop the emulators", o):
+                self.stop()
+        return o
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m condor_annex.demo", description=__doc__)
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="condor-annex-demo-"))
+    started = time.monotonic()
+    demo = Demo(workdir)
+    try:
+        demo.run()
+    except (DemoFailed, subprocess.SubprocessError, OSError) as failure:
+        print(f"\ndemo FAILED: {failure}", file=sys.stderr)
+        return 1
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(f"\ndemo finished in {time.monotonic() - started:.0f} s: every step did what it said.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""End to end: the demo's whole flow, with every step's outcome asserted.
+
+The same `Demo` that `make demo` runs: local AWS as a process, `condor_annex -setup` through the
+pinned CDK CLI, an on-demand and a Spot Fleet annex, the real boot agent per instance, status,
+a lease expiring into the lease Lambda, `off`, and `-destroy-setup`.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+from pathlib import Path
+
+import pytest
+
+from condor_annex import contract
+from condor_annex.demo import ON_DEMAND_ANNEX, SPOT_ANNEX, Demo
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory):
+    workdir = tmp_path_factory.mktemp("demo")
+    transcript = io.StringIO()
+    demo = Demo(workdir, out=transcript)
+    outcomes = demo.run()
+    return demo, outcomes, transcript.getvalue(), workdir
+
+
+pytestmark = [pytest.mark.cdk, pytest.mark.xdist_group("cdk-deploy")]
+
+
+def test_setup_writes_every_output_and_check_setup_passes(demo_run) -> None:
+    _, outcomes, _, _ = demo_run
+    assert set(outcomes.setup_outputs) == {o.key for o in contract.STACK_OUTPUTS}
+    assert outcomes.check_setup_exit == 0
+
+
+def test_each_annex_gets_its_instances_and_its_own_tarball(demo_run) -> None:
+    _, outcomes, _, _ = demo_run
+    assert len(outcomes.annex_instances[ON_DEMAND_ANNEX]) == 2
+    assert len(outcomes.annex_instances[SPOT_ANNEX]) == 2
+    assert outcomes.tarballs == sorted(
+        [contract.config_key(ON_DEMAND_ANNEX), contract.config_key(SPOT_ANNEX)]
+    )
+
+
+def test_every_instance_boots_with_the_real_agent_into_its_config(demo_run) -> None:
+    _, outcomes, _, _ = demo_run
+    instances = [i for ids in outcomes.annex_instances.values() for i in ids]
+    assert outcomes.boots == dict.fromkeys(instances, 0)
+    for instance_id in instances:
+        files = outcomes.configured_files[instance_id]
+        assert contract.TARBALL_CONFIG_FILE in files
+        assert contract.TARBALL_TOKEN_FILE in files
+        assert contract.INSTANCE_MACROS_FILE in files
+
+
+def test_status_lists_exactly_the_instances_of_both_annexes(demo_run) -> None:
+    _, outcomes, _, _ = demo_run
+    listed = {
+        annex["annex_name"]: sorted(i["instance_id"] for i in annex["instances"])
+        for annex in outcomes.status["annexes"]
+    }
+    assert listed == {name: sorted(ids) for name, ids in outcomes.annex_instances.items()}
+
+
+def test_the_expired_lease_ends_only_its_own_annex(demo_run) -> None:
+    _, outcomes, _, _ = demo_run
+    after = outcomes.after_lease
+    assert after["running"] == []
+    assert sorted(after["terminated"]) == outcomes.annex_instances[ON_DEMAND_ANNEX]
+    assert contract.config_key(ON_DEMAND_ANNEX) not in after["keys"]
+    assert contract.lease_key(ON_DEMAND_ANNEX) not in after["keys"]
+    assert after["other_annex_running"] == outcomes.annex_instances[SPOT_ANNEX]
+    assert outcomes.lease_cleanup_seconds is not None and outcomes.lease_cleanup_seconds < 60
+
+
+def test_off_and_destroy_leave_nothing_behind(demo_run) -> None:
+    _, outcomes, _, _ = demo_run
+    assert outcomes.after_off["running"] == []
+    assert outcomes.after_off["keys"] == []
+    assert outcomes.destroyed
+
+
+def test_the_demo_stops_every_process_it_started(demo_run) -> None:
+    demo, _, transcript, _ = demo_run
+    assert demo.aws_process is not None and demo.aws_process.poll() is not None
+    port = int(demo.endpoint.rsplit(":", 1)[1])
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        pass
+    assert "[10/10] Stop the emulators" in transcript
+
+
+def test_the_transcript_never_shows_a_secret(demo_run) -> None:
+    _, _, transcript, workdir = demo_run
+    assert "eyJ" not in transcript  # no JWT (IDTOKEN) header
+    assert "demo-secret-key" not in transcript
+    assert Path(workdir / "POOL").stat().st_mode & 0o077 == 0
