@@ -34,7 +34,9 @@ demo: $(VENV_STAMP) $(NODE_STAMP)
 lint: $(VENV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy condor_annex stacks lambda app.py
+	$(BIN)/mypy condor_annex stacks app.py
+	@# each function is its own top-level `handler` module, as Lambda imports it
+	for fn in lambda/*/; do $(BIN)/mypy $$fn || exit 1; done
 
 test: $(VENV_STAMP) $(NODE_STAMP) system-deps lint
 	$(BIN)/pytest -n 2 --dist loadfile
