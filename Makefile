@@ -8,7 +8,7 @@ VENV_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
-.PHONY: demo test lint unit bench system-deps clean
+.PHONY: demo test lint unit bench reliability-doc system-deps clean
 
 $(VENV_STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ unit: $(VENV_STAMP)
 
 bench: $(VENV_STAMP) $(NODE_STAMP)
 	$(BIN)/python -m bench
+
+# docs/RELIABILITY.md is generated from what the reliability tests observed.
+reliability-doc: $(VENV_STAMP) $(NODE_STAMP) system-deps
+	$(BIN)/pytest -n 2 --dist loadfile tests/reliability --reliability-doc docs/RELIABILITY.md
 
 clean:
 	rm -rf $(VENV) node_modules cdk.out .pytest_cache .mypy_cache .ruff_cache
