@@ -24,7 +24,8 @@ SWEEP_RATE = Duration.minutes(15)
 
 
 def enforcement_statements(bucket: s3.IBucket) -> list[iam.PolicyStatement]:
-    """Read and delete tarballs and lease records; end only annex-tagged instances and fleets."""
+    """Read and delete tarballs and lease records; end only annex-tagged instances, fleets and
+    launch templates."""
     annex_tagged = {"Null": {f"aws:ResourceTag/{contract.TAG_ANNEX_NAME}": "false"}}
     return [
         iam.PolicyStatement(
@@ -41,7 +42,11 @@ def enforcement_statements(bucket: s3.IBucket) -> list[iam.PolicyStatement]:
         ),
         iam.PolicyStatement(
             sid="FindAnnexResources",
-            actions=["ec2:DescribeInstances", "ec2:DescribeSpotFleetRequests"],
+            actions=[
+                "ec2:DescribeInstances",
+                "ec2:DescribeSpotFleetRequests",
+                "ec2:DescribeLaunchTemplates",
+            ],
             resources=["*"],
         ),
         iam.PolicyStatement(
@@ -56,6 +61,13 @@ def enforcement_statements(bucket: s3.IBucket) -> list[iam.PolicyStatement]:
             resources=[ec2_arn("spot-fleet-request/*")],
             conditions=annex_tagged,
         ),
+        # A Spot Fleet annex's own launch template (`contract.launch_template_name`).
+        iam.PolicyStatement(
+            sid="DeleteAnnexLaunchTemplates",
+            actions=["ec2:DeleteLaunchTemplate"],
+            resources=[ec2_arn("launch-template/*")],
+            conditions=annex_tagged,
+        ),
         iam.PolicyStatement(
             sid="DeleteLeaseSchedules",
             actions=["scheduler:DeleteSchedule"],
@@ -66,7 +78,11 @@ def enforcement_statements(bucket: s3.IBucket) -> list[iam.PolicyStatement]:
 
 def enforcement_wildcards(bucket: s3.IBucket) -> tuple[list[str], list[str]]:
     """The wildcard resources of `enforcement_statements`: (annex-tagged, annex-named)."""
-    tagged = [ec2_arn("instance/*"), ec2_arn("spot-fleet-request/*")]
+    tagged = [
+        ec2_arn("instance/*"),
+        ec2_arn("spot-fleet-request/*"),
+        ec2_arn("launch-template/*"),
+    ]
     named = [
         bucket.arn_for_objects(contract.CONFIG_KEY_PATTERN),
         bucket.arn_for_objects(f"{contract.LEASE_KEY_PREFIX}*"),
@@ -142,14 +158,16 @@ class LeaseEnforcement(Construct):
         acknowledge_wildcard_resources(
             self,
             ["*"],
-            "ec2:DescribeInstances and ec2:DescribeSpotFleetRequests support no resource-level "
-            "permissions; the functions filter by client token and confirm every match.",
+            "ec2:DescribeInstances, ec2:DescribeSpotFleetRequests and "
+            "ec2:DescribeLaunchTemplates support no resource-level permissions; the functions "
+            "filter by client token (or the annex's template name) and confirm every match.",
         )
         acknowledge_wildcard_resources(
             self,
             tagged,
-            "Terminate and cancel are conditioned on the htcondor:AnnexName tag being present; "
-            "instance and fleet ids are generated per annex.",
+            "Terminate, cancel and launch template deletion are conditioned on the "
+            "htcondor:AnnexName tag being present; instance, fleet and template ids are "
+            "generated per annex.",
         )
         acknowledge_wildcard_resources(
             self,

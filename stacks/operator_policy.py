@@ -1,7 +1,9 @@
 """The "annex operator" managed policy: day-to-day `condor_annex` use without admin rights.
 
 SPEC §5: launch only annex-tagged instances and fleets with this setup's instance profile,
-terminate and cancel only annex-tagged ones, pass exactly the instance and Spot Fleet roles
+terminate and cancel only annex-tagged ones, create, launch from and delete only annex-tagged
+launch templates (each Spot Fleet annex has its own, `contract.launch_template_name`, because a
+Spot Fleet launch specification cannot require IMDSv2), pass exactly the instance and Spot Fleet roles
 (and the Scheduler role for lease schedules), manage tarballs and lease records, schedules
 named for annexes, invoke the connectivity and lease functions, and read the setup stack.
 Attach it to the users' group or role; credentials come from the standard boto3 chain.
@@ -27,9 +29,11 @@ EXISTING_LAUNCH_RESOURCES = [
     ec2_arn("image/*", account=False),
     *(
         ec2_arn(f"{kind}/*")
-        for kind in ("network-interface", "security-group", "subnet", "key-pair", "launch-template")
+        for kind in ("network-interface", "security-group", "subnet", "key-pair")
     ),
 ]
+LAUNCH_TEMPLATES = ec2_arn("launch-template/*")
+"""Annex launch templates get generated ids; every grant on them is conditioned on the annex tag."""
 
 
 class OperatorPolicy(Construct):
@@ -73,6 +77,34 @@ class OperatorPolicy(Construct):
                 actions=["ec2:RunInstances"],
                 resources=EXISTING_LAUNCH_RESOURCES,
             ),
+            # A Spot Fleet annex launches from its own template: RunInstances authorizes the
+            # template as a resource ("Use launch templates to control launching instances").
+            iam.PolicyStatement(
+                sid="LaunchFromAnnexLaunchTemplates",
+                actions=["ec2:RunInstances"],
+                resources=[LAUNCH_TEMPLATES],
+                conditions=resource_tagged,
+            ),
+            # create.py: CreateLaunchTemplate(TagSpecifications=[launch-template: annex tags]).
+            iam.PolicyStatement(
+                sid="CreateAnnexLaunchTemplatesTagged",
+                actions=["ec2:CreateLaunchTemplate"],
+                resources=[LAUNCH_TEMPLATES],
+                conditions=request_tagged,
+            ),
+            iam.PolicyStatement(
+                sid="TagLaunchTemplatesAtCreationOnly",
+                actions=["ec2:CreateTags"],
+                resources=[LAUNCH_TEMPLATES],
+                conditions={"StringEquals": {"ec2:CreateAction": "CreateLaunchTemplate"}},
+            ),
+            # create.py rollback and `off`: DeleteLaunchTemplate(LaunchTemplateId=...).
+            iam.PolicyStatement(
+                sid="DeleteAnnexLaunchTemplates",
+                actions=["ec2:DeleteLaunchTemplate"],
+                resources=[LAUNCH_TEMPLATES],
+                conditions=resource_tagged,
+            ),
             iam.PolicyStatement(
                 sid="RequestAnnexFleetsTagged",
                 actions=["ec2:RequestSpotFleet"],
@@ -114,6 +146,7 @@ class OperatorPolicy(Construct):
                     "ec2:DescribeSecurityGroups",
                     "ec2:DescribeInstanceTypes",
                     "ec2:DescribeSpotPriceHistory",
+                    "ec2:DescribeLaunchTemplates",
                 ],
                 resources=["*"],
             ),
@@ -175,7 +208,7 @@ class OperatorPolicy(Construct):
             self.policy,
             ["*"],
             "EC2 Describe* calls support no resource-level permissions (status, images, "
-            "subnets, prices).",
+            "subnets, prices, launch templates).",
         )
         acknowledge_wildcard_resources(
             self.policy,
@@ -187,9 +220,16 @@ class OperatorPolicy(Construct):
         acknowledge_wildcard_resources(
             self.policy,
             EXISTING_LAUNCH_RESOURCES,
-            "Annexes launch from an image, subnet, security group, key pair or launch "
-            "template the user chooses per annex; limited to this account and region (images "
-            "may be owned by others).",
+            "Annexes launch from an image, subnet, security group or key pair the user "
+            "chooses per annex; limited to this account and region (images may be owned by "
+            "others).",
+        )
+        acknowledge_wildcard_resources(
+            self.policy,
+            [LAUNCH_TEMPLATES],
+            "Each Spot Fleet annex gets its own launch template with a generated id: creating "
+            "one requires the htcondor:AnnexName request tag, tagging is limited to its "
+            "creation, launching from and deleting one require the htcondor:AnnexName tag on it.",
         )
         acknowledge_wildcard_resources(
             self.policy,

@@ -1,7 +1,9 @@
 """The role Spot Fleet assumes to launch, tag and terminate an annex's instances.
 
 Modelled on the AWS managed `AmazonEC2SpotFleetTaggingRole`, as a customer-managed policy so the
-permissions are visible here and `iam:PassRole` names only the annex instance role.
+permissions are visible here and `iam:PassRole` names only the annex instance role. Every Spot
+Fleet annex launches from its own launch template (`contract.launch_template_name`): Spot Fleet
+calls RunInstances with it, so the role may launch from annex-tagged launch templates only.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ def ec2_arn(resource: str, *, account: bool = True) -> str:
     return f"arn:{Aws.PARTITION}:ec2:{Aws.REGION}:{Aws.ACCOUNT_ID if account else ''}:{resource}"
 
 
+ANNEX_LAUNCH_TEMPLATES = ec2_arn("launch-template/*")
+"""Launch templates with generated ids; the role uses them only when they carry the annex tag."""
+
 LAUNCH_RESOURCES = [
     ec2_arn("image/*", account=False),
     *(
@@ -31,7 +36,6 @@ LAUNCH_RESOURCES = [
             "security-group",
             "subnet",
             "key-pair",
-            "launch-template",
             "spot-instances-request",
         )
     ),
@@ -66,6 +70,12 @@ class SpotFleetRole(Construct):
                     sid="Launch",
                     actions=["ec2:RunInstances", "ec2:RequestSpotInstances"],
                     resources=LAUNCH_RESOURCES,
+                ),
+                iam.PolicyStatement(
+                    sid="LaunchFromAnnexLaunchTemplates",
+                    actions=["ec2:RunInstances"],
+                    resources=[ANNEX_LAUNCH_TEMPLATES],
+                    conditions={"Null": {f"aws:ResourceTag/{contract.TAG_ANNEX_NAME}": "false"}},
                 ),
                 iam.PolicyStatement(
                     sid="TagAtLaunch",
@@ -119,8 +129,14 @@ class SpotFleetRole(Construct):
             self.policy,
             LAUNCH_RESOURCES,
             "Spot Fleet launches into resources chosen per annex (image, subnet, security "
-            "group, key pair, launch template) and creates instances, volumes, interfaces and "
+            "group, key pair) and creates instances, volumes, interfaces and "
             "spot requests with generated ids; limited to this account and region (images may "
             "be owned by others). Tagging is limited to launch time, termination to "
             "annex-tagged instances.",
+        )
+        acknowledge_wildcard_resources(
+            self.policy,
+            [ANNEX_LAUNCH_TEMPLATES],
+            "Each Spot Fleet annex has its own launch template with a generated id; Spot Fleet "
+            "may launch only from templates carrying the htcondor:AnnexName tag.",
         )

@@ -7,7 +7,8 @@ every 15 minutes by an EventBridge rule; lists `leases/` in the config bucket). 
 in-process against the local AWS.
 
 An annex is identified by client tokens, never by tags (SPEC §2): an instance belongs to annex X
-when its client token, or its Spot Fleet's client token, is `X_<GUID>`.
+when its client token, or its Spot Fleet's client token, is `X_<GUID>`. A Spot Fleet annex also
+owns the launch template named `contract.launch_template_name(X)`, deleted with the rest.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class LeaseResult:
     deleted_objects: list[str] = field(default_factory=list)
     terminated_instances: list[str] = field(default_factory=list)
     cancelled_fleets: list[str] = field(default_factory=list)
+    deleted_launch_template: Optional[str] = None
     deleted_schedule: Optional[str] = None
     errors: list[str] = field(default_factory=list)
 
@@ -54,6 +56,7 @@ class LeaseResult:
             self.deleted_objects
             or self.terminated_instances
             or self.cancelled_fleets
+            or self.deleted_launch_template
             or self.deleted_schedule
         )
 
@@ -165,6 +168,34 @@ def _cancel_fleets(ec2: Any, fleet_ids: list[str], result: LeaseResult) -> None:
         )
 
 
+def _delete_launch_template(ec2: Any, annex_name: str, result: LeaseResult) -> None:
+    """Delete the annex's launch template if it exists (a missing one is not an error).
+
+    Looked up by name with a filter, which answers an empty list when there is none
+    (`LaunchTemplateNames=[...]` and `DeleteLaunchTemplate(LaunchTemplateName=...)` answer an
+    error instead), then deleted by id. Same rule as the CLI's `create.delete_launch_template`,
+    which this bundle cannot import (it ships only `contract` and `aws`).
+    """
+    name = contract.launch_template_name(annex_name)
+    try:
+        found = ec2.describe_launch_templates(
+            Filters=[{"Name": "launch-template-name", "Values": [name]}]
+        ).get("LaunchTemplates", [])
+    except ClientError as error:
+        result.errors.append(f"DescribeLaunchTemplates {name}: {error}")
+        return
+    for template in found:
+        if template.get("LaunchTemplateName") != name:
+            continue  # a filter is not a promise of an exact match: confirm
+        try:
+            ec2.delete_launch_template(LaunchTemplateId=template["LaunchTemplateId"])
+        except ClientError as error:
+            if "NotFound" not in _error_code(error):  # deleted meanwhile: fine
+                result.errors.append(f"DeleteLaunchTemplate {name}: {error}")
+            continue
+        result.deleted_launch_template = name
+
+
 def _delete_schedule(scheduler: Any, annex_name: str) -> Optional[str]:
     name = contract.schedule_name(annex_name)
     try:
@@ -207,6 +238,8 @@ def end_lease(
     instance_ids = annex_instance_ids(ec2, annex)
     instance_ids += [i for i in fleet_instance_ids(ec2, fleet_ids) if i not in instance_ids]
     _terminate(ec2, instance_ids, result)
+    # After the fleet is cancelled: a deleted template would only stop it from replacing capacity.
+    _delete_launch_template(ec2, annex, result)
 
     if _delete_if_present(s3, current.bucket, contract.config_key(annex)):
         result.deleted_objects.append(contract.config_key(annex))

@@ -16,19 +16,12 @@ from tests.integration import annex_env as _annex_env
 shared_annex_env = _annex_env.shared_annex_env  # the fixture, shared by this module
 
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
-# What RequestSpotFleet was sent: the local AWS's DescribeSpotFleetRequests omits
-# LaunchTemplateConfigs, ValidUntil and TerminateInstancesWithExpiration (moto gap).
-sent: list[dict[str, Any]] = []
 
 
 @pytest.fixture(scope="module")
 def made(shared_annex_env):
     """One Spot Fleet annex of 4 slots from command-line types (module-wide)."""
     env = shared_annex_env
-    sent.clear()
-    env.clients.ec2.meta.events.register(
-        "provide-client-params.ec2.RequestSpotFleet", lambda params, **_: sent.append(params)
-    )
     result = create_annex(
         env.request(
             "spotty",
@@ -47,6 +40,14 @@ def made(shared_annex_env):
 def _fleet(env, fleet_id):
     configs = env.clients.ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])
     return configs["SpotFleetRequestConfigs"][0]
+
+
+def _fleet_instances(env, fleet_id) -> list[dict[str, Any]]:
+    active = env.clients.ec2.describe_spot_fleet_instances(SpotFleetRequestId=fleet_id)
+    ids = [a["InstanceId"] for a in active["ActiveInstances"]]
+    assert ids, "the fleet launched nothing"
+    reservations = env.clients.ec2.describe_instances(InstanceIds=ids)["Reservations"]
+    return [i for r in reservations for i in r["Instances"]]
 
 
 def test_spot_fleet_request_carries_the_client_token_role_and_target_capacity(made):
@@ -81,9 +82,20 @@ def test_spot_fleet_launch_template_requires_imdsv2_with_setup_profile_and_group
     assert {"Key": contract.TAG_ANNEX_NAME, "Value": "spotty"} in instance_tags["Tags"]
 
 
+def test_spot_fleet_launch_template_carries_the_annex_tag_its_iam_conditions_need(made):
+    """Deleting it (off, rollback, lease) and launching from it require the annex tag on it."""
+    env, result = made
+    (described,) = env.clients.ec2.describe_launch_templates(
+        LaunchTemplateIds=[result.launch_template_id]
+    )["LaunchTemplates"]
+    assert described["LaunchTemplateName"] == contract.launch_template_name("spotty")
+    tags = {t["Key"]: t["Value"] for t in described.get("Tags", [])}
+    assert tags[contract.TAG_ANNEX_NAME] == "spotty"
+
+
 def test_spot_fleet_instances_come_from_the_annex_launch_template_overrides(made):
     env, result = made
-    config = sent[0]["SpotFleetRequestConfig"]
+    config = _fleet(env, result.fleet_id)["SpotFleetRequestConfig"]
     (template_config,) = config["LaunchTemplateConfigs"]
     assert template_config["LaunchTemplateSpecification"]["LaunchTemplateId"] == (
         result.launch_template_id
@@ -96,13 +108,34 @@ def test_spot_fleet_instances_come_from_the_annex_launch_template_overrides(made
 
 def test_spot_fleet_ends_with_the_lease(made):
     env, result = made
-    config = sent[0]["SpotFleetRequestConfig"]
+    config = _fleet(env, result.fleet_id)["SpotFleetRequestConfig"]
     assert config["TerminateInstancesWithExpiration"] is True
-    assert contract.parse_utc(config["ValidUntil"]) == result.expires_at
+    assert config["ValidUntil"] == result.expires_at
     schedule = env.clients.scheduler.get_schedule(Name=contract.schedule_name("spotty"))
     assert schedule["ScheduleExpression"] == "at(2030-01-02T04:04:05)"
     record = contract.LeaseRecord.from_json(schedule["Target"]["Input"])
     assert record.kind == contract.FLEET_KIND_SPOT_FLEET
+
+
+def test_spot_fleet_instances_require_imdsv2_with_hop_limit_one(made):
+    env, result = made
+    instances = _fleet_instances(env, result.fleet_id)
+    assert {i["InstanceLifecycle"] for i in instances} == {"spot"}
+    for instance in instances:
+        assert instance["MetadataOptions"]["HttpTokens"] == "required"
+        assert instance["MetadataOptions"]["HttpPutResponseHopLimit"] == 1
+
+
+def test_spot_fleet_instances_run_with_the_setup_profile_and_security_group(made):
+    env, result = made
+    for instance in _fleet_instances(env, result.fleet_id):
+        assert instance["IamInstanceProfile"]["Arn"] == env.settings.instance_profile_arn
+        assert sorted(g["GroupId"] for g in instance["SecurityGroups"]) == sorted(
+            env.settings.security_group_ids
+        )
+        assert instance["SubnetId"] == env.subnet_ids[0]
+        tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+        assert tags[contract.TAG_ANNEX_NAME] == "spotty"
 
 
 def test_spot_fleet_launches_instances_that_spot_fleet_tags(made):

@@ -2,20 +2,23 @@
 
 Annexes are created the way the CLI creates them (one RunInstances or RequestSpotFleet with
 `<annex>_<GUID>` as client token, the annex tag, a lease record and a one-time schedule at the
-expiry). Leases expire an hour from the wall clock, so the local schedule clock never fires them
+expiry); Spot Fleet annexes with their launch template are also made by the CLI's own create path. Leases expire an hour from the wall clock, so the local schedule clock never fires them
 during a test; the functions are handed a `now` past the expiry instead.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
-from condor_annex import contract
+from condor_annex import contract, spot
+from condor_annex.create import create_annex
 from tests.fixtures.cdk import load_lambda_module
+from tests.integration import annex_env as _annex_env
 
 lease = load_lambda_module("lease")
 
@@ -282,3 +285,83 @@ def test_sweep_entry_point_reads_the_bucket_from_its_environment(
     )
 
     assert lease.sweep_handler({}, None) == {"ended": []}
+
+
+# --- Spot Fleet annexes made by the CLI's create path (launch template included) -----------------
+
+
+@pytest.fixture
+def cli_env(local_aws, synthesized_setup, tmp_path) -> Iterator[_annex_env.AnnexEnv]:
+    """The setup deployed into a fresh local AWS, ready for `create_annex`."""
+    with _annex_env._environment(local_aws, tmp_path, synthesized_setup) as env:
+        yield env
+
+
+def created_spot_annex(env: _annex_env.AnnexEnv, name: str) -> Annex:
+    """A 2-slot Spot Fleet annex made by `create_annex`; its lease runs an hour."""
+    result = create_annex(
+        env.request(
+            name,
+            slots=2,
+            duration_seconds=3600,
+            spot_instance_types=spot.parse_instance_types(["m5.large"]),
+            subnet_ids=tuple(env.subnet_ids[:1]),
+        ),
+        settings=env.settings,
+        clients=env.clients,
+        hooks=env.hooks(),
+    )
+    assert result.fleet_id and result.launch_template_id
+    body = env.clients.s3.get_object(
+        Bucket=env.settings.config_bucket, Key=contract.lease_key(name)
+    )["Body"].read()
+    active = env.clients.ec2.describe_spot_fleet_instances(SpotFleetRequestId=result.fleet_id)
+    ids = [i["InstanceId"] for i in active["ActiveInstances"]]
+    return Annex(contract.LeaseRecord.from_json(body), ids, result.fleet_id)
+
+
+def env_clients(env: _annex_env.AnnexEnv) -> dict[str, Any]:
+    return {"s3": env.clients.s3, "ec2": env.clients.ec2, "scheduler": env.clients.scheduler}
+
+
+def test_expired_spot_fleet_annex_from_create_is_cleaned_with_its_launch_template(cli_env):
+    annex = created_spot_annex(cli_env, "templated")
+    template = contract.launch_template_name("templated")
+    assert len(annex.instance_ids) == 2 and template in cli_env.launch_templates()
+
+    result = lease.end_lease(annex.record, now=after_expiry(annex), **env_clients(cli_env))
+
+    assert result.errors == []
+    assert result.deleted_launch_template == template
+    assert result.cancelled_fleets == [annex.fleet_id]
+    assert_ended(cli_env.local, annex)
+    assert cli_env.leftovers() == {
+        "instances": [],
+        "fleets": [],
+        "objects": [],
+        "schedules": [],
+        "launch_templates": [],
+    }
+
+
+def test_ending_big_leaves_the_launch_template_of_big_data(cli_env):
+    big = created_spot_annex(cli_env, "big")
+    big_data = created_spot_annex(cli_env, "big_data")
+
+    result = lease.end_lease(big.record, now=after_expiry(big), **env_clients(cli_env))
+
+    assert result.deleted_launch_template == contract.launch_template_name("big")
+    assert cli_env.launch_templates() == [contract.launch_template_name("big_data")]
+    assert_ended(cli_env.local, big)
+    assert_untouched(cli_env.local, big_data)
+
+
+def test_second_lease_end_finds_no_launch_template_and_changes_nothing(cli_env):
+    annex = created_spot_annex(cli_env, "again")
+    lease.end_lease(annex.record, now=after_expiry(annex), **env_clients(cli_env))
+
+    again = lease.end_lease(annex.record, now=after_expiry(annex), **env_clients(cli_env))
+
+    assert again.expired and not again.changed
+    assert again.deleted_launch_template is None and again.errors == []
+    assert cli_env.leftovers()["launch_templates"] == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -218,3 +219,140 @@ def test_cancelled_spot_fleet_without_terminate_leaves_instances_running(aws, pr
     instances = _instances(ec2, fleet_id)
     assert len(instances) == 2
     assert {i["State"]["Name"] for i in instances} <= {"pending", "running"}
+
+
+# --- Launching from launch templates ----------------------------------------------------------
+
+
+def _template_fleet_config(
+    template_id: str, version: str, overrides: list[dict[str, Any]], **extra
+):
+    return {
+        "ClientToken": new_client_token("lt"),
+        "TargetCapacity": 2,
+        "IamFleetRole": FLEET_ROLE,
+        "LaunchTemplateConfigs": [
+            {
+                "LaunchTemplateSpecification": {
+                    "LaunchTemplateId": template_id,
+                    "Version": version,
+                },
+                "Overrides": overrides,
+            }
+        ],
+        **extra,
+    }
+
+
+@pytest.fixture
+def annex_template(aws, profile_arn) -> dict[str, str]:
+    """A launch template as the product makes one: own security group, profile, IMDSv2."""
+    ec2 = aws.client("ec2")
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]
+    group = ec2.create_security_group(
+        GroupName="annex-lt", Description="annex", VpcId=vpc["VpcId"]
+    )["GroupId"]
+    template_id = ec2.create_launch_template(
+        LaunchTemplateName="annex-lt",
+        LaunchTemplateData={
+            "ImageId": AMI,
+            "InstanceType": "t3.micro",
+            "IamInstanceProfile": {"Arn": profile_arn},
+            "SecurityGroupIds": [group],
+            # Hop limit 2, not moto's default 1, so a dropped setting shows.
+            "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 2},
+        },
+    )["LaunchTemplate"]["LaunchTemplateId"]
+    subnets = sorted(s["SubnetId"] for s in ec2.describe_subnets()["Subnets"])
+    return {"id": template_id, "group": group, "subnet_a": subnets[0], "subnet_b": subnets[1]}
+
+
+def test_spot_fleet_instances_get_the_launch_template_groups_profile_and_metadata_options(
+    aws, profile_arn, annex_template
+):
+    """Instances launched from a template get its security groups, instance profile and
+    metadata options ("LaunchTemplateConfig":
+    https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_LaunchTemplateConfig.html)."""
+    ec2 = aws.client("ec2")
+    config = _template_fleet_config(annex_template["id"], "$Latest", [{"InstanceType": "m5.large"}])
+    fleet_id = ec2.request_spot_fleet(SpotFleetRequestConfig=config)["SpotFleetRequestId"]
+
+    instances = _instances(ec2, fleet_id)
+    assert len(instances) == 2
+    for instance in instances:
+        assert instance["InstanceType"] == "m5.large"
+        assert instance["MetadataOptions"]["HttpTokens"] == "required"
+        assert instance["MetadataOptions"]["HttpPutResponseHopLimit"] == 2
+        assert instance["IamInstanceProfile"]["Arn"] == profile_arn
+        assert [g["GroupId"] for g in instance["SecurityGroups"]] == [annex_template["group"]]
+
+
+def test_spot_fleet_launches_every_override_with_its_type_subnet_and_weight(aws, annex_template):
+    """Each override is a launch pool replacing only InstanceType, SubnetId, WeightedCapacity
+    ("LaunchTemplateOverrides":
+    https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_LaunchTemplateOverrides.html)."""
+    ec2 = aws.client("ec2")
+    overrides = [
+        {"InstanceType": "m5.large", "SubnetId": annex_template["subnet_a"], "WeightedCapacity": 2},
+        {
+            "InstanceType": "c5.xlarge",
+            "SubnetId": annex_template["subnet_b"],
+            "WeightedCapacity": 1,
+        },
+    ]
+    config = _template_fleet_config(
+        annex_template["id"], "1", overrides, TargetCapacity=3, AllocationStrategy="diversified"
+    )
+    fleet_id = ec2.request_spot_fleet(SpotFleetRequestConfig=config)["SpotFleetRequestId"]
+
+    pools = sorted((i["InstanceType"], i["SubnetId"]) for i in _instances(ec2, fleet_id))
+    assert pools == [
+        ("c5.xlarge", annex_template["subnet_b"]),
+        ("m5.large", annex_template["subnet_a"]),
+    ]
+    assert _fleet(ec2, fleet_id)["SpotFleetRequestConfig"]["FulfilledCapacity"] == 3
+    instances = _instances(ec2, fleet_id)
+    assert {i["MetadataOptions"]["HttpTokens"] for i in instances} == {"required"}
+
+
+def test_spot_fleet_launches_the_template_version_it_names(aws, annex_template):
+    """`LaunchTemplateSpecification.Version` picks the version; a later one is not used."""
+    ec2 = aws.client("ec2")
+    ec2.create_launch_template_version(
+        LaunchTemplateId=annex_template["id"],
+        SourceVersion="1",
+        LaunchTemplateData={"MetadataOptions": {"HttpTokens": "optional"}},
+    )
+    config = _template_fleet_config(annex_template["id"], "1", [{"InstanceType": "m5.large"}])
+    fleet_id = ec2.request_spot_fleet(SpotFleetRequestConfig=config)["SpotFleetRequestId"]
+
+    assert {i["MetadataOptions"]["HttpTokens"] for i in _instances(ec2, fleet_id)} == {"required"}
+
+
+def test_describe_spot_fleet_requests_returns_the_template_config_and_expiry_as_sent(
+    aws, annex_template
+):
+    """DescribeSpotFleetRequests answers the SpotFleetRequestConfigData it was given
+    ("SpotFleetRequestConfigData":
+    https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_SpotFleetRequestConfigData.html)."""
+    ec2 = aws.client("ec2")
+    overrides = [{"InstanceType": "m5.large", "SubnetId": annex_template["subnet_a"]}]
+    config = _template_fleet_config(
+        annex_template["id"],
+        "1",
+        overrides,
+        ValidUntil="2030-01-02T03:04:05Z",
+        TerminateInstancesWithExpiration=True,
+    )
+    fleet_id = ec2.request_spot_fleet(SpotFleetRequestConfig=config)["SpotFleetRequestId"]
+
+    described = _fleet(ec2, fleet_id)["SpotFleetRequestConfig"]
+    (template_config,) = described["LaunchTemplateConfigs"]
+    assert template_config["LaunchTemplateSpecification"] == {
+        "LaunchTemplateId": annex_template["id"],
+        "Version": "1",
+    }
+    assert template_config["Overrides"] == overrides
+    assert described["ValidUntil"] == datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    assert described["TerminateInstancesWithExpiration"] is True
+    assert "LaunchSpecifications" not in described

@@ -164,3 +164,20 @@ def test_scheduler_role_may_only_invoke_the_lease_function(synthesized_setup):
     lease = only(template, "AWS::Lambda::Function", "LeaseEnforcementLease")
     assert statement.actions == ["lambda:InvokeFunction"]
     assert statement.resources == [{"Fn::GetAtt": [lease, "Arn"]}]
+
+
+def test_lease_role_deletes_only_annex_tagged_launch_templates(synthesized_setup):
+    template = synthesized_setup.template
+    for function in ("LeaseEnforcementLeaseRole", "LeaseEnforcementSweepRole"):
+        role = only(template, "AWS::IAM::Role", function)
+        delete = by_sid(template, role, "DeleteAnnexLaunchTemplates")
+        assert delete.actions == ["ec2:DeleteLaunchTemplate"]
+        assert delete.body["Condition"] == {
+            "Null": {f"aws:ResourceTag/{contract.TAG_ANNEX_NAME}": "false"}
+        }
+        assert [rendered(r) for r in delete.resources] == [
+            "arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:launch-template/*"
+        ]
+        find = by_sid(template, role, "FindAnnexResources")
+        assert "ec2:DescribeLaunchTemplates" in find.actions
+        assert find.resources == ["*"]

@@ -83,3 +83,80 @@ def test_operator_may_invoke_the_setup_functions(synthesized_setup):
     statement = by_sid(template, policy_id(template), "UseSetupFunctions")
     assert sorted(statement.actions) == ["lambda:GetFunction", "lambda:InvokeFunction"]
     assert len(statement.resources) == 3
+
+
+LAUNCH_TEMPLATES = "arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:launch-template/*"
+CLI_MODULES = ("create.py", "off.py")
+
+
+def _launch_template_calls() -> set[str]:
+    """The EC2 launch template API actions the CLI's create and off verbs call (from the source)."""
+    import re
+    from pathlib import Path
+
+    package = Path(contract.__file__).parent
+    calls: set[str] = set()
+    for module in CLI_MODULES:
+        source = (package / module).read_text()
+        for method in re.findall(r"\.(\w*launch_templates?)\(", source):
+            calls.add("ec2:" + "".join(part.capitalize() for part in method.split("_")))
+    return calls
+
+
+def test_cli_launch_template_calls_are_all_granted(synthesized_setup):
+    template = synthesized_setup.template
+    calls = _launch_template_calls()
+    assert calls == {
+        "ec2:CreateLaunchTemplate",
+        "ec2:DeleteLaunchTemplate",
+        "ec2:DescribeLaunchTemplates",
+    }
+    granted = {
+        a for s in statements_of(template, policy_id(template)) if s.allows for a in s.actions
+    }
+    assert calls <= granted
+
+
+def test_launch_templates_are_created_only_with_the_annex_tag(synthesized_setup):
+    template = synthesized_setup.template
+    statement = by_sid(template, policy_id(template), "CreateAnnexLaunchTemplatesTagged")
+    assert statement.actions == ["ec2:CreateLaunchTemplate"]
+    assert [rendered(r) for r in statement.resources] == [LAUNCH_TEMPLATES]
+    assert statement.body["Condition"] == REQUEST_TAGGED
+
+
+def test_launch_templates_are_tagged_only_when_created(synthesized_setup):
+    template = synthesized_setup.template
+    statement = by_sid(template, policy_id(template), "TagLaunchTemplatesAtCreationOnly")
+    assert statement.actions == ["ec2:CreateTags"]
+    assert [rendered(r) for r in statement.resources] == [LAUNCH_TEMPLATES]
+    assert statement.body["Condition"] == {
+        "StringEquals": {"ec2:CreateAction": "CreateLaunchTemplate"}
+    }
+
+
+def test_only_annex_tagged_launch_templates_are_deleted_or_launched_from(synthesized_setup):
+    template = synthesized_setup.template
+    for sid, action in (
+        ("DeleteAnnexLaunchTemplates", "ec2:DeleteLaunchTemplate"),
+        ("LaunchFromAnnexLaunchTemplates", "ec2:RunInstances"),
+    ):
+        statement = by_sid(template, policy_id(template), sid)
+        assert statement.actions == [action]
+        assert [rendered(r) for r in statement.resources] == [LAUNCH_TEMPLATES]
+        assert statement.body["Condition"] == RESOURCE_TAGGED
+    on_templates = [
+        s
+        for s in statements_of(template, policy_id(template))
+        if LAUNCH_TEMPLATES in [rendered(r) for r in s.resources]
+    ]
+    assert all(s.resources and len(s.resources) == 1 for s in on_templates)
+    assert all(s.body.get("Condition") for s in on_templates)
+
+
+def test_launch_templates_are_described_without_resource_scoping(synthesized_setup):
+    template = synthesized_setup.template
+    statement = by_sid(template, policy_id(template), "DescribeForStatusAndLaunch")
+    assert "ec2:DescribeLaunchTemplates" in statement.actions
+    assert statement.resources == ["*"]
+    assert all(a.startswith("ec2:Describe") for a in statement.actions)

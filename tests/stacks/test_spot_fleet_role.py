@@ -46,3 +46,28 @@ def test_spot_fleet_tags_only_at_launch_and_terminates_only_annex_instances(synt
     assert [rendered(r) for r in terminate.resources] == [
         "arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:instance/*"
     ]
+
+
+LAUNCH_TEMPLATES = "arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:launch-template/*"
+
+
+def test_spot_fleet_launches_only_from_annex_tagged_launch_templates(synthesized_setup):
+    template = synthesized_setup.template
+    policy = only(template, "AWS::IAM::ManagedPolicy", "SpotFleetPolicy")
+    statement = by_sid(template, policy, "LaunchFromAnnexLaunchTemplates")
+    assert statement.actions == ["ec2:RunInstances"]
+    assert [rendered(r) for r in statement.resources] == [LAUNCH_TEMPLATES]
+    assert statement.body["Condition"] == {"Null": {"aws:ResourceTag/htcondor:AnnexName": "false"}}
+    on_templates = [
+        s for s in statements_of(template, policy) if LAUNCH_TEMPLATES in map(rendered, s.resources)
+    ]
+    assert on_templates == [statement]
+
+
+def test_spot_fleet_tags_the_instances_and_volumes_a_launch_template_launches(synthesized_setup):
+    template = synthesized_setup.template
+    policy = only(template, "AWS::IAM::ManagedPolicy", "SpotFleetPolicy")
+    tagging = by_sid(template, policy, "TagAtLaunch")
+    kinds = {rendered(r).rsplit(":", 1)[1] for r in tagging.resources}
+    assert {"instance/*", "volume/*"} <= kinds
+    assert "ec2:CreateTags" in tagging.actions

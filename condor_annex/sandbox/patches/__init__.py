@@ -28,8 +28,10 @@ from condor_annex.sandbox.patches.iam import (
 from condor_annex.sandbox.patches.scheduler import scheduler_update_replaces_every_field
 from condor_annex.sandbox.patches.spot_fleet import (
     cancelled_spot_fleets_stay_visible,
+    describe_spot_fleet_requests_returns_the_config_as_given,
     request_spot_fleet_accepts_aws_configs,
     spot_fleet_instances_get_profile_and_fleet_tag,
+    spot_fleet_launches_from_launch_templates,
 )
 
 # Order matters where two patches wrap the same method: the later one wraps the earlier one.
@@ -39,6 +41,8 @@ PATCHES: tuple[Callable[[], None], ...] = (
     describe_instances_filters,
     request_spot_fleet_accepts_aws_configs,
     spot_fleet_instances_get_profile_and_fleet_tag,
+    spot_fleet_launches_from_launch_templates,
+    describe_spot_fleet_requests_returns_the_config_as_given,
     cancelled_spot_fleets_stay_visible,
     cloudformation_stack_outputs_from_change_sets,
     cloudformation_deletes_managed_policies,

@@ -1,13 +1,16 @@
-"""Spot Fleet fidelity fixes: client tokens, accepted configs, profiles, the fleet tag, cancel."""
+"""Spot Fleet fidelity fixes: client tokens, accepted configs, profiles, the fleet tag, cancel,
+launching from launch templates, and describing a request as it was sent."""
 
 from __future__ import annotations
 
 import threading
 import uuid
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
 from moto.core.responses import ActionResult
+from moto.ec2.models.instances import MetadataOptions
 from moto.ec2.models.spot_requests import SpotFleetRequest, SpotRequestBackend
 from moto.ec2.responses.spot_fleets import SpotFleets
 
@@ -241,3 +244,172 @@ def cancelled_spot_fleets_stay_visible() -> None:
     SpotRequestBackend.cancel_spot_fleet_requests = cancel_spot_fleet_requests  # type: ignore[method-assign]
     SpotFleetRequest.spot_fleet_request_state = property(spot_fleet_request_state)  # type: ignore[assignment,method-assign]
     SpotFleets.cancel_spot_fleet_requests = cancel_response  # type: ignore[method-assign]
+
+
+# Launch template data keys moto's SpotFleetLaunchSpec reads (the rest goes through `_extras`).
+_TEMPLATE_SPEC_KEYS = (
+    "ImageId",
+    "InstanceType",
+    "KeyName",
+    "UserData",
+    "EbsOptimized",
+    "Monitoring",
+)
+# LaunchTemplateOverrides members that replace the template's value for one launch pool.
+_OVERRIDE_KEYS = ("InstanceType", "SubnetId", "WeightedCapacity", "SpotPrice", "Priority")
+
+
+def _template_version_data(backend: Any, specification: dict[str, Any]) -> dict[str, Any]:
+    if specification.get("LaunchTemplateId"):
+        template = backend.get_launch_template(template_id=specification["LaunchTemplateId"])
+    else:
+        template = backend.get_launch_template_by_name(name=specification["LaunchTemplateName"])
+    data: dict[str, Any] = template.get_version(specification.get("Version", "$Default")).data
+    return data
+
+
+def _launch_pool(data: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """A moto launch specification for one (template version, override) launch pool."""
+    spec: dict[str, Any] = {k: data[k] for k in _TEMPLATE_SPEC_KEYS if k in data}
+    groups = [*data.get("SecurityGroupIds", []), *data.get("SecurityGroups", [])]
+    if groups:
+        spec["SecurityGroups"] = groups  # moto resolves each by id or name
+    profile = data.get("IamInstanceProfile") or {}
+    if profile.get("Arn"):
+        spec["IamInstanceProfile"] = {"Arn": profile["Arn"]}
+    if data.get("TagSpecifications"):
+        spec["TagSpecifications"] = data["TagSpecifications"]
+    spec.update({k: override[k] for k in _OVERRIDE_KEYS if k in override})
+    if override.get("AvailabilityZone"):
+        spec["Placement"] = {"AvailabilityZone": override["AvailabilityZone"]}
+    return spec
+
+
+def spot_fleet_launches_from_launch_templates() -> None:
+    """Fleet instances launched from `LaunchTemplateConfigs` get the template's settings.
+
+    "LaunchTemplateConfig" / "LaunchTemplateOverrides" (Amazon EC2 API Reference:
+    https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_LaunchTemplateConfig.html,
+    https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_LaunchTemplateOverrides.html) and
+    "Spot Fleet launch templates" (Amazon EC2 User Guide): the fleet launches instances from the
+    given version of the template — security groups, `IamInstanceProfile`, `MetadataOptions`,
+    tags included — and each override (InstanceType, SubnetId, WeightedCapacity, SpotPrice,
+    AvailabilityZone) is one launch pool that replaces only those values. moto reads the latest
+    version, drops the template's security group ids, profile and metadata options, and keeps
+    only the first override.
+    """
+    original_init: Callable[..., None] = SpotFleetRequest.__init__
+    inner_create: Callable[[SpotFleetRequest, float], None] = SpotFleetRequest.create_spot_requests
+
+    def __init__(self: SpotFleetRequest, *args: Any, **kwargs: Any) -> None:
+        configs: list[dict[str, Any]] = kwargs.get("launch_template_config") or []
+        if configs:
+            backend: Any = kwargs["ec2_backend"]
+            given: list[dict[str, Any]] = list(kwargs.get("launch_specs") or [])
+            pools: list[dict[str, Any]] = []
+            extras: list[dict[str, Any]] = [{} for _ in given]
+            for config in configs:
+                data = _template_version_data(backend, config["LaunchTemplateSpecification"])
+                for override in config.get("Overrides") or [{}]:
+                    pools.append(_launch_pool(data, override))
+                    extras.append({"MetadataOptions": data.get("MetadataOptions")})
+            # Set before moto's constructor, which launches the first instances itself.
+            self.__dict__["_sandbox_launch_extras"] = extras
+            kwargs.update(launch_specs=given + pools, launch_template_config=None)
+        original_init(self, *args, **kwargs)
+
+    def create_spot_requests(self: SpotFleetRequest, weight_to_add: float) -> None:
+        before = {request.id for request in self.spot_requests}
+        inner_create(self, weight_to_add)
+        extras: list[dict[str, Any]] = self.__dict__.get("_sandbox_launch_extras", [])
+        if not extras:
+            return  # launched from launch specifications only
+        for request in self.spot_requests:
+            if request.id in before:
+                continue
+            launched = request.launch_specification
+            index = next(
+                (
+                    i
+                    for i, spec in enumerate(self.launch_specs)
+                    if (spec.image_id, spec.instance_type, spec.subnet_id)
+                    == (launched.image_id, launched.instance_type, launched.subnet_id)
+                ),
+                None,
+            )
+            options = extras[index].get("MetadataOptions") if index is not None else None
+            if options:
+                request.instance.metadata_options = MetadataOptions(options)
+
+    SpotFleetRequest.__init__ = __init__  # type: ignore[method-assign]
+    SpotFleetRequest.create_spot_requests = create_spot_requests  # type: ignore[method-assign]
+
+
+# SpotFleetRequestConfigData members moto's DescribeSpotFleetRequests leaves out.
+_ECHOED_CONFIG_KEYS = (
+    "LaunchTemplateConfigs",
+    "ValidFrom",
+    "ValidUntil",
+    "TerminateInstancesWithExpiration",
+    "ReplaceUnhealthyInstances",
+    "ExcessCapacityTerminationPolicy",
+    "OnDemandTargetCapacity",
+    "OnDemandAllocationStrategy",
+    "OnDemandMaxTotalPrice",
+    "SpotMaxTotalPrice",
+    "SpotMaintenanceStrategies",
+    "InstancePoolsToUseCount",
+    "TargetCapacityUnitType",
+    "Context",
+    "TagSpecifications",
+)
+
+
+def _as_timestamp(value: Any) -> Any:
+    if isinstance(value, str):
+        text = value.replace("T", " ").rstrip("Z")
+        try:
+            return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
+        except ValueError:
+            return value
+    return value
+
+
+def describe_spot_fleet_requests_returns_the_config_as_given() -> None:
+    """DescribeSpotFleetRequests returns the request's SpotFleetRequestConfigData as it was sent.
+
+    "DescribeSpotFleetRequests" / "SpotFleetRequestConfigData" (Amazon EC2 API Reference:
+    https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_DescribeSpotFleetRequests.html,
+    https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_SpotFleetRequestConfigData.html):
+    the answer's `SpotFleetRequestConfig` holds the request's `LaunchTemplateConfigs`,
+    `ValidUntil`, `TerminateInstancesWithExpiration` and the other members it was given, and
+    `LaunchSpecifications` only when the request had them. moto answers none of those and lists
+    its internal launch specifications instead.
+    """
+    inner_request: Callable[[SpotFleets], ActionResult] = SpotFleets.request_spot_fleet
+    inner_config: Any = SpotFleetRequest.spot_fleet_request_config
+
+    def request_spot_fleet(self: SpotFleets) -> ActionResult:
+        config: dict[str, Any] = self._get_param("SpotFleetRequestConfig", {})
+        result = inner_request(self)
+        answer: Any = result.result
+        fleet: Any = self.ec2_backend.spot_fleet_requests.get(answer["SpotFleetRequestId"])
+        if fleet is not None and "_sandbox_config_as_given" not in fleet.__dict__:
+            given = {k: config[k] for k in _ECHOED_CONFIG_KEYS if k in config}
+            for key in ("ValidFrom", "ValidUntil"):
+                if key in given:
+                    given[key] = _as_timestamp(given[key])
+            fleet.__dict__["_sandbox_config_as_given"] = given
+            fleet.__dict__["_sandbox_has_launch_specs"] = bool(config.get("LaunchSpecifications"))
+        return result
+
+    def spot_fleet_request_config(self: Any) -> dict[str, Any]:
+        config: dict[str, Any] = dict(inner_config.fget(self))
+        if "_sandbox_config_as_given" in self.__dict__:
+            config.update(self.__dict__["_sandbox_config_as_given"])
+            if not self.__dict__["_sandbox_has_launch_specs"]:
+                config.pop("LaunchSpecifications", None)
+        return config
+
+    SpotFleets.request_spot_fleet = request_spot_fleet  # type: ignore[method-assign]
+    SpotFleetRequest.spot_fleet_request_config = property(spot_fleet_request_config)  # type: ignore[assignment,method-assign]
