@@ -533,6 +533,12 @@ class LocalAws:
     def set_fleet_tag_delay(self, seconds: float) -> None:
         self.state.set_fleet_tag_delay(seconds)
 
+    def fire_fleet_tags(self) -> int:
+        """Let Spot Fleet tag every instance still waiting for its fleet tag, now."""
+        from condor_annex.sandbox.patches.spot_fleet import FLEET_TAG_CLOCK
+
+        return FLEET_TAG_CLOCK.fire_pending()
+
     def enforce_iam(self, enabled: bool = True) -> None:
         self.state.enforce_iam(enabled)
 

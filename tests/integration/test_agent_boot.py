@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import re
 import stat
+import subprocess
+import time
 
 import pytest
 
 from condor_annex import contract
 from condor_annex.agent.exits import Exit
 from tests.integration import test_agent_world as _world_fixtures
-from tests.integration.test_agent_world import TOKEN, AnnexWorld, tarball
+from tests.integration.test_agent_world import AGENT, TOKEN, AnnexWorld, tarball
 
 # The fixture shared by the agent integration modules.
 world = _world_fixtures.world
@@ -82,20 +84,43 @@ def test_bucket_found_through_attached_managed_policy_fallback(world: AnnexWorld
     _assert_configured(world, "fallback", "203.0.113.10")
 
 
+def _has_polled_for_the_tag(world: AnnexWorld, tags_in_metadata: bool) -> bool:
+    if tags_in_metadata:
+        paths = [path for _, path, _ in world.imds.requests(world.instance_id)]
+        return any(path.startswith("/latest/meta-data/tags/instance") for path in paths)
+    # The first DescribeInstances finds the client token; later ones look for the tag.
+    return len(world.aws.calls("ec2", "DescribeInstances")) >= 2
+
+
 @pytest.mark.parametrize("tags_in_metadata", [True, False], ids=["imds-tags", "describe"])
 def test_spot_fleet_instance_waits_for_the_fleet_tag(
     world: AnnexWorld, tags_in_metadata: bool
 ) -> None:
-    world.aws.set_fleet_tag_delay(5.0)
+    # Spot Fleet tags only when the test says so: the agent must be seen waiting first,
+    # however slowly this machine starts it.
+    world.aws.set_fleet_tag_delay(3600)
     world.setup()
     world.upload("spotty")
     world.launch_spot_fleet("spotty", tags_in_metadata=tags_in_metadata)
-    done = world.run_agent()
-    assert done.returncode == 0, done.stderr
-    assert re.search(r"tag_polls=[1-9]", done.stderr)  # it really waited for the tag
+    world.aws.clear_calls()
+    agent = subprocess.Popen(
+        [str(AGENT), "--root", str(world.root), "--no-firewall", "--imds-timeout", "5"],
+        env=world.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not _has_polled_for_the_tag(world, tags_in_metadata) and time.monotonic() < deadline:
+        assert agent.poll() is None, agent.communicate()[1]
+        time.sleep(0.1)
+    assert world.aws.fire_fleet_tags() == 1
+    _, stderr = agent.communicate(timeout=60)
+    assert agent.returncode == 0, stderr
+    assert re.search(r"tag_polls=[1-9]", stderr)  # it really waited for the tag
     source = "imds-tags" if tags_in_metadata else "describe-instances"
-    assert f"tag_source={source}" in done.stderr
-    assert f"fleet={world.fleet_id}" in done.stderr
+    assert f"tag_source={source}" in stderr
+    assert f"fleet={world.fleet_id}" in stderr
     _assert_configured(world, "spotty", None)
 
 

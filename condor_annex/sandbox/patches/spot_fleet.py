@@ -31,7 +31,7 @@ class FleetTagClock:
 
     def __init__(self) -> None:
         self.delay = DEFAULT_FLEET_TAG_DELAY
-        self._timers: set[threading.Timer] = set()
+        self._timers: dict[threading.Timer, Callable[[], None]] = {}
         self._lock = threading.Lock()
 
     def schedule(self, action: Callable[[], None]) -> None:
@@ -41,22 +41,30 @@ class FleetTagClock:
 
         def run() -> None:
             with self._lock:
-                if timer not in self._timers:
-                    return  # cancelled by a reset
-                self._timers.discard(timer)
+                if self._timers.pop(timer, None) is None:
+                    return  # cancelled by a reset, or already fired
             action()
 
         timer = threading.Timer(self.delay, run)
         timer.daemon = True
         with self._lock:
-            self._timers.add(timer)
+            self._timers[timer] = action
         timer.start()
 
     def cancel_all(self) -> None:
         with self._lock:
-            timers, self._timers = self._timers, set()
+            timers, self._timers = self._timers, {}
         for timer in timers:
             timer.cancel()
+
+    def fire_pending(self) -> int:
+        """Tag every fleet instance still waiting for its tag now; returns how many timers fired."""
+        with self._lock:
+            pending, self._timers = self._timers, {}
+        for timer, action in pending.items():
+            timer.cancel()
+            action()
+        return len(pending)
 
 
 FLEET_TAG_CLOCK = FleetTagClock()
