@@ -43,6 +43,7 @@ from condor_annex.errors import (
     SetupMissing,
     translate_aws_error,
 )
+from condor_annex.launch_templates import delete_launch_template
 from condor_annex.lease import utc_iso
 
 DEFAULT_INSTANCE_TYPE = "m5.large"
@@ -896,23 +897,6 @@ def _delete_schedule_quietly(clients: AnnexClients, annex_name: str) -> None:
 
 def _delete_launch_template_quietly(clients: AnnexClients, template_name: str) -> None:
     delete_launch_template(clients.ec2, template_name)
-
-
-def delete_launch_template(ec2: Any, template_name: str) -> bool:
-    """Delete the named launch template if it exists; False when there was none.
-
-    Looked up with a filter (an empty answer, not an error, when absent), then deleted by ID.
-    """
-    found = ec2.describe_launch_templates(
-        Filters=[{"Name": "launch-template-name", "Values": [template_name]}]
-    ).get("LaunchTemplates", [])
-    for template in found:
-        try:
-            ec2.delete_launch_template(LaunchTemplateId=template["LaunchTemplateId"])
-        except ClientError as exc:
-            if "NotFound" not in lease.error_code(exc):
-                raise
-    return bool(found)
 
 
 # --- Lease extension ----------------------------------------------------------------------------

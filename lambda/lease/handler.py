@@ -23,6 +23,7 @@ from typing import Any, Optional
 from botocore.exceptions import ClientError
 
 from condor_annex import contract
+from condor_annex.launch_templates import delete_launch_template
 
 LOG = logging.getLogger(__name__)
 LOG.setLevel(logging.INFO)
@@ -169,31 +170,13 @@ def _cancel_fleets(ec2: Any, fleet_ids: list[str], result: LeaseResult) -> None:
 
 
 def _delete_launch_template(ec2: Any, annex_name: str, result: LeaseResult) -> None:
-    """Delete the annex's launch template if it exists (a missing one is not an error).
-
-    Looked up by name with a filter, which answers an empty list when there is none
-    (`LaunchTemplateNames=[...]` and `DeleteLaunchTemplate(LaunchTemplateName=...)` answer an
-    error instead), then deleted by id. Same rule as the CLI's `create.delete_launch_template`,
-    which this bundle cannot import (it ships only `contract` and `aws`).
-    """
+    """Delete the annex's launch template if it exists (a missing one is not an error)."""
     name = contract.launch_template_name(annex_name)
     try:
-        found = ec2.describe_launch_templates(
-            Filters=[{"Name": "launch-template-name", "Values": [name]}]
-        ).get("LaunchTemplates", [])
+        if delete_launch_template(ec2, name):
+            result.deleted_launch_template = name
     except ClientError as error:
-        result.errors.append(f"DescribeLaunchTemplates {name}: {error}")
-        return
-    for template in found:
-        if template.get("LaunchTemplateName") != name:
-            continue  # a filter is not a promise of an exact match: confirm
-        try:
-            ec2.delete_launch_template(LaunchTemplateId=template["LaunchTemplateId"])
-        except ClientError as error:
-            if "NotFound" not in _error_code(error):  # deleted meanwhile: fine
-                result.errors.append(f"DeleteLaunchTemplate {name}: {error}")
-            continue
-        result.deleted_launch_template = name
+        result.errors.append(f"launch template {name}: {error}")
 
 
 def _delete_schedule(scheduler: Any, annex_name: str) -> Optional[str]:
