@@ -1,0 +1,52 @@
+"""docs/PERFORMANCE.md's results block is regenerated from one run's JSON files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.report import BEGIN, END, publish
+
+
+def _results(tmp_path: Path) -> Path:
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "run.json").write_text(
+        json.dumps({"argv": ["--quick"], "seconds": 12.0, "outcome": {}})
+    )
+    lease = {
+        "quick": True,
+        "seconds": 3.0,
+        "failures": [],
+        "environment": {"when": "2026-01-01T00:00:00Z", "cpus": 2, "load_average_1m": 1.0},
+        "data": {
+            "rows": [
+                {"kind": "on-demand", "instances": 10, "function_s": 0.3, "to_all_terminated_s": 0.4,
+                 "aws_calls_by_function": 9, "old_mean_latency_after_expiry_s": 150.4,
+                 "old_worst_latency_after_expiry_s": 300.4},
+            ],
+            "invocations": [{"lease_minutes": 50, "concurrent_annexes": 1, "ours": 4.33, "old": 10.0, "ratio": 2.3}],
+        },
+    }  # fmt: skip
+    (results / "lease.json").write_text(json.dumps(lease))
+    return results
+
+
+def test_publish_replaces_only_the_marked_block(tmp_path: Path) -> None:
+    document = tmp_path / "PERFORMANCE.md"
+    document.write_text(f"# Performance\n\nintro\n\n{BEGIN}\nold numbers\n{END}\n\nafterword\n")
+    publish(_results(tmp_path), document)
+    text = document.read_text()
+    assert "old numbers" not in text
+    assert text.startswith("# Performance\n\nintro")
+    assert text.rstrip().endswith("afterword")
+    assert "Last command: `.venv/bin/python -m bench --quick`" in text
+    assert "| on-demand | 10 | 0.30 s | 0.40 s | 9 | 150 s / 300 s |" in text
+
+
+def test_benchmarks_without_results_are_named_as_not_run(tmp_path: Path) -> None:
+    document = tmp_path / "PERFORMANCE.md"
+    publish(_results(tmp_path), document)
+    text = document.read_text()
+    assert text.count(BEGIN) == 1 and text.count(END) == 1
+    assert "### Scale: concurrent boots under the API throttles\n\nNot run" in text
