@@ -344,8 +344,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as exit_:
         return int(exit_.code or 0) and int(Exit.USAGE)
     # The SDK's own metadata credential fetch: a few attempts with a sane timeout at early boot.
-    os.environ.setdefault("AWS_METADATA_SERVICE_NUM_ATTEMPTS", "3")
+    os.environ.setdefault("AWS_METADATA_SERVICE_NUM_ATTEMPTS", "5")
     os.environ.setdefault("AWS_METADATA_SERVICE_TIMEOUT", "2")
+    # Annex instances require IMDSv2: when a token request times out the SDK must retry it,
+    # never fall back to a v1 request the instance refuses (seen at 1,000 concurrent boots).
+    os.environ.setdefault("AWS_EC2_METADATA_V1_DISABLED", "true")
     options = Options(
         root=Root(args.root),
         dry_run=args.dry_run,
