@@ -859,6 +859,53 @@ def role_credentials_from_local_aws(
     return fetch
 
 
+class LiveInstanceTags(dict):  # type: ignore[type-arg]
+    """An instance's EC2 tags as instance metadata shows them: current, not a launch snapshot.
+
+    "View tags for your EC2 instances in instance metadata" (Amazon EC2 User Guide): tags added
+    or changed after launch appear in `tags/instance/` (Spot Fleet's `aws:ec2spot:fleet-request-id`
+    arrives that way). Re-read through DescribeInstances at most once per `max_age` seconds.
+    """
+
+    def __init__(self, ec2_client: Any, instance_id: str, max_age: float = 0.5) -> None:
+        super().__init__()
+        self._ec2 = ec2_client
+        self._instance_id = instance_id
+        self._max_age = max_age
+        self._read_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def _refresh(self) -> None:
+        with self._lock:
+            if time.monotonic() - self._read_at < self._max_age:
+                return
+            described = self._ec2.describe_instances(InstanceIds=[self._instance_id])
+            tags = described["Reservations"][0]["Instances"][0].get("Tags") or []
+            super().clear()
+            super().update({t["Key"]: t["Value"] for t in tags})
+            self._read_at = time.monotonic()
+
+    def items(self) -> Any:
+        self._refresh()
+        return super().items()
+
+    def keys(self) -> Any:
+        self._refresh()
+        return super().keys()
+
+    def __iter__(self) -> Any:
+        self._refresh()
+        return super().__iter__()
+
+    def __getitem__(self, key: str) -> str:
+        self._refresh()
+        return str(super().__getitem__(key))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self._refresh()
+        return super().get(key, default)
+
+
 def instance_from_ec2(
     ec2_client: Any,
     iam_client: Any,
@@ -893,7 +940,6 @@ def instance_from_ec2(
     if tags_in_metadata is None:
         options = described.get("MetadataOptions") or {}
         tags_in_metadata = options.get("InstanceMetadataTags") == "enabled"
-    tags = {t["Key"]: t["Value"] for t in described.get("Tags") or []}
     address = described.get("PublicIpAddress") if public_ipv4 is ... else public_ipv4
     pending: datetime = described.get("LaunchTime") or _now()
     return EmulatedInstance(
@@ -907,7 +953,7 @@ def instance_from_ec2(
         public_ipv4=address,
         instance_profile_arn=profile_arn,
         role_name=role_name,
-        tags=tags if tags_in_metadata else None,
+        tags=LiveInstanceTags(ec2_client, instance_id) if tags_in_metadata else None,
         credentials=(
             role_credentials_from_local_aws(sts_client, role_arn, instance_id) if role_arn else None
         ),

@@ -24,7 +24,7 @@ import pytest
 from condor_annex import contract
 from condor_annex.agent.imds import ImdsClient
 from condor_annex.sandbox import LocalAws
-from condor_annex.sandbox.imds import ImdsServer, instance_from_ec2
+from condor_annex.sandbox.imds import ImdsServer, LiveInstanceTags, instance_from_ec2
 
 AGENT = Path(sys.executable).parent / "condor-annex-ec2"
 WATCHER = Path(sys.executable).parent / "condor-annex-spot-watcher"
@@ -244,7 +244,7 @@ class AnnexWorld:
         )
         if tags_in_metadata:
             # Tags in metadata mirror the instance's EC2 tags as they change.
-            instance.tags = _LiveTags(self.ec2, self.instance_id)
+            instance.tags = LiveInstanceTags(self.ec2, self.instance_id, max_age=0)
         self.endpoint = self.imds.add_instance(instance)
 
     def prefetch_credentials(self) -> None:
@@ -286,23 +286,6 @@ class AnnexWorld:
     @property
     def powered_off(self) -> bool:
         return self.poweroff_marker.exists()
-
-
-class _LiveTags(dict):  # type: ignore[type-arg]
-    """A dict view of the instance's current EC2 tags, re-read on every access."""
-
-    def __init__(self, ec2: Any, instance_id: str) -> None:
-        super().__init__()
-        self._ec2 = ec2
-        self._id = instance_id
-
-    def _current(self) -> dict[str, str]:
-        described = self._ec2.describe_instances(InstanceIds=[self._id])
-        tags = described["Reservations"][0]["Instances"][0].get("Tags") or []
-        return {t["Key"]: t["Value"] for t in tags}
-
-    def items(self) -> Any:
-        return self._current().items()
 
 
 @pytest.fixture

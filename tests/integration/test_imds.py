@@ -276,6 +276,18 @@ def test_instance_from_ec2_follows_instance_metadata_tags_option(launched: Launc
     assert get(launched.url, "/latest/meta-data/tags/instance/htcondor:AnnexName").body == "a1"
 
 
+def test_tags_changed_in_ec2_after_launch_reach_instance_metadata(launched: Launched) -> None:
+    """Tags in metadata follow the instance's current tags ("View tags for your EC2 instances in
+    instance metadata"): a Spot Fleet tag added after launch becomes readable."""
+    path = "/latest/meta-data/tags/instance/Late"
+    assert get(launched.url, path).status == 404
+    launched.ec2.create_tags(Resources=[launched.instance_id], Tags=[{"Key": "Late", "Value": "1"}])
+    deadline = time.monotonic() + 5
+    while get(launched.url, path).status == 404 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert get(launched.url, path).body == "1"
+
+
 # --- Tokens (IMDSv2 with HttpTokens=required) ---------------------------------------------------
 
 
