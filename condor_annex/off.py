@@ -16,13 +16,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from condor_annex import contract, lease
 from condor_annex.annex_settings import NEEDED_FOR_STATUS, AnnexClients, Settings
-from condor_annex.create import (
-    delete_launch_template,
-    fleets_of,
-    instances_with_token_prefix,
-    require_setup,
-)
+from condor_annex.create import fleets_of, instances_with_token_prefix, require_setup
 from condor_annex.errors import InvalidInput, translate_aws_error
+from condor_annex.launch_templates import delete_launch_template
 from condor_annex.status import describe_instances
 
 PoolShutdown = Callable[[str], int]
