@@ -337,6 +337,13 @@ def check_bucket(clients: AnnexClients, settings: Settings) -> None:
                 + (f" in {clients.region}" if clients.region else ""),
                 next_step=f"run `condor_annex -check-setup{where}` or `condor_annex -setup{where}`",
             ) from None
+        if lease.error_code(exc) in {"400", "403"}:
+            # HEAD responses carry no error body, so a bad, expired or unauthorized credential
+            # shows up as a bare 400/403. Ask again with a request whose answer names the cause
+            # (S3 API reference, "HeadBucket": "the response ... does not include a body").
+            clients.s3.list_objects_v2(
+                Bucket=settings.config_bucket, Prefix=contract.LEASE_KEY_PREFIX, MaxKeys=1
+            )
         raise
 
 
@@ -464,6 +471,10 @@ class _Undo:
     def push(self, what: str, action: Callable[[], None]) -> None:
         self._actions.append((what, action))
 
+    def drop_last(self) -> None:
+        """Forget the last undo: its step turned out to own nothing to undo."""
+        self._actions.pop()
+
     def run(self) -> None:
         while self._actions:
             what, action = self._actions.pop()
@@ -536,6 +547,34 @@ class _Stepper:
             return fn()
         except (ClientError, BotoCoreError) as exc:
             raise translate_aws_error(exc, action=action, region=self.region or None) from exc
+
+
+_NAME_TAKEN_CODES = frozenset(
+    {"PreconditionFailed", "412", "ConditionalRequestConflict", "409", "ConflictException"}
+)
+"""S3 `If-None-Match: *` found the object (412) or a concurrent conditional write (409);
+Scheduler found a schedule of that name (ConflictException)."""
+
+
+def _claim(st: _Stepper, undo: _Undo, name: str, action: str, call: Callable[[], Any]) -> Any:
+    """Run a create-only-if-absent call whose undo was just pushed.
+
+    When the resource already exists it belongs to another create (or an interrupted one) of
+    the same annex: drop the undo, so the rollback cannot delete what is not ours, and say so.
+    """
+    try:
+        return st.call(action, call)
+    except AnnexError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, ClientError) and lease.error_code(cause) in _NAME_TAKEN_CODES:
+            undo.drop_last()
+            raise InvalidInput(
+                f"an annex named {name} already exists (another create of it is running, or "
+                "one was interrupted)",
+                next_step=f"choose another -annex-name, or end it with "
+                f"`condor_annex off -annex-name {name}`",
+            ) from None
+        raise
 
 
 def _create_steps(
@@ -671,7 +710,12 @@ def _create_steps(
         "delete the configuration tarball",
         lambda: clients.s3.delete_object(Bucket=settings.config_bucket, Key=key),
     )
-    st.call(
+    # Only if no tarball of that name exists (S3 conditional write): the first write claims the
+    # name, so a concurrent create of the same annex stops here without touching ours.
+    _claim(
+        st,
+        undo,
+        name,
         "upload the annex configuration",
         lambda: clients.s3.put_object(
             Bucket=settings.config_bucket,
@@ -679,6 +723,7 @@ def _create_steps(
             Body=body,
             ContentType="application/gzip",
             ServerSideEncryption=lease.SSE_ALGORITHM,
+            IfNoneMatch="*",
         ),
     )
     st.done(STEP_TARBALL)
@@ -698,9 +743,18 @@ def _create_steps(
         "delete the lease record",
         lambda: lease.delete_lease_record(clients.s3, settings.config_bucket, name),
     )
-    st.call("record the annex's lease", lambda: lease.put_lease_record(clients.s3, record))
+    _claim(
+        st,
+        undo,
+        name,
+        "record the annex's lease",
+        lambda: lease.put_lease_record(clients.s3, record, only_if_new=True),
+    )
     undo.push("delete the lease schedule", lambda: _delete_schedule_quietly(clients, name))
-    schedule_arn = st.call(
+    schedule_arn = _claim(
+        st,
+        undo,
+        name,
         "create the annex's lease schedule",
         lambda: lease.create_schedule(
             clients.scheduler,

@@ -107,6 +107,7 @@ _BAD_CREDENTIAL_CODES = frozenset(
         "InvalidAccessKeyId",
         "IncompleteSignature",
         "MissingAuthenticationToken",
+        "InvalidToken",  # S3: a session token it cannot decode (revoked or garbled)
     }
 )
 _DENIED_CODES = frozenset(

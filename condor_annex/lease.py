@@ -65,13 +65,16 @@ def _schedule_args(
     }
 
 
-def put_lease_record(s3: Any, record: contract.LeaseRecord) -> None:
+def put_lease_record(s3: Any, record: contract.LeaseRecord, *, only_if_new: bool = False) -> None:
+    """Write the record; with `only_if_new`, fail (412 PreconditionFailed) if one exists."""
+    conditions: dict[str, str] = {"IfNoneMatch": "*"} if only_if_new else {}
     s3.put_object(
         Bucket=record.bucket,
         Key=contract.lease_key(record.annex_name),
         Body=record.to_json().encode(),
         ContentType="application/json",
         ServerSideEncryption=SSE_ALGORITHM,
+        **conditions,
     )
 
 

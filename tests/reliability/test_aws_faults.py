@@ -1,0 +1,341 @@
+"""AWS misbehaving under the CLI: bad or expired credentials, throttling on every API it calls."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any, Optional
+
+import pytest
+
+from condor_annex.annex_settings import AnnexClients
+from condor_annex.backoff import Backoff
+from condor_annex.errors import AwsThrottled, CredentialsError
+from tests.integration.annex_env import AnnexEnv
+from tests.reliability.conftest import (
+    Run,
+    assert_clear_error,
+    assert_no_secret,
+    cli,
+    clients_with,
+    describe_left,
+    left_behind,
+    od_args,
+)
+
+AREA_CREDENTIALS = "credentials"
+AREA_THROTTLING = "throttling"
+pytestmark = pytest.mark.xdist_group("reliability-aws")
+mark = pytest.mark.reliability
+
+SHORT_RETRIES = 2
+"""Attempts per call for the cases where AWS never recovers (the product default is 10; the
+outcome is the same, the test just waits less)."""
+
+
+def _short_backoff() -> Backoff:
+    return Backoff(deadline_seconds=1.0)
+
+
+@pytest.fixture
+def quiet_aws(env: AnnexEnv) -> Iterator[AnnexEnv]:
+    """`env`, with throttles and IAM enforcement switched off again after the test."""
+    yield env
+    env.local.clear_throttles()
+    env.local.enforce_iam(False)
+
+
+# --- Credentials --------------------------------------------------------------------------------
+
+
+def _credential_clients(
+    env: AnnexEnv, monkeypatch: pytest.MonkeyPatch, **variables: Optional[str]
+) -> AnnexClients:
+    for name, value in variables.items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    return clients_with(SHORT_RETRIES, region=env.local.region)
+
+
+def _credential_case(
+    env: AnnexEnv, observed: Any, clients: AnnexClients, secrets: tuple[str, ...]
+) -> Run:
+    before = env.leftovers()
+    env.local.enforce_iam(True)
+    try:
+        run = cli(env, *od_args(env, "creds"), clients=clients)
+    finally:
+        env.local.enforce_iam(False)
+    left = left_behind(env, before)
+    observed(f"exit {run.code}; {run.first_line}; {describe_left(left)}")
+    assert_clear_error(run, CredentialsError.exit_code, "next:")
+    assert_no_secret(run.out, run.err, extra=secrets)
+    assert not any(left.values()), left
+    return run
+
+
+@mark(AREA_CREDENTIALS, "access key unknown to AWS (deleted user), IAM enforced")
+def test_unknown_access_key_exits_4(
+    quiet_aws: AnnexEnv, observed: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzzzzSECRET"
+    clients = _credential_clients(
+        quiet_aws,
+        monkeypatch,
+        AWS_ACCESS_KEY_ID="AKIADELETEDUSER00000",
+        AWS_SECRET_ACCESS_KEY=secret,
+    )
+    run = _credential_case(quiet_aws, observed, clients, (secret,))
+    assert "rejected the credentials" in run.err
+
+
+@mark(AREA_CREDENTIALS, "assumed-role session whose token is expired/revoked, IAM enforced")
+def test_expired_session_token_exits_4(
+    quiet_aws: AnnexEnv, observed: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    iam = quiet_aws.local.client("iam")
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": f"arn:aws:iam::{quiet_aws.local.account_id}:root"},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+    role = iam.create_role(RoleName="expiring", AssumeRolePolicyDocument=json.dumps(trust))
+    creds = quiet_aws.local.client("sts").assume_role(
+        RoleArn=role["Role"]["Arn"], RoleSessionName="stale-session", DurationSeconds=900
+    )["Credentials"]
+    # moto never expires session credentials; a token AWS no longer knows is what an expired
+    # (or revoked) session presents.
+    stale = creds["SessionToken"][:-8] + "EXPIRED0"
+    clients = _credential_clients(
+        quiet_aws,
+        monkeypatch,
+        AWS_ACCESS_KEY_ID=creds["AccessKeyId"],
+        AWS_SECRET_ACCESS_KEY=creds["SecretAccessKey"],
+        AWS_SESSION_TOKEN=stale,
+    )
+    try:
+        _credential_case(
+            quiet_aws, observed, clients, (creds["SecretAccessKey"], stale, creds["SessionToken"])
+        )
+    finally:
+        iam.delete_role(RoleName="expiring")
+
+
+@mark(AREA_CREDENTIALS, "no credentials anywhere (no env, no files, no instance metadata)")
+def test_no_credentials_exits_4(
+    quiet_aws: AnnexEnv, observed: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    clients = _credential_clients(
+        quiet_aws,
+        monkeypatch,
+        AWS_ACCESS_KEY_ID=None,
+        AWS_SECRET_ACCESS_KEY=None,
+        AWS_SESSION_TOKEN=None,
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+        AWS_CONFIG_FILE=str(tmp_path / "none"),
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    before = quiet_aws.leftovers()
+    run = cli(quiet_aws, *od_args(quiet_aws, "nocreds"), clients=clients)
+    left = left_behind(quiet_aws, before)
+    observed(f"exit {run.code}; {run.first_line}; {describe_left(left)}")
+    assert_clear_error(run, CredentialsError.exit_code, "no usable AWS credentials", "next:")
+    assert not any(left.values()), left
+
+
+# --- Throttling that the adaptive retries absorb ------------------------------------------------
+
+# service, what, refill per second, a call that empties the bucket just before the create (the
+# services the create calls once or twice need it, or their single call would find a token).
+_RECOVERABLE = [
+    ("ec2", "EC2 (every EC2 call: Describe*, RunInstances, TerminateInstances)", 4.0, None),
+    ("s3", "S3 (HeadBucket, GetObject, PutObject, DeleteObject)", 4.0, None),
+    ("scheduler", "EventBridge Scheduler (CreateSchedule, DeleteSchedule)", 0.25, "list_schedules"),
+    ("lambda", "Lambda (Invoke of the connectivity check)", 0.5, "list_functions"),
+]
+
+
+@pytest.mark.parametrize(
+    "service, refill, drain",
+    [
+        pytest.param(s, r, d, marks=mark(AREA_THROTTLING, f"{what}: burst 1, refill {r:g}/s"), id=s)
+        for s, what, r, d in _RECOVERABLE
+    ],
+)
+def test_throttled_service_is_absorbed_by_adaptive_retries(
+    quiet_aws: AnnexEnv, observed: Any, service: str, refill: float, drain: Optional[str]
+) -> None:
+    env = quiet_aws
+    name = f"thr-{service}"
+    before = env.leftovers()
+    env.local.clear_calls()
+    env.local.throttle(service, capacity=1, refill_per_second=refill)
+    if drain:
+        getattr(env.local.client(service), drain)()
+    start = time.monotonic()
+    # connectivity_probe=None: the real Lambda Invoke, so Lambda throttling is exercised too.
+    run = cli(env, *od_args(env, name), connectivity_probe=None)
+    off = cli(env, "off", "-annex-name", name)
+    elapsed = time.monotonic() - start
+    throttled = len([c for c in env.local.calls(service) if c.throttled])
+    env.local.clear_throttles()
+    left = left_behind(env, before)
+    observed(
+        f"create exit {run.code}, off exit {off.code} in {elapsed:.1f} s; {throttled} "
+        f"{service} calls answered with throttling and retried; {describe_left(left)}"
+    )
+    assert run.code == 0, run.err
+    assert off.code == 0, off.err
+    assert throttled > 0  # the fault really happened
+    assert not any(left.values()), left
+    assert_no_secret(run.out, run.err, off.out, off.err)
+
+
+@mark(AREA_THROTTLING, "-check-setup while CloudFormation, Lambda and S3 throttle (burst 1)")
+def test_check_setup_under_throttling_succeeds(quiet_aws: AnnexEnv, observed: Any) -> None:
+    env = quiet_aws
+    env.local.clear_calls()
+    for service, refill in (("cloudformation", 0.3), ("lambda", 1.0), ("s3", 1.0)):
+        env.local.throttle(service, capacity=1, refill_per_second=refill)
+    env.local.client("cloudformation").list_stacks()  # its first call then finds the bucket empty
+    run = cli(
+        env, "-check-setup", "-config-file", str(env.config_file),
+        "-collector", env.collector.address, defaults=False,
+    )  # fmt: skip
+    throttled = sorted({f"{c.service}:{c.operation}" for c in env.local.calls() if c.throttled})
+    env.local.clear_throttles()
+    observed(f"exit {run.code}; throttled and retried: {', '.join(throttled)}")
+    assert run.code == 0, run.err
+    assert throttled
+
+
+@mark(AREA_THROTTLING, "status while EC2 throttles (burst 1, refill 2/s)")
+def test_status_under_throttling_succeeds(quiet_aws: AnnexEnv, observed: Any) -> None:
+    env = quiet_aws
+    assert cli(env, *od_args(env, "thr-status")).code == 0
+    env.local.throttle("ec2", capacity=1, refill_per_second=2)
+    run = cli(env, "status", "-annex-name", "thr-status", "--json")
+    env.local.clear_throttles()
+    off = cli(env, "off", "-annex-name", "thr-status")
+    observed(f"status exit {run.code} listing {run.out.count('instance_id')} instance")
+    assert run.code == 0, run.err
+    assert run.out.count('"instance_id"') == 1
+    assert off.code == 0
+
+
+# --- Throttling that never ends ------------------------------------------------------------------
+
+_PERMANENT = [
+    ("ec2", "DescribeImages", "validate: DescribeImages", "look up the AMI"),
+    ("lambda", "Invoke", "connectivity: Lambda Invoke", "connectivity"),
+    ("s3", "PutObject", "tarball: S3 PutObject", "upload"),
+    ("scheduler", "CreateSchedule", "lease: Scheduler CreateSchedule", "lease"),
+    ("ec2", "RunInstances", "launch: EC2 RunInstances", "launch"),
+]
+
+
+@pytest.mark.parametrize(
+    "service, operation, action",
+    [
+        pytest.param(
+            s, o, a, marks=mark(AREA_THROTTLING, f"create, {what} throttled for good"), id=o
+        )
+        for s, o, what, a in _PERMANENT
+    ],
+)
+def test_permanent_throttling_exits_5_and_rolls_back(
+    quiet_aws: AnnexEnv, observed: Any, service: str, operation: str, action: str
+) -> None:
+    env = quiet_aws
+    clients = clients_with(SHORT_RETRIES, region=env.local.region)
+    before = env.leftovers()
+    env.local.throttle(service, operation, capacity=0, refill_per_second=0)
+    run = cli(
+        env,
+        *od_args(env, f"stuck-{operation.lower()}"),
+        clients=clients,
+        connectivity_probe=None,
+        backoff=_short_backoff,
+    )
+    env.local.clear_throttles()
+    left = left_behind(env, before)
+    observed(f"exit {run.code}; {run.first_line}; {describe_left(left)}")
+    assert_clear_error(run, AwsThrottled.exit_code, "throttling", action, "next: wait")
+    assert not any(left.values()), left
+
+
+@mark(AREA_THROTTLING, "Spot Fleet create, RequestSpotFleet throttled for good")
+def test_permanent_spot_fleet_throttling_exits_5_and_rolls_back(
+    quiet_aws: AnnexEnv, observed: Any
+) -> None:
+    env = quiet_aws
+    clients = clients_with(SHORT_RETRIES, region=env.local.region)
+    before = env.leftovers()
+    env.local.throttle("ec2", "RequestSpotFleet", capacity=0, refill_per_second=0)
+    run = cli(
+        env,
+        "-annex-name", "stuck-fleet", "-slots", "2", "-aws-ami-id", env.ami_id,
+        "-aws-spot-instance-types", "m5.large",
+        clients=clients, backoff=_short_backoff,
+    )  # fmt: skip
+    env.local.clear_throttles()
+    left = left_behind(env, before)
+    observed(f"exit {run.code}; {run.first_line}; {describe_left(left)}")
+    assert_clear_error(run, AwsThrottled.exit_code, "throttling", "Spot Fleet")
+    assert not any(left.values()), left  # launch template included
+
+
+@mark(AREA_THROTTLING, "status, DescribeInstances throttled for good")
+def test_status_permanently_throttled_exits_5(quiet_aws: AnnexEnv, observed: Any) -> None:
+    env = quiet_aws
+    env.local.throttle("ec2", "DescribeInstances", capacity=0, refill_per_second=0)
+    clients = clients_with(SHORT_RETRIES, region=env.local.region)
+    run = cli(env, "status", clients=clients)
+    env.local.clear_throttles()
+    observed(f"exit {run.code}; {run.first_line}")
+    assert_clear_error(run, AwsThrottled.exit_code, "throttling", "next: wait")
+
+
+@mark(AREA_THROTTLING, "off, TerminateInstances throttled for good; then off again")
+def test_off_permanently_throttled_exits_5_and_a_rerun_finishes(
+    quiet_aws: AnnexEnv, observed: Any
+) -> None:
+    env = quiet_aws
+    before = env.leftovers()
+    assert cli(env, *od_args(env, "stuck-off")).code == 0
+    env.local.throttle("ec2", "TerminateInstances", capacity=0, refill_per_second=0)
+    clients = clients_with(SHORT_RETRIES, region=env.local.region)
+    run = cli(env, "off", "-annex-name", "stuck-off", clients=clients)
+    env.local.clear_throttles()
+    during = left_behind(env, before)
+    again = cli(env, "off", "-annex-name", "stuck-off")
+    left = left_behind(env, before)
+    observed(
+        f"exit {run.code}; {run.first_line}; still there: {len(during['instances'])} instance, "
+        f"lease record kept so the sweep retries; second `off` exit {again.code}, "
+        f"{describe_left(left)}"
+    )
+    assert_clear_error(run, AwsThrottled.exit_code, "throttling", "stuck-off")
+    assert again.code == 0, again.err
+    assert not any(left.values()), left
+
+
+def test_expired_token_answer_is_a_credentials_error_naming_the_fix() -> None:
+    """What AWS answers for an expired session (moto never sends it): exit 4, 'expired'."""
+    from botocore.exceptions import ClientError
+
+    from condor_annex.errors import translate_aws_error
+
+    answer = {"Error": {"Code": "ExpiredToken", "Message": "The security token has expired."}}
+    error = translate_aws_error(ClientError(answer, "HeadBucket"), action="find the bucket")
+    assert isinstance(error, CredentialsError)
+    assert error.exit_code == 4
+    assert "expired" in str(error) and "next:" in str(error)
