@@ -86,7 +86,7 @@ def test_operator_may_invoke_the_setup_functions(synthesized_setup):
 
 
 LAUNCH_TEMPLATES = "arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:launch-template/*"
-CLI_MODULES = ("create.py", "off.py")
+CLI_MODULES = ("create.py", "off.py", "launch_templates.py")
 
 
 def _launch_template_calls() -> set[str]:
