@@ -14,6 +14,14 @@ from stacks.nag import acknowledge
 ACCESS_LOG_EXPIRY_DAYS = 90
 
 
+def annex_object_arns(bucket: s3.IBucket) -> list[str]:
+    """Every annex's objects in the bucket: `config-*.tar.gz` and `leases/*` (`*` = annex name)."""
+    return [
+        bucket.arn_for_objects(contract.CONFIG_KEY_PATTERN),
+        bucket.arn_for_objects(f"{contract.LEASE_KEY_PREFIX}*"),
+    ]
+
+
 class ConfigBucket(Construct):
     """Private, TLS-only, SSE-S3, owner-enforced; stale tarballs expire by lifecycle.
 

@@ -16,6 +16,7 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from condor_annex import contract
+from stacks.config_bucket import annex_object_arns
 from stacks.function_role import PythonFunction
 from stacks.nag import acknowledge_wildcard_resources
 from stacks.spot_fleet_role import ec2_arn
@@ -32,8 +33,7 @@ def enforcement_statements(bucket: s3.IBucket) -> list[iam.PolicyStatement]:
             sid="ReadAndDeleteAnnexObjects",
             actions=["s3:GetObject", "s3:DeleteObject"],
             resources=[
-                bucket.arn_for_objects(contract.CONFIG_KEY_PATTERN),
-                bucket.arn_for_objects(f"{contract.LEASE_KEY_PREFIX}*"),
+                *annex_object_arns(bucket),
             ],
         ),
         # ListBucket: lets a missing object answer 404 (not 403) and lets the sweep list leases/.
@@ -84,8 +84,7 @@ def enforcement_wildcards(bucket: s3.IBucket) -> tuple[list[str], list[str]]:
         ec2_arn("launch-template/*"),
     ]
     named = [
-        bucket.arn_for_objects(contract.CONFIG_KEY_PATTERN),
-        bucket.arn_for_objects(f"{contract.LEASE_KEY_PREFIX}*"),
+        *annex_object_arns(bucket),
         schedule_arn_pattern(),
     ]
     return tagged, named

@@ -20,6 +20,7 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from condor_annex import contract
+from stacks.config_bucket import annex_object_arns
 from stacks.lease import schedule_arn_pattern
 from stacks.nag import acknowledge_wildcard_resources
 from stacks.spot_fleet_role import ec2_arn
@@ -170,8 +171,7 @@ class OperatorPolicy(Construct):
                 sid="ManageAnnexObjects",
                 actions=["s3:PutObject", "s3:GetObject", "s3:DeleteObject"],
                 resources=[
-                    bucket.arn_for_objects(contract.CONFIG_KEY_PATTERN),
-                    bucket.arn_for_objects(f"{contract.LEASE_KEY_PREFIX}*"),
+                    *annex_object_arns(bucket),
                 ],
             ),
             iam.PolicyStatement(
@@ -234,8 +234,7 @@ class OperatorPolicy(Construct):
         acknowledge_wildcard_resources(
             self.policy,
             [
-                bucket.arn_for_objects(contract.CONFIG_KEY_PATTERN),
-                bucket.arn_for_objects(f"{contract.LEASE_KEY_PREFIX}*"),
+                *annex_object_arns(bucket),
                 schedule_arn_pattern(),
             ],
             "Per-annex objects (config-<annex>.tar.gz, leases/<annex>.json) and schedules "
