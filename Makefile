@@ -29,12 +29,12 @@ system-deps:
 	fi
 
 demo: $(VENV_STAMP) $(NODE_STAMP)
-	$(BIN)/python -m condor_annex.demo
+	$(BIN)/python -m annex_sandbox.demo
 
 lint: $(VENV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy condor_annex stacks app.py
+	$(BIN)/mypy condor_annex annex_sandbox stacks app.py
 	@# each function is its own top-level `handler` module, as Lambda imports it
 	for fn in lambda/*/; do $(BIN)/mypy $$fn || exit 1; done
 

@@ -34,7 +34,7 @@ def instance_calls(aws: world.RemoteAws) -> list[str]:
     The call log names an S3 GetObject `ListParts` (its REST route matcher picks the wrong one of
     the two operations on `GET /{Bucket}/{Key+}`): relabelled here.
     """
-    from condor_annex.sandbox.local_aws import FAKE_ACCESS_KEY_ID
+    from annex_sandbox.local_aws import FAKE_ACCESS_KEY_ID
 
     names = []
     for call in aws.control.calls():

@@ -123,7 +123,7 @@ def boot_wave(
     t0, results = launch_all(jobs, timeout)
     aws.control.clear_throttles()
     calls = aws.control.calls()
-    from condor_annex.sandbox.local_aws import FAKE_ACCESS_KEY_ID
+    from annex_sandbox.local_aws import FAKE_ACCESS_KEY_ID
 
     mine = [c for c in calls if c.access_key_id != FAKE_ACCESS_KEY_ID]
     admitted = Counter((c.service, c.operation) for c in mine if not c.throttled)

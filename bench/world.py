@@ -1,6 +1,6 @@
 """The emulated AWS world the benchmarks run in.
 
-* `RemoteAws`: the local AWS (`python -m condor_annex.sandbox`) as its own process, so the server
+* `RemoteAws`: the local AWS (`python -m annex_sandbox`) as its own process, so the server
   and the code under measurement do not share one interpreter; driven with `SandboxControl`.
 * `provision_setup`: the setup stack's resources. The synthesized CDK template deployed through
   the emulator's CloudFormation when that works; otherwise a replica of exactly what the agent
@@ -46,13 +46,13 @@ class RemoteAws:
 
     @classmethod
     def start(cls, fleet_tag_delay: float = 3.0, attempts: int = 3) -> RemoteAws:
-        from condor_annex.sandbox.local_aws import LocalAws  # noqa: F401 - fail early if missing
+        from annex_sandbox.local_aws import LocalAws  # noqa: F401 - fail early if missing
 
         why = ""
         for _ in range(attempts):
             with tempfile.TemporaryFile(mode="w+") as errors:
                 process = subprocess.Popen(
-                    [sys.executable, "-m", "condor_annex.sandbox", "--port", "0",
+                    [sys.executable, "-m", "annex_sandbox", "--port", "0",
                      "--fleet-tag-delay", str(fleet_tag_delay), "--region", REGION],
                     cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=errors, text=True,
                 )  # fmt: skip
@@ -77,12 +77,12 @@ class RemoteAws:
 
     @property
     def control(self) -> Any:
-        from condor_annex.sandbox import SandboxControl
+        from annex_sandbox import SandboxControl
 
         return SandboxControl(self.endpoint_url)
 
     def admin_env(self) -> dict[str, str]:
-        from condor_annex.sandbox.local_aws import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY
+        from annex_sandbox.local_aws import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY
 
         return {
             "AWS_ENDPOINT_URL": self.endpoint_url,
@@ -113,7 +113,7 @@ class RemoteAws:
     def client(self, service: str, **kw: Any) -> Any:
         import boto3
 
-        from condor_annex.sandbox.local_aws import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY
+        from annex_sandbox.local_aws import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY
 
         session = boto3.Session(
             aws_access_key_id=FAKE_ACCESS_KEY_ID,
@@ -136,7 +136,7 @@ def running_aws(fleet_tag_delay: float = 3.0) -> Iterator[RemoteAws]:
 @contextmanager
 def running_imds() -> Iterator[Any]:
     try:
-        from condor_annex.sandbox.imds import ImdsServer
+        from annex_sandbox.imds import ImdsServer
     except ImportError as error:
         raise Skipped(f"IMDS emulator missing: {error}") from error
     server = ImdsServer().start()
@@ -372,8 +372,8 @@ def register_instances(
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    from annex_sandbox.imds import instance_from_ec2
     from condor_annex.agent.imds import ImdsClient
-    from condor_annex.sandbox.imds import instance_from_ec2
 
     ec2, iam, sts = aws.client("ec2"), aws.client("iam"), aws.client("sts")
 

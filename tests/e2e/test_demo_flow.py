@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from annex_sandbox.demo import ON_DEMAND_ANNEX, SPOT_ANNEX, Demo
 from condor_annex import contract
-from condor_annex.demo import ON_DEMAND_ANNEX, SPOT_ANNEX, Demo
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from annex_sandbox.imds import EmulatedInstance, ImdsServer
 from condor_annex.agent.spot_watcher import DRAIN_CONFIG_FILE
-from condor_annex.sandbox.imds import EmulatedInstance, ImdsServer
 from tests.integration.test_agent_world import WATCHER
 
 INSTANCE = "i-0feedfacecafe0001"

@@ -21,10 +21,10 @@ from typing import Any, Optional
 
 import pytest
 
+from annex_sandbox import LocalAws
+from annex_sandbox.imds import ImdsServer, LiveInstanceTags, instance_from_ec2
 from condor_annex import contract
 from condor_annex.agent.imds import ImdsClient
-from condor_annex.sandbox import LocalAws
-from condor_annex.sandbox.imds import ImdsServer, LiveInstanceTags, instance_from_ec2
 
 AGENT = Path(sys.executable).parent / "condor-annex-ec2"
 WATCHER = Path(sys.executable).parent / "condor-annex-spot-watcher"

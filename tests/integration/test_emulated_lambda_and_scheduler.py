@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from condor_annex.sandbox.schedule_clock import one_time_fire_time
+from annex_sandbox.schedule_clock import one_time_fire_time
 
 TRUST_LAMBDA = json.dumps(
     {

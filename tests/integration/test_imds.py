@@ -18,8 +18,8 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.utils import InstanceMetadataRegionFetcher
 
-from condor_annex.sandbox import LocalAws
-from condor_annex.sandbox.imds import (
+from annex_sandbox import LocalAws
+from annex_sandbox.imds import (
     INSTANCE_SELECTOR_HEADER,
     TOKEN_HEADER,
     TOKEN_TTL_HEADER,

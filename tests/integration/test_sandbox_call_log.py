@@ -13,8 +13,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from condor_annex.sandbox import SandboxControl
-from condor_annex.sandbox.local_aws import FAKE_ACCESS_KEY_ID
+from annex_sandbox import SandboxControl
+from annex_sandbox.local_aws import FAKE_ACCESS_KEY_ID
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -108,10 +108,10 @@ def test_control_endpoints_work_over_http(aws):
 
 
 def test_server_runs_as_a_process_until_sigterm(tmp_path):
-    """`python -m condor_annex.sandbox` prints its endpoint, serves, and stops on SIGTERM."""
+    """`python -m annex_sandbox` prints its endpoint, serves, and stops on SIGTERM."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "condor_annex.sandbox", "--port", "0", "--fleet-tag-delay", "0"],
+        [sys.executable, "-m", "annex_sandbox", "--port", "0", "--fleet-tag-delay", "0"],
         stdout=subprocess.PIPE,
         text=True,
         env=env,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from condor_annex.sandbox import LocalAws
+from annex_sandbox import LocalAws
 
 pytestmark = pytest.mark.cdk
 

@@ -18,10 +18,10 @@ from typing import Any, Callable
 
 import pytest
 
+from annex_sandbox import LocalAws
 from condor_annex import contract
 from condor_annex import setup as setup_verbs
 from condor_annex.errors import AnnexError, CredentialsError, InvalidInput, SetupMissing
-from condor_annex.sandbox import LocalAws
 from condor_annex.setup import (
     SetupResult,
     check_setup,

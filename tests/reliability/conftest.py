@@ -17,10 +17,10 @@ from typing import Any, Optional
 
 import pytest
 
+from annex_sandbox.local_aws import FAKE_SECRET_ACCESS_KEY
 from condor_annex.annex_settings import AnnexClients
 from condor_annex.aws import make_client, make_session
 from condor_annex.cli.main import CliContext, main
-from condor_annex.sandbox.local_aws import FAKE_SECRET_ACCESS_KEY
 from tests.integration import annex_env as _annex_env
 from tests.integration.annex_env import POOL_KEY, AnnexEnv
 

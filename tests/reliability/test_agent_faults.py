@@ -16,9 +16,9 @@ from typing import Any, Callable
 
 import pytest
 
+from annex_sandbox.local_aws import FAKE_SECRET_ACCESS_KEY
 from condor_annex import contract
 from condor_annex.agent.exits import Exit
-from condor_annex.sandbox.local_aws import FAKE_SECRET_ACCESS_KEY
 from tests.integration import test_agent_world as _world_fixtures
 from tests.integration.test_agent_world import ANNEX_CONFIG, TOKEN, AnnexWorld, tarball
 

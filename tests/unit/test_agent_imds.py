@@ -7,8 +7,8 @@ import urllib.request
 
 import pytest
 
+from annex_sandbox.imds import EmulatedInstance, ImdsServer
 from condor_annex.agent.imds import ImdsClient, ImdsUnavailable
-from condor_annex.sandbox.imds import EmulatedInstance, ImdsServer
 
 
 def _instance(**kw: object) -> EmulatedInstance:

@@ -5,6 +5,6 @@
 
 from __future__ import annotations
 
-from condor_annex.sandbox.local_aws import ApiCall, LocalAws, SandboxControl
+from annex_sandbox.local_aws import ApiCall, LocalAws, SandboxControl
 
 __all__ = ["ApiCall", "LocalAws", "SandboxControl"]

@@ -1,7 +1,7 @@
 """The local AWS: moto's server on loopback, with fidelity patches, a call log and throttling.
 
 `LocalAws` runs moto's WSGI application in a thread of this process (what the tests use); the
-same server runs as a process with `python -m condor_annex.sandbox` (what the demo uses). A WSGI
+same server runs as a process with `python -m annex_sandbox` (what the demo uses). A WSGI
 middleware in front of moto records every call, applies throttles, and answers control requests
 under `/_sandbox/` so that `SandboxControl` can drive a server in another process exactly as
 `LocalAws` drives its own.
@@ -297,7 +297,7 @@ class SandboxState:
     def reset(self) -> None:
         from moto.moto_api._internal.models import moto_api_backend
 
-        from condor_annex.sandbox.patches.spot_fleet import FLEET_TAG_CLOCK
+        from annex_sandbox.patches.spot_fleet import FLEET_TAG_CLOCK
 
         FLEET_TAG_CLOCK.cancel_all()
         moto_api_backend.reset()
@@ -318,7 +318,7 @@ class SandboxState:
         ActionAuthenticatorMixin.request_count = 0
 
     def set_fleet_tag_delay(self, seconds: float) -> None:
-        from condor_annex.sandbox.patches.spot_fleet import FLEET_TAG_CLOCK
+        from annex_sandbox.patches.spot_fleet import FLEET_TAG_CLOCK
 
         FLEET_TAG_CLOCK.delay = float(seconds)
 
@@ -445,9 +445,9 @@ class LocalAws:
         from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
         from werkzeug.serving import make_server
 
-        from condor_annex.sandbox import lambda_runtime
-        from condor_annex.sandbox.patches import apply_all
-        from condor_annex.sandbox.schedule_clock import ScheduleClock
+        from annex_sandbox import lambda_runtime
+        from annex_sandbox.patches import apply_all
+        from annex_sandbox.schedule_clock import ScheduleClock
 
         apply_all()
         app = SandboxMiddleware(DomainDispatcherApplication(create_backend_app), self.state)
@@ -466,7 +466,7 @@ class LocalAws:
         return self
 
     def stop(self) -> None:
-        from condor_annex.sandbox.patches.spot_fleet import FLEET_TAG_CLOCK
+        from annex_sandbox.patches.spot_fleet import FLEET_TAG_CLOCK
 
         FLEET_TAG_CLOCK.cancel_all()
         if self.state.schedule_clock is not None:
@@ -535,7 +535,7 @@ class LocalAws:
 
     def fire_fleet_tags(self) -> int:
         """Let Spot Fleet tag every instance still waiting for its fleet tag, now."""
-        from condor_annex.sandbox.patches.spot_fleet import FLEET_TAG_CLOCK
+        from annex_sandbox.patches.spot_fleet import FLEET_TAG_CLOCK
 
         return FLEET_TAG_CLOCK.fire_pending()
 
@@ -582,7 +582,7 @@ def _quiet_handler() -> type:
 
 
 class SandboxControl:
-    """Drive a local AWS running in another process (`python -m condor_annex.sandbox`)."""
+    """Drive a local AWS running in another process (`python -m annex_sandbox`)."""
 
     def __init__(self, endpoint_url: str) -> None:
         self.endpoint_url = endpoint_url.rstrip("/")

@@ -9,24 +9,24 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from condor_annex.sandbox.patches.cloudformation import (
+from annex_sandbox.patches.cloudformation import (
     cloudformation_deletes_managed_policies,
     cloudformation_resolves_s3_template_urls,
     cloudformation_ssm_parameter_generated_name,
     cloudformation_stack_outputs_from_change_sets,
 )
-from condor_annex.sandbox.patches.ec2_instances import (
+from annex_sandbox.patches.ec2_instances import (
     describe_instances_filters,
     run_instances_idempotent_on_client_token,
     run_instances_profile_on_every_instance,
 )
-from condor_annex.sandbox.patches.iam import (
+from annex_sandbox.patches.iam import (
     iam_authorizes_against_resource_arns,
     iam_inline_policies_stored_as_json,
     iam_trust_policy_account_principals,
 )
-from condor_annex.sandbox.patches.scheduler import scheduler_update_replaces_every_field
-from condor_annex.sandbox.patches.spot_fleet import (
+from annex_sandbox.patches.scheduler import scheduler_update_replaces_every_field
+from annex_sandbox.patches.spot_fleet import (
     cancelled_spot_fleets_stay_visible,
     describe_spot_fleet_requests_returns_the_config_as_given,
     request_spot_fleet_accepts_aws_configs,

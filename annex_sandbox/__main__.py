@@ -1,7 +1,7 @@
-"""`python -m condor_annex.sandbox [--port N] [--fleet-tag-delay S]`: the local AWS as a process.
+"""`python -m annex_sandbox [--port N] [--fleet-tag-delay S]`: the local AWS as a process.
 
 Prints one line `LOCAL_AWS_ENDPOINT=http://127.0.0.1:N`, then serves until SIGTERM or SIGINT.
-Drive it with `condor_annex.sandbox.SandboxControl(endpoint)`.
+Drive it with `annex_sandbox.SandboxControl(endpoint)`.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import sys
 import threading
 from typing import Any, Optional
 
-from condor_annex.sandbox.local_aws import DEFAULT_FLEET_TAG_DELAY, LocalAws
+from annex_sandbox.local_aws import DEFAULT_FLEET_TAG_DELAY, LocalAws
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m condor_annex.sandbox", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m annex_sandbox", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (loopback only)")
     parser.add_argument("--port", type=int, default=0, help="port (0: any free port)")
     parser.add_argument("--region", default="us-east-1")

@@ -10,7 +10,7 @@ import moto.ec2.utils as ec2_utils
 from moto.core.responses import ActionResult
 from moto.ec2.responses.instances import InstanceResponse
 
-from condor_annex.sandbox.patches._util import (
+from annex_sandbox.patches._util import (
     IdempotentParameterMismatch,
     aws_filter_match,
     fingerprint,

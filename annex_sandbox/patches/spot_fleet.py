@@ -14,9 +14,9 @@ from moto.ec2.models.instances import MetadataOptions
 from moto.ec2.models.spot_requests import SpotFleetRequest, SpotRequestBackend
 from moto.ec2.responses.spot_fleets import SpotFleets
 
+from annex_sandbox.local_aws import DEFAULT_FLEET_TAG_DELAY
+from annex_sandbox.patches._util import IdempotentParameterMismatch, fingerprint
 from condor_annex.contract import SPOT_FLEET_REQUEST_ID_TAG
-from condor_annex.sandbox.local_aws import DEFAULT_FLEET_TAG_DELAY
-from condor_annex.sandbox.patches._util import IdempotentParameterMismatch, fingerprint
 
 _LOCK = threading.Lock()
 _CANCELLED_PENDING = ("cancelled_terminating", "cancelled_running")

@@ -218,13 +218,13 @@ class Demo:
     # --- steps -----------------------------------------------------------------------------
 
     def start_emulators(self) -> None:
-        from condor_annex.sandbox import SandboxControl
-        from condor_annex.sandbox.imds import ImdsServer
+        from annex_sandbox import SandboxControl
+        from annex_sandbox.imds import ImdsServer
 
         # The emulator's own chatter (moto warnings) goes to a log file, not the demo's story.
         self.aws_log = (self.workdir / "local-aws.log").open("w")
         self.aws_process = subprocess.Popen(
-            [sys.executable, "-m", "condor_annex.sandbox", "--port", "0", "--fleet-tag-delay", "3"],
+            [sys.executable, "-m", "annex_sandbox", "--port", "0", "--fleet-tag-delay", "3"],
             stdout=subprocess.PIPE,
             stderr=self.aws_log,
             text=True,
@@ -305,7 +305,7 @@ class Demo:
         )
 
     def boot_instances(self) -> None:
-        from condor_annex.sandbox.imds import instance_from_ec2
+        from annex_sandbox.imds import instance_from_ec2
 
         ec2, iam, sts = self.client("ec2"), self.client("iam"), self.client("sts")
         agents: dict[str, subprocess.Popen[str]] = {}
@@ -459,7 +459,7 @@ class Demo:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m condor_annex.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m annex_sandbox.demo", description=__doc__)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="condor-annex-demo-"))
