@@ -106,6 +106,13 @@ class CreateRequest:
     subnet_ids: tuple[str, ...] = ()
     tags: tuple[tuple[str, str], ...] = ()
     owner: str = ""
+    """Recorded on the annex (tag, lease record, AnnexOwner): the owners, comma-separated."""
+    start_owners: Optional[tuple[str, ...]] = None
+    """Whose jobs may run: None = `owner`; () = anyone's (`-no-owner`)."""
+    config_files: tuple[tuple[str, bytes], ...] = ()
+    """`-config-dir` files, already read and checked (`tarball.read_config_dir`)."""
+    spot_fleet_config_data: Optional[bytes] = None
+    """A Spot Fleet config read from stdin (`-aws-spot-fleet-config-file -`)."""
     user_data: Optional[bytes] = None
     start_expression: Optional[str] = None
     token_file: Optional[Path] = None
@@ -282,7 +289,11 @@ def validate_request(request: CreateRequest) -> None:
     if request.ami_id is not None and not request.ami_id.startswith("ami-"):
         raise InvalidInput(f"{request.ami_id!r} is not an AMI ID (ami-...)")
     if request.kind == contract.FLEET_KIND_ON_DEMAND:
-        if request.spot_instance_types or request.spot_fleet_config_file:
+        if (
+            request.spot_instance_types
+            or request.spot_fleet_config_file
+            or request.spot_fleet_config_data is not None
+        ):
             raise InvalidInput("Spot Fleet options need -slots, not -count")
         if request.ami_id is None:
             raise InvalidInput(
@@ -290,7 +301,10 @@ def validate_request(request: CreateRequest) -> None:
                 next_step="pass -aws-on-demand-ami-id ami-... (an annex-compatible image)",
             )
     else:
-        if bool(request.spot_instance_types) == bool(request.spot_fleet_config_file):
+        has_file = (
+            bool(request.spot_fleet_config_file) or request.spot_fleet_config_data is not None
+        )
+        if bool(request.spot_instance_types) == has_file:
             raise InvalidInput(
                 "a Spot Fleet annex needs exactly one of -aws-spot-instance-types or "
                 "-aws-spot-fleet-config-file"
@@ -599,7 +613,15 @@ def _create_steps(
     host, port = parse_collector(request.collector)
     plan: Optional[spot.SpotPlan] = None
     if kind == contract.FLEET_KIND_SPOT_FLEET:
-        if request.spot_fleet_config_file is not None:
+        if request.spot_fleet_config_data is not None:
+            plan = spot.parse_spot_fleet_config(
+                request.spot_fleet_config_data,
+                source="<stdin>",
+                fleet_role_arn=settings.spot_fleet_role_arn,
+                instance_profile_arn=settings.instance_profile_arn,
+                security_group_ids=settings.security_group_ids,
+            )
+        elif request.spot_fleet_config_file is not None:
             plan = spot.load_spot_fleet_config(
                 request.spot_fleet_config_file,
                 fleet_role_arn=settings.spot_fleet_role_arn,
@@ -653,7 +675,7 @@ def _create_steps(
     remote = st.call("run the connectivity check in AWS", lambda: remote_probe(host, port))
     local = (hooks.local_probe or local_tcp_probe)(host, port)
     connectivity = {"aws": remote, "local": local}
-    notes: list[str] = []
+    notes: list[str] = list(plan.notes) if plan is not None else []
     if not remote.get("reachable"):
         raise ConnectivityFailed(
             f"instances in AWS could not reach the collector {host}:{port} "
@@ -703,6 +725,8 @@ def _create_steps(
         token=token,
         trust_domain=request.trust_domain,
         start_expression=request.start_expression,
+        start_owners=request.start_owners,
+        config_files=request.config_files,
     )
     body = tarball.build_config_tarball(cfg)
     key = contract.config_key(name)
