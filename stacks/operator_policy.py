@@ -148,6 +148,8 @@ class OperatorPolicy(Construct):
                     "ec2:DescribeInstanceTypes",
                     "ec2:DescribeSpotPriceHistory",
                     "ec2:DescribeLaunchTemplates",
+                    # The cost preview: the Price List Query API has no resources at all.
+                    "pricing:GetProducts",
                 ],
                 resources=["*"],
             ),
