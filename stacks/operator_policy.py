@@ -148,9 +148,13 @@ class OperatorPolicy(Construct):
                     "ec2:DescribeInstanceTypes",
                     "ec2:DescribeSpotPriceHistory",
                     "ec2:DescribeLaunchTemplates",
-                    # The cost preview: the Price List Query API has no resources at all.
-                    "pricing:GetProducts",
                 ],
+                resources=["*"],
+            ),
+            iam.PolicyStatement(
+                # The cost preview; the Price List Query API has no resource types at all.
+                sid="ReadPrices",
+                actions=["pricing:GetProducts"],
                 resources=["*"],
             ),
             iam.PolicyStatement(
@@ -210,7 +214,7 @@ class OperatorPolicy(Construct):
             self.policy,
             ["*"],
             "EC2 Describe* calls support no resource-level permissions (status, images, "
-            "subnets, prices, launch templates).",
+            "subnets, prices, launch templates); pricing:GetProducts has no resource types.",
         )
         acknowledge_wildcard_resources(
             self.policy,
