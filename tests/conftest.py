@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.imds",
     "tests.fixtures.cdk",
     "tests.fixtures.reliability",
+    "tests.fixtures.htcondor",
 ]
