@@ -71,12 +71,25 @@ def current_commit(ignore: Sequence[str] = GENERATED) -> str:
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         changed = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-             *(f":!{pattern}" for pattern in ignore)],
-            cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                *(f":!{pattern}" for pattern in ignore),
+            ],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return ""

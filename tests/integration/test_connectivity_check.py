@@ -74,7 +74,8 @@ def test_unanswered_connection_gives_up_at_its_timeout():
 
     assert report["reachable"] is False
     assert any(
-        what in report["error"].lower() for what in ("timed out after 0.5 s", "unreachable", "refused")
+        what in report["error"].lower()
+        for what in ("timed out after 0.5 s", "unreachable", "refused")
     ), report["error"]
 
 
