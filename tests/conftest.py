@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.cdk",
     "tests.fixtures.reliability",
     "tests.fixtures.htcondor",
+    "tests.fixtures.htcondor_pool",
 ]
