@@ -12,14 +12,7 @@ import pytest
 from condor_annex import contract
 from condor_annex.errors import InvalidInput
 from tests.integration.annex_env import AnnexEnv
-from tests.reliability.conftest import (
-    check_refused,
-    clean,
-    cli,
-    describe_left,
-    left_behind,
-    od_args,
-)
+from tests.reliability.conftest import check_refused, claim_left, cli, left_behind, od_args
 
 AREA = "input"
 BAD = InvalidInput.exit_code
@@ -65,15 +58,16 @@ def test_uppercase_annex_name_works_end_to_end_and_off_cleans_it(
     made = left_behind(env, before)
     off = cli(env, "off", "-annex-name", "BigRun2")
     left = left_behind(env, before)
-    observed(
-        f"exit {run.code}; made {len(made['instances'])} instance, schedule "
-        f"{contract.schedule_name('BigRun2')}; `off` exit {off.code}; {describe_left(left)}"
+    observed.equal("exit {}", run.code, 0)
+    observed.equal("made {} instance", len(made["instances"]), 1)
+    observed.check(
+        f"schedule {', '.join(made['schedules'])} and tarball {contract.config_key('BigRun2')}",
+        made["schedules"] == [contract.schedule_name("BigRun2")]
+        and contract.config_key("BigRun2") in made["objects"],
+        made,
     )
-    assert run.code == 0, run.err
-    assert made["schedules"] == [contract.schedule_name("BigRun2")]
-    assert contract.config_key("BigRun2") in made["objects"]
-    assert off.code == 0, off.err
-    assert not any(left.values()), left
+    observed.equal("`off` exit {}", off.code, 0)
+    claim_left(observed, left)
 
 
 @pytest.mark.parametrize(
@@ -193,22 +187,27 @@ def _check_replaced(env: AnnexEnv, observed: Any, name: str, path: Path, *mentio
     )["LaunchTemplateVersions"][0]["LaunchTemplateData"]
     off = cli(env, "off", "-annex-name", name)
     left = left_behind(env, before)
-    observed(
-        clean(
-            f"exit {run.code}; replaced with a note; fleet role {fleet_roles}; `off` exit "
-            f"{off.code}; {describe_left(left)}"
-        )
+    text = run.out + run.err
+    observed.equal("exit {}", run.code, 0)
+    observed.check("launched", bool(made["instances"]), made)
+    observed.check(
+        "the file's value is named in a note `... replaced by the setup's ...`",
+        all(m in text for m in mentions) and "replaced by the setup's" in text,
+        text,
     )
-    assert run.code == 0, run.err
-    assert made["instances"]
-    for mention in mentions:
-        assert mention in run.out + run.err
-    assert "replaced by the setup's" in run.out + run.err
-    assert fleet_roles == [env.settings.spot_fleet_role_arn]
-    assert template["IamInstanceProfile"] == {"Arn": env.settings.instance_profile_arn}
-    assert template["SecurityGroupIds"] == list(env.settings.security_group_ids)
-    assert off.code == 0, off.err
-    assert not any(left.values()), left
+    observed.equal("fleet role {}", fleet_roles, [env.settings.spot_fleet_role_arn])
+    observed.equal(
+        "launch template profile {}",
+        template["IamInstanceProfile"],
+        {"Arn": env.settings.instance_profile_arn},
+    )
+    observed.equal(
+        "launch template groups {}",
+        template["SecurityGroupIds"],
+        list(env.settings.security_group_ids),
+    )
+    observed.equal("`off` exit {}", off.code, 0)
+    claim_left(observed, left)
 
 
 @mark(AREA, "Spot Fleet config: foreign IamFleetRole (another account's admin role) is replaced")
