@@ -97,6 +97,9 @@ OUTPUT_KEY_BY_MACRO: dict[str, str] = {o.macro: o.key for o in STACK_OUTPUTS}
 # Macros the CLI writes that do not come from a stack output.
 MACRO_AWS_REGION = "ANNEX_DEFAULT_AWS_REGION"
 MACRO_STACK_NAME = "ANNEX_DEFAULT_STACK_NAME"
+# Macros the user sets once (not written by -setup).
+MACRO_MAX_PRICE_PER_HOUR = "ANNEX_DEFAULT_MAX_PRICE_PER_HOUR"
+"""USD per hour no annex may exceed: refused before launch, carried into fleet requests."""
 
 # --- Configuration objects in the bucket --------------------------------------------------------
 
@@ -307,6 +310,8 @@ class LeaseRecord:
     created_at: str = ""
     owner: str = ""
     version: int = LEASE_RECORD_VERSION
+    max_price_per_hour: Optional[float] = None
+    """The annex's price cap (USD/hour) when one was set; `status` shows it."""
 
     @classmethod
     def new(
@@ -319,6 +324,7 @@ class LeaseRecord:
         kind: str = FLEET_KIND_ON_DEMAND,
         owner: str = "",
         now: Optional[datetime] = None,
+        max_price_per_hour: Optional[float] = None,
     ) -> LeaseRecord:
         if not token_belongs_to(client_token, annex_name):
             raise ValueError(f"client token {client_token!r} does not belong to {annex_name!r}")
@@ -332,6 +338,7 @@ class LeaseRecord:
             kind=kind,
             created_at=utc_iso(now or datetime.now(timezone.utc)),
             owner=owner,
+            max_price_per_hour=max_price_per_hour,
         )
 
     @property
