@@ -69,6 +69,13 @@ def render_status(report: StatusReport) -> str:
         kind = annex.kind or "unknown kind"
         counts = ", ".join(f"{n} {s}" for s, n in sorted(annex.counts.items())) or "no instances"
         out.append(f"Annex {annex.annex_name} ({kind}): {counts}; lease until {lease}")
+        spent = _usd(annex.cost_so_far_usd) if annex.instances else "$0.0000"
+        cap = (
+            f"; cap {_usd(annex.max_price_per_hour)}/hour"
+            if annex.max_price_per_hour is not None
+            else ""
+        )
+        out.append(f"  cost so far {spent}{cap}")
         if annex.instances:
             rows = [
                 [

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import datetime, timedelta, timezone
 
+import jsonschema
 import pytest
 
 from annex_sandbox import pricing
 from condor_annex import contract, lease, spot
+from condor_annex.cli import render
 from condor_annex.cli.main import CliContext, main
 from condor_annex.create import create_annex
 from condor_annex.errors import CapacityError, InvalidInput
+from condor_annex.status import annex_status
 from tests.integration import annex_env as _annex_env
 
 minimal_annex_env = _annex_env.minimal_annex_env  # the fixture, shared by this module
@@ -236,3 +240,46 @@ def test_no_capacity_in_any_pool_exits_6_and_leaves_nothing(clean):
     assert code == CapacityError.exit_code, err
     assert "InsufficientInstanceCapacity" in err
     _nothing_left(env)
+
+
+# --- Status: cost so far and the cap -------------------------------------------------------------
+
+
+def test_status_shows_cost_so_far_and_the_cap(clean):
+    env = clean
+    create_annex(
+        env.request("st_cost", count=2, max_price_per_hour=1.0),
+        settings=env.settings,
+        clients=env.clients,
+        hooks=env.hooks(),
+    )
+    later = datetime.now(timezone.utc) + timedelta(hours=3)
+
+    report = annex_status(
+        settings=env.settings, clients=env.clients, annex_name="st_cost", now=later
+    )
+
+    (annex,) = report.annexes
+    listed = float(pricing.on_demand_price("us-east-1", "m5.large") or "nan")
+    assert annex.max_price_per_hour == 1.0
+    assert annex.cost_so_far_usd == pytest.approx(2 * 3 * listed, rel=0.02)
+    text = render.render_status(report)
+    assert f"cost so far ${annex.cost_so_far_usd:,.4f}; cap $1.0000/hour" in text
+    document = json.loads(render.to_json(report))
+    jsonschema.validate(document, render.status_schema())
+    assert document["annexes"][0]["cost_so_far_usd"] == annex.cost_so_far_usd
+
+
+def test_status_says_why_the_cost_is_unknown(clean):
+    env = clean
+    create_annex(
+        env.request("st_unknown", count=1, instance_type="m5.24xlarge"),
+        settings=env.settings,
+        clients=env.clients,
+        hooks=env.hooks(),
+    )
+
+    report = annex_status(settings=env.settings, clients=env.clients, annex_name="st_unknown")
+
+    assert report.annexes[0].cost_so_far_usd is None
+    assert any("cost so far unknown" in n and "m5.24xlarge" in n for n in report.notes)
