@@ -13,6 +13,11 @@ from typing import Any, Optional
 
 from condor_annex import contract
 from condor_annex.aws import make_client, make_session
+from condor_annex.errors import SetupIncomplete, SetupMissing
+
+PRICING_API_REGION = "us-east-1"
+"""The Price List Query API is served from us-east-1 (also eu-central-1 and ap-south-1) and
+answers for every region; the region asked about is a filter, not the endpoint."""
 
 # Which Settings field holds which stack output. Checked against contract.STACK_OUTPUTS below so a
 # new output cannot be forgotten here.
@@ -64,6 +69,8 @@ class Settings:
     operator_policy_arn: str = ""
     region: str = ""
     stack_name: str = contract.STACK_NAME
+    max_price_per_hour: str = ""
+    """`ANNEX_DEFAULT_MAX_PRICE_PER_HOUR` as written (USD/hour); empty when no cap is set."""
 
     @classmethod
     def from_macros(cls, macros: Mapping[str, str]) -> Settings:
@@ -80,6 +87,7 @@ class Settings:
         values["stack_name"] = (
             macros.get(contract.MACRO_STACK_NAME, "").strip() or contract.STACK_NAME
         )
+        values["max_price_per_hour"] = macros.get(contract.MACRO_MAX_PRICE_PER_HOUR, "").strip()
         return cls(**values)
 
     @classmethod
@@ -101,6 +109,25 @@ class Settings:
     def empty(self) -> bool:
         """True when no setup macro at all is present (setup never ran for this user)."""
         return not any(self.value(o) for o in contract.STACK_OUTPUTS)
+
+
+def require_setup(
+    settings: Settings, needed: tuple[contract.StackOutput, ...], region: str
+) -> None:
+    """Raise SetupMissing / SetupIncomplete when the user config lacks what a verb needs."""
+    where = f" -aws-region {region}" if region else ""
+    if settings.empty:
+        raise SetupMissing(
+            "no condor_annex setup is recorded in your HTCondor user config",
+            next_step=f"run `condor_annex -setup{where}`",
+        )
+    missing = settings.missing(needed)
+    if missing:
+        raise SetupIncomplete(
+            "the setup recorded in your HTCondor user config lacks "
+            + ", ".join(o.macro for o in missing),
+            next_step=f"run `condor_annex -setup{where}` again (it updates in place)",
+        )
 
 
 def settings_field_names() -> list[str]:
@@ -125,6 +152,16 @@ class AnnexClients:
     scheduler: Any
     lambda_: Any
     region: str = ""
+    pricing: Any = None
+    """The Price List Query API (served from us-east-1 for every region); None: prices unknown."""
+    ec2_launch: Any = None
+    """EC2 for launch calls only, without SDK retries: a capacity error moves on to the next
+    pool at once (the SDKs retry `InsufficientInstanceCapacity`, a 500) and throttling is
+    retried by the create's own back-off with the same client token."""
+
+    @property
+    def launcher(self) -> Any:
+        return self.ec2_launch if self.ec2_launch is not None else self.ec2
 
     @classmethod
     def from_session(
@@ -137,4 +174,6 @@ class AnnexClients:
             scheduler=make_client(session, "scheduler"),
             lambda_=make_client(session, "lambda"),
             region=session.region_name or "",
+            pricing=make_client(session, "pricing", region_name=PRICING_API_REGION),
+            ec2_launch=make_client(session, "ec2", max_attempts=1),
         )
