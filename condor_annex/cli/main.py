@@ -44,6 +44,12 @@ class CliContext:
     """A `create.CreateHooks`; its progress callback is filled in by the CLI when unset."""
     pool_view: Optional[Callable[[], set[str]]] = None
     pool_shutdown: Optional[Callable[[str], int]] = None
+    pool_remaining: Optional[Callable[[str], int]] = None
+    """For off's drain: how many of the annex's daemons the pool still lists."""
+    drain_clock: Optional[Any] = None
+    """An `off.DrainClock` (tests make time pass without waiting)."""
+    run_condor_status: Optional[Callable[[list[str]], tuple[int, str, str]]] = None
+    """For `status -- ARGS`: run condor_status with these arguments (default: the real one)."""
     confirm: Optional[Callable[[str], bool]] = None
     collector_lookup: Optional[Callable[[], Optional[str]]] = None
     setup_connectivity_probe: Optional[Callable[[dict[str, Any]], dict[str, Any]]] = None
@@ -305,34 +311,100 @@ def run_status(args: argparse.Namespace, ctx: CliContext) -> int:
     if pool_view is None:
         collector = _collector(args, ctx)
         pool_view = htcondor_pool_view(collector) if collector else None
+    if args.passthrough:
+        return _condor_status(args, ctx)
     report = annex_status(
         settings=settings,
         clients=_clients(args, ctx, settings),
         annex_name=args.annex_name,
         pool_view=pool_view,
     )
-    ctx.stdout.write((render.to_json(report) if args.json else render.render_status(report)) + "\n")
+    if args.classad:
+        text = render.render_classads(report)
+    else:
+        text = render.to_json(report) if args.json else render.render_status(report)
+    ctx.stdout.write(text + "\n")
     return EXIT_OK
 
 
+def _condor_status(args: argparse.Namespace, ctx: CliContext) -> int:
+    """`status -- ARGS`: condor_status over the annex's daemons, with the caller's ARGS (a
+    constraint, -af, -long, ...); its output and exit status are ours."""
+    collector = _collector(args, ctx)
+    if not collector:
+        raise InvalidInput(
+            "no collector is known to pass the query to",
+            next_step="pass -collector HOST[:PORT] or set COLLECTOR_HOST in the HTCondor config",
+        )
+    attribute = contract.ANNEX_NAME_ATTRIBUTE
+    constraint = (
+        f'{attribute} == "{args.annex_name}"' if args.annex_name else f"{attribute} =!= undefined"
+    )
+    argv = ["-pool", collector, "-constraint", constraint, *args.passthrough]
+    code, out, err = (ctx.run_condor_status or _run_condor_status)(argv)
+    ctx.stdout.write(out)
+    ctx.stderr.write(err)
+    return code
+
+
+def _run_condor_status(argv: list[str]) -> tuple[int, str, str]:
+    import shutil
+    import subprocess
+
+    program = shutil.which("condor_status")
+    if program is None:
+        raise InvalidInput(
+            "condor_status is not on PATH", next_step="install HTCondor's tools or fix PATH"
+        )
+    done = subprocess.run([program, *argv], capture_output=True, text=True, check=False)
+    return done.returncode, done.stdout, done.stderr
+
+
 def run_off(args: argparse.Namespace, ctx: CliContext) -> int:
-    from condor_annex.off import annex_off, htcondor_pool_shutdown
+    from condor_annex.off import (
+        DEFAULT_DRAIN_TIMEOUT_SECONDS,
+        annex_off,
+        htcondor_pool_remaining,
+        htcondor_pool_shutdown,
+    )
 
     settings = _settings(args)
-    if not args.yes and not (ctx.confirm or _default_confirm(ctx.stderr))(
-        f"Terminate every instance of annex {args.annex_name} now?"
-    ):
+    drain = (
+        cli_parser.parse_duration(args.drain_timeout, default_unit="m")
+        if args.drain_timeout is not None
+        else DEFAULT_DRAIN_TIMEOUT_SECONDS
+    )
+    mode = args.off_mode or cli_parser.OFF_MODES[0]
+    question = (
+        f"Shut annex {args.annex_name} down ({mode}) and terminate its instances once its "
+        f"daemons have left the pool (at most {drain / 60:.0f} min)?"
+        if drain
+        else f"Terminate every instance of annex {args.annex_name} now?"
+    )
+    if not args.yes and not (ctx.confirm or _default_confirm(ctx.stderr))(question):
         ctx.stderr.write("condor_annex: nothing was changed.\n")
         return 1
-    shutdown = ctx.pool_shutdown
-    if shutdown is None:
+    shutdown, remaining = ctx.pool_shutdown, ctx.pool_remaining
+    if shutdown is None or remaining is None:
         collector = _collector(args, ctx)
-        shutdown = htcondor_pool_shutdown(collector) if collector else None
+        if shutdown is None and collector:
+            shutdown = htcondor_pool_shutdown(collector, mode)
+        if remaining is None and collector:
+            remaining = htcondor_pool_remaining(collector)
+    if drain and not args.json:
+        ctx.stderr.write(
+            f"condor_annex: draining annex {args.annex_name} for at most {drain / 60:.0f} min "
+            "(its lease is moved to that deadline too)\n"
+        )
+        ctx.stderr.flush()
     result = annex_off(
         args.annex_name,
         settings=settings,
         clients=_clients(args, ctx, settings),
         pool_shutdown=shutdown,
+        pool_remaining=remaining,
+        drain_timeout=drain,
+        clock=ctx.drain_clock,
     )
     ctx.stdout.write((render.to_json(result) if args.json else render.render_off(result)) + "\n")
     return EXIT_OK
