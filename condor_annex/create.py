@@ -524,7 +524,7 @@ def _launch_spot_fleet_step(run: _Run, result: CreateResult) -> None:
     )
     st.call(
         "check the client token is unused",
-        lambda: _token_unused(clients, name, client_token),
+        lambda: _token_unused(clients, client_token, contract.FLEET_KIND_SPOT_FLEET),
     )
     fleet_config = spot.build_spot_fleet_request_config(
         plan,
@@ -583,7 +583,7 @@ def _launch_on_demand(
         tokens.append(token)
         st.call(
             "check the client token is unused",
-            partial(_token_unused, clients, request.annex_name, token),
+            partial(_token_unused, clients, token, contract.FLEET_KIND_ON_DEMAND),
         )
         attempt = LaunchedPool(instance_type, subnet)
         result.launched.append(attempt)
@@ -691,10 +691,9 @@ def _create_launch_template(
     return str(template["LaunchTemplateId"]), str(template.get("LatestVersionNumber", 1))
 
 
-def _token_unused(clients: AnnexClients, annex_name: str, client_token: str) -> None:
+def _token_unused(clients: AnnexClients, client_token: str, kind: str) -> None:
     """Before launching: nothing may already exist with this exact client token."""
-    found = annex.find(clients.ec2, annex_name, client_token=client_token)
-    if found.instances or found.fleets:
+    if annex.launched_with(clients.ec2, client_token, kind):
         raise AnnexError(
             f"something was already launched with client token {client_token}; refusing to launch "
             "twice",
