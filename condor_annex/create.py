@@ -364,7 +364,8 @@ def _connectivity(run: _Run) -> tuple[dict[str, Any], list[str]]:
     host, port = parse_collector(run.request.collector)
     remote = run.st.call("run the connectivity check in AWS", lambda: probe(host, port))
     local = (run.hooks.local_probe or local_tcp_probe)(host, port)
-    notes = check_connectivity(host, port, remote=remote, local=local)
+    notes = list(run.plan.notes) if run.plan is not None else []
+    notes += check_connectivity(host, port, remote=remote, local=local)
     run.st.done(STEP_CONNECTIVITY)
     return {"aws": remote, "local": local}, notes
 
@@ -403,6 +404,8 @@ def _tarball(run: _Run, token: str) -> None:
         token=token,
         trust_domain=request.trust_domain,
         start_expression=request.start_expression,
+        start_owners=request.start_owners,
+        config_files=request.config_files,
     )
     body = tarball.build_config_tarball(cfg)
     key = contract.config_key(run.name)

@@ -48,6 +48,13 @@ class CreateRequest:
     subnet_ids: tuple[str, ...] = ()
     tags: tuple[tuple[str, str], ...] = ()
     owner: str = ""
+    """Recorded on the annex (tag, lease record, AnnexOwner): the owners, comma-separated."""
+    start_owners: Optional[tuple[str, ...]] = None
+    """Whose jobs may run: None = `owner`; () = anyone's (`-no-owner`)."""
+    config_files: tuple[tuple[str, bytes], ...] = ()
+    """`-config-dir` files, already read and checked (`tarball.read_config_dir`)."""
+    spot_fleet_config_data: Optional[bytes] = None
+    """A Spot Fleet config read from stdin (`-aws-spot-fleet-config-file -`)."""
     user_data: Optional[bytes] = None
     start_expression: Optional[str] = None
     token_file: Optional[Path] = None
@@ -141,7 +148,11 @@ def validate_request(request: CreateRequest) -> None:
     if request.ami_id is not None and not request.ami_id.startswith("ami-"):
         raise InvalidInput(f"{request.ami_id!r} is not an AMI ID (ami-...)")
     if request.kind == contract.FLEET_KIND_ON_DEMAND:
-        if request.spot_instance_types or request.spot_fleet_config_file:
+        if (
+            request.spot_instance_types
+            or request.spot_fleet_config_file
+            or request.spot_fleet_config_data is not None
+        ):
             raise InvalidInput("Spot Fleet options need -slots, not -count")
         if request.ami_id is None:
             raise InvalidInput(
@@ -149,7 +160,10 @@ def validate_request(request: CreateRequest) -> None:
                 next_step="pass -aws-on-demand-ami-id ami-... (an annex-compatible image)",
             )
     else:
-        if bool(request.spot_instance_types) == bool(request.spot_fleet_config_file):
+        has_file = (
+            bool(request.spot_fleet_config_file) or request.spot_fleet_config_data is not None
+        )
+        if bool(request.spot_instance_types) == has_file:
             raise InvalidInput(
                 "a Spot Fleet annex needs exactly one of -aws-spot-instance-types or "
                 "-aws-spot-fleet-config-file"

@@ -126,6 +126,14 @@ def spot_plan(request: CreateRequest, settings: Settings) -> Optional[spot.SpotP
     """The Spot Fleet plan of a fleet request (None for on-demand); raises InvalidInput."""
     if request.kind != contract.FLEET_KIND_SPOT_FLEET:
         return None
+    if request.spot_fleet_config_data is not None:
+        return spot.parse_spot_fleet_config(
+            request.spot_fleet_config_data,
+            source="<stdin>",
+            fleet_role_arn=settings.spot_fleet_role_arn,
+            instance_profile_arn=settings.instance_profile_arn,
+            security_group_ids=settings.security_group_ids,
+        )
     if request.spot_fleet_config_file is not None:
         return spot.load_spot_fleet_config(
             request.spot_fleet_config_file,

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Optional
 
 from condor_annex import contract
+from condor_annex.annex_settings import USER_DEFAULT_MACROS, Settings
 from condor_annex.aws import make_session
 from condor_annex.cli import parser as cli_parser
 from condor_annex.cli import render
@@ -32,6 +35,59 @@ from condor_annex.cli.context import (
 from condor_annex.errors import InvalidInput
 
 
+def _default_duration(flag: Optional[str], macro: str, value: Optional[str], builtin: int) -> int:
+    """flag > macro (seconds, as the old tool read it) > built-in."""
+    if flag:
+        return cli_parser.parse_duration(flag)
+    if value:
+        try:
+            return cli_parser.parse_duration(value, default_unit="s")
+        except InvalidInput as exc:
+            raise InvalidInput(
+                f"{macro} = {value!r} in your HTCondor user config: {exc.message}",
+                next_step=f"fix {macro} (seconds), or pass the flag",
+            ) from None
+    return builtin
+
+
+def _owners(args: argparse.Namespace) -> tuple[str, Optional[tuple[str, ...]]]:
+    """(recorded owner, whose jobs START admits): -owner list, -no-owner, or the invoking user."""
+    if args.no_owner:
+        return getpass.getuser(), ()
+    if args.owner:
+        owners = cli_parser.parse_owners(args.owner)
+        return ",".join(owners), owners
+    return getpass.getuser(), None
+
+
+def _spot_fleet_config(
+    args: argparse.Namespace, settings: Settings
+) -> tuple[Optional[Path], Optional[bytes]]:
+    """The Spot Fleet config: the flag (`-` = stdin), else ANNEX_DEFAULT_SFR_CONFIG_FILE."""
+    from condor_annex import spot
+
+    value = args.spot_fleet_config_file
+    if value is None and args.slots is not None and not args.spot_instance_types:
+        value = settings.defaults.spot_fleet_config_file
+    if value is None:
+        return None, None
+    if value == "-":
+        return None, sys.stdin.buffer.read(spot.MAX_CONFIG_FILE_BYTES + 1)
+    return Path(value).expanduser(), None
+
+
+def _config_files(args: argparse.Namespace, ctx: CliContext) -> tuple[tuple[str, bytes], ...]:
+    if not args.config_dir:
+        return ()
+    from condor_annex import tarball
+
+    files = tarball.read_config_dir(Path(args.config_dir).expanduser())
+    note = tarball.check_config_files(files)
+    if note:
+        ctx.stderr.write(render.render_note(note))
+    return files
+
+
 def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
     from condor_annex import cost, spot
     from condor_annex.annex_settings import (
@@ -43,20 +99,31 @@ def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
     from condor_annex.create_request import CreateRequest, validate_request
     from condor_annex.preflight import cost_preview, spot_plan
 
-    duration = (
-        cli_parser.parse_duration(args.duration)
-        if args.duration
-        else contract.LEASE_DEFAULT_SECONDS
+    settings = settings_of(args)
+    defaults = settings.defaults
+    duration = _default_duration(
+        args.duration,
+        USER_DEFAULT_MACROS["lease_duration"],
+        defaults.lease_duration,
+        contract.LEASE_DEFAULT_SECONDS,
     )
-    idle = cli_parser.parse_duration(args.idle) if args.idle else contract.IDLE_DEFAULT_SECONDS
+    idle = _default_duration(
+        args.idle,
+        USER_DEFAULT_MACROS["unclaimed_timeout"],
+        defaults.unclaimed_timeout,
+        contract.IDLE_DEFAULT_SECONDS,
+    )
     collector = collector_of(args, ctx)
     if not collector:
         raise InvalidInput(
             "no collector is known",
             next_step="pass -collector HOST[:PORT] or set COLLECTOR_HOST in the HTCondor config",
         )
-    settings = settings_of(args)
-    instance_types = [t.strip() for v in args.instance_types for t in v.split(",") if t.strip()]
+    owner, start_owners = _owners(args)
+    spot_fleet_config_file, spot_fleet_config_data = _spot_fleet_config(args, settings)
+    # flag > ANNEX_DEFAULT_ODI_INSTANCE_TYPE (per region first) > built-in
+    type_values = args.instance_types or [defaults.instance_type or ""]
+    instance_types = [t.strip() for v in type_values for t in v.split(",") if t.strip()]
     cap_text = args.max_price_per_hour or settings.max_price_per_hour
     max_price = cost.parse_price(cap_text) if cap_text else None
     request = CreateRequest(
@@ -69,15 +136,18 @@ def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
         instance_type=instance_types[0] if instance_types else CreateRequest.instance_type,
         fallback_instance_types=tuple(instance_types[1:]),
         max_price_per_hour=max_price,
-        ami_id=args.ami_id,
+        ami_id=args.ami_id or defaults.ami_id,
         spot_instance_types=spot.parse_instance_types(args.spot_instance_types),
-        spot_fleet_config_file=path_of(args.spot_fleet_config_file),
+        spot_fleet_config_file=spot_fleet_config_file,
+        spot_fleet_config_data=spot_fleet_config_data,
         spot_allocation_strategy=args.spot_allocation_strategy,
         spot_fleet_type=args.spot_fleet_type,
-        key_name=args.key_name,
+        key_name=args.key_name or defaults.key_name,
         subnet_ids=tuple(args.subnet_ids),
         tags=tuple((k, v) for k, v in args.tag),
-        owner=args.owner or getpass.getuser(),
+        owner=owner,
+        start_owners=start_owners,
+        config_files=_config_files(args, ctx),
         user_data=user_data_of(args),
         start_expression=args.start_expression,
         token_file=path_of(args.token_file),
@@ -231,10 +301,12 @@ def run_setup_verbs(mode: str, args: argparse.Namespace, ctx: CliContext) -> int
         return 0
 
     # destroy-setup
+    from condor_annex.annex_settings import regional_macros
     from condor_annex.user_config import read_annex_macros
 
     stack_name = (
-        read_annex_macros(config_file).get(contract.MACRO_STACK_NAME) or contract.STACK_NAME
+        regional_macros(read_annex_macros(config_file), region).get(contract.MACRO_STACK_NAME)
+        or contract.STACK_NAME
     )
     if not args.yes and not confirm(
         ctx, f"Remove the condor_annex setup {stack_name} in {region}?"

@@ -76,7 +76,10 @@ def region_of(args: argparse.Namespace, config_file: Path) -> Optional[str]:
 
 
 def settings_of(args: argparse.Namespace) -> Settings:
-    return load_settings(Path(args.config_file).expanduser() if args.config_file else None)
+    """The setup and the user's defaults for the region in use (per-region macros win)."""
+    return load_settings(
+        Path(args.config_file).expanduser() if args.config_file else None, args.region
+    )
 
 
 def clients_for(

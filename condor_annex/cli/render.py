@@ -195,6 +195,11 @@ def render_progress(line: str) -> str:
     return f"  {line}\n"
 
 
+def render_note(note: str) -> str:
+    """A note the admin should read before anything starts (stderr)."""
+    return f"condor_annex: note: {note}\n"
+
+
 def render_declined(what: str) -> str:
     """The answer to a declined confirmation (stderr)."""
     return f"condor_annex: {what}.\n"
