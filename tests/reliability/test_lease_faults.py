@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import pytest
 
-from condor_annex import contract, lease
+from condor_annex import annex, contract, lease
 from condor_annex.errors import InvalidInput
 from tests.fixtures.cdk import load_lambda_module
 from tests.fixtures.reliability import Row
@@ -152,7 +152,7 @@ def test_kill_after_launch_then_sweep_cleans(env: AnnexEnv, observed: Row, tmp_p
     code = _killed_at(env, name, "launch", "done", tmp_path / "log")
     after_kill = left_behind(env, before)
     # Belt and braces: the schedule may be gone (deleted by hand, or failed to fire).
-    lease.delete_schedule(env.clients.scheduler, name)
+    annex.delete_schedule(env.clients.scheduler, name)
     results = [r for r in _sweep(env) if r.annex_name == name]
     left = left_behind(env, before)
     _claim_killed(observed, code, "after the launch step")
