@@ -138,6 +138,7 @@ class Authorizer:
         context: dict[str, Any] = {
             "aws:PrincipalArn": principal,
             "aws:PrincipalAccount": account,
+            "aws:ResourceAccount": account,
             # The loopback endpoint stands in for AWS's TLS endpoints.
             "aws:SecureTransport": "true",
             "aws:RequestedRegion": region,

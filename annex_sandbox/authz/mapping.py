@@ -516,18 +516,65 @@ def assume_role(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
     return [Check("sts:AssumeRole", arn, {}, resource_policy=trust)]
 
 
-def describe_stacks(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+def _stack_arn(world: World, region: str, name: str) -> str:
     from moto.cloudformation.models import cloudformation_backends
 
-    name = req.param("StackName")
-    if not name:
-        return [Check("cloudformation:DescribeStacks", "*")]
-    backend = cloudformation_backends[world.account_id][req.region]
-    arn = f"arn:{PARTITION}:cloudformation:{req.region}:{world.account_id}:stack/{name}/*"
+    backend = cloudformation_backends[world.account_id][region]
     for stack in backend.stacks.values():
-        if name in (stack.name, stack.stack_id):
-            arn = str(stack.stack_id)
-    return [Check("cloudformation:DescribeStacks", arn)]
+        if name in (stack.name, stack.stack_id) and stack.status != "DELETE_COMPLETE":
+            return str(stack.stack_id)
+    if name.startswith("arn:"):
+        return name
+    # A stack not created yet: AWS authorizes against stack/<name>/* (the id is generated).
+    return f"arn:{PARTITION}:cloudformation:{region}:{world.account_id}:stack/{name}/*"
+
+
+def _stack(action: str) -> Builder:
+    def build(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+        name = str(req.param("StackName") or "")
+        if not name:
+            return [Check(action, "*")]
+        checks = [Check(action, _stack_arn(world, req.region, name))]
+        if req.param("RoleARN"):
+            checks.append(
+                Check(
+                    "iam:PassRole",
+                    str(req.param("RoleARN")),
+                    {"iam:PassedToService": "cloudformation.amazonaws.com"},
+                )
+            )
+        return checks
+
+    return build
+
+
+def _ssm_parameter(action: str) -> Builder:
+    def build(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+        names = [req.param("Name")] if req.param("Name") else list(req.param("Names") or [])
+        return [
+            Check(
+                action,
+                f"arn:{PARTITION}:ssm:{req.region}:{world.account_id}:parameter/"
+                f"{str(name).lstrip('/')}",
+            )
+            for name in names
+        ]
+
+    return build
+
+
+def _s3_bucket(action: str) -> Builder:
+    def build(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+        bucket = req.param("Bucket")
+        return [
+            Check(
+                action,
+                f"arn:{PARTITION}:s3:::{bucket}",
+                resource_policy=world.bucket_policy(bucket),
+            )
+        ]
+
+    return build
 
 
 def _schedule(action: str) -> Builder:
@@ -593,7 +640,29 @@ MAPPINGS: dict[str, Mapping] = {
     "iam:GetPolicyVersion": Mapping(_iam_policy("iam:GetPolicyVersion")),
     "sts:AssumeRole": Mapping(assume_role),
     "sts:GetCallerIdentity": Mapping(no_authorization),
-    "cloudformation:DescribeStacks": Mapping(describe_stacks),
+    **{
+        f"cloudformation:{operation}": Mapping(_stack(f"cloudformation:{operation}"))
+        for operation in (
+            "DescribeStacks",
+            "DescribeStackEvents",
+            "DescribeStackResources",
+            "GetTemplate",
+            "GetTemplateSummary",
+            "CreateChangeSet",
+            "DescribeChangeSet",
+            "ExecuteChangeSet",
+            "DeleteChangeSet",
+            "ListChangeSets",
+            "CreateStack",
+            "UpdateStack",
+            "DeleteStack",
+            "UpdateTerminationProtection",
+        )
+    },
+    "ssm:GetParameter": Mapping(_ssm_parameter("ssm:GetParameter")),
+    "ssm:GetParameters": Mapping(_ssm_parameter("ssm:GetParameters")),
+    "s3:GetBucketLocation": Mapping(_s3_bucket("s3:GetBucketLocation")),
+    "s3:GetBucketEncryption": Mapping(_s3_bucket("s3:GetEncryptionConfiguration")),
     "scheduler:CreateSchedule": Mapping(_schedule("scheduler:CreateSchedule")),
     "scheduler:UpdateSchedule": Mapping(_schedule("scheduler:UpdateSchedule")),
     "scheduler:GetSchedule": Mapping(_schedule("scheduler:GetSchedule")),

@@ -359,6 +359,7 @@ def test_every_mapping_names_an_action_of_the_reference(aws):
         "s3:ListObjectsV2",  # authorized as s3:ListBucket
         "s3:ListObjects",
         "lambda:Invoke",  # authorized as lambda:InvokeFunction
+        "s3:GetBucketEncryption",  # authorized as s3:GetEncryptionConfiguration
     }
     for operation in MAPPINGS:
         if operation not in known:
