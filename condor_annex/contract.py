@@ -97,6 +97,9 @@ OUTPUT_KEY_BY_MACRO: dict[str, str] = {o.macro: o.key for o in STACK_OUTPUTS}
 # Macros the CLI writes that do not come from a stack output.
 MACRO_AWS_REGION = "ANNEX_DEFAULT_AWS_REGION"
 MACRO_STACK_NAME = "ANNEX_DEFAULT_STACK_NAME"
+# Macros the user sets once (not written by -setup).
+MACRO_MAX_PRICE_PER_HOUR = "ANNEX_DEFAULT_MAX_PRICE_PER_HOUR"
+"""USD per hour no annex may exceed: refused before launch, carried into fleet requests."""
 
 # --- Configuration objects in the bucket --------------------------------------------------------
 
@@ -275,9 +278,14 @@ FLEET_KIND_ON_DEMAND = "on-demand"
 FLEET_KIND_SPOT_FLEET = "spot-fleet"
 
 
-def _utc_iso(moment: datetime) -> str:
+def utc_iso(moment: datetime) -> str:
+    """`YYYY-MM-DDTHH:MM:SSZ`: the one form every time the tool writes or shows is in.
+
+    A naive datetime is refused, everywhere: botocore returns aware times, and a naive one in
+    our code is a bug (local time passed off as UTC) that must not move a lease by hours.
+    """
     if moment.tzinfo is None:
-        raise ValueError("lease times must be timezone-aware")
+        raise ValueError(f"{moment!r} has no time zone; pass an aware datetime (UTC)")
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -302,6 +310,8 @@ class LeaseRecord:
     created_at: str = ""
     owner: str = ""
     version: int = LEASE_RECORD_VERSION
+    max_price_per_hour: Optional[float] = None
+    """The annex's price cap (USD/hour) when one was set; `status` shows it."""
 
     @classmethod
     def new(
@@ -314,6 +324,7 @@ class LeaseRecord:
         kind: str = FLEET_KIND_ON_DEMAND,
         owner: str = "",
         now: Optional[datetime] = None,
+        max_price_per_hour: Optional[float] = None,
     ) -> LeaseRecord:
         if not token_belongs_to(client_token, annex_name):
             raise ValueError(f"client token {client_token!r} does not belong to {annex_name!r}")
@@ -322,11 +333,12 @@ class LeaseRecord:
         return cls(
             annex_name=annex_name,
             bucket=bucket,
-            expires_at=_utc_iso(expires_at),
+            expires_at=utc_iso(expires_at),
             client_token=client_token,
             kind=kind,
-            created_at=_utc_iso(now or datetime.now(timezone.utc)),
+            created_at=utc_iso(now or datetime.now(timezone.utc)),
             owner=owner,
+            max_price_per_hour=max_price_per_hour,
         )
 
     @property
@@ -337,7 +349,7 @@ class LeaseRecord:
         return (now or datetime.now(timezone.utc)) >= self.expiry
 
     def with_expiry(self, expires_at: datetime) -> LeaseRecord:
-        return LeaseRecord(**{**asdict(self), "expires_at": _utc_iso(expires_at)})
+        return LeaseRecord(**{**asdict(self), "expires_at": utc_iso(expires_at)})
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -17,18 +17,21 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from condor_annex import contract, lease, spot
+from condor_annex import annex, contract, cost, lease, spot
 from condor_annex.annex_settings import (
     NEEDED_FOR_ON_DEMAND,
     NEEDED_FOR_SPOT_FLEET,
     AnnexClients,
     Settings,
+    require_setup,
 )
+from condor_annex.aws import error_code, is_retryable
 from condor_annex.backoff import Backoff
 from condor_annex.collector import (
     CONNECTIVITY_TIMEOUT_SECONDS,
@@ -43,8 +46,6 @@ from condor_annex.errors import (
     SetupMissing,
     translate_aws_error,
 )
-from condor_annex.launch_templates import delete_launch_template
-from condor_annex.lease import utc_iso
 
 DEFAULT_INSTANCE_TYPE = "m5.large"
 MAX_COUNT = 1000
@@ -57,8 +58,6 @@ MAX_USER_TAGS = 40
 """EC2 allows 50 tags per resource; condor_annex adds three of its own and keeps headroom."""
 RESERVED_TAG_PREFIXES = ("aws:", "htcondor:")
 _METADATA_TAG_KEY = re.compile(r"^[A-Za-z0-9+\-=._:@,]+$")
-LIVE_INSTANCE_STATES = ("pending", "running", "stopping", "stopped")
-LIVE_FLEET_STATES = ("submitted", "active", "modifying", "cancelled_running")
 LAUNCH_RETRY_SECONDS = 60.0
 
 STEP_VALIDATE = "validate"
@@ -106,11 +105,27 @@ class CreateRequest:
     subnet_ids: tuple[str, ...] = ()
     tags: tuple[tuple[str, str], ...] = ()
     owner: str = ""
+    """Recorded on the annex (tag, lease record, AnnexOwner): the owners, comma-separated."""
+    start_owners: Optional[tuple[str, ...]] = None
+    """Whose jobs may run: None = `owner`; () = anyone's (`-no-owner`)."""
+    config_files: tuple[tuple[str, bytes], ...] = ()
+    """`-config-dir` files, already read and checked (`tarball.read_config_dir`)."""
+    spot_fleet_config_data: Optional[bytes] = None
+    """A Spot Fleet config read from stdin (`-aws-spot-fleet-config-file -`)."""
     user_data: Optional[bytes] = None
     start_expression: Optional[str] = None
     token_file: Optional[Path] = None
     signing_key_file: Optional[Path] = None
     trust_domain: Optional[str] = None
+    fallback_instance_types: tuple[str, ...] = ()
+    """On-demand: further instance types tried, in order, when `instance_type` has no capacity."""
+    max_price_per_hour: Optional[float] = None
+    """USD/hour cap: refused before anything is created if the preview exceeds it; fleets
+    carry it into AWS (`SpotMaxTotalPrice`)."""
+
+    @property
+    def on_demand_instance_types(self) -> tuple[str, ...]:
+        return (self.instance_type, *self.fallback_instance_types)
 
     @property
     def kind(self) -> str:
@@ -136,6 +151,20 @@ class CreateResult:
     launch_template_id: Optional[str] = None
     connectivity: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    cost: Optional[cost.CostPreview] = None
+    launched: list[LaunchedPool] = field(default_factory=list)
+    """On-demand: where the instances were launched, and the pools that had no capacity."""
+
+
+@dataclass
+class LaunchedPool:
+    """One on-demand launch attempt: a pool (type, subnet) and what it gave."""
+
+    instance_type: str
+    subnet_id: Optional[str]
+    instance_ids: list[str] = field(default_factory=list)
+    error: Optional[str] = None
+    """The capacity error that moved the create on to the next pool."""
 
 
 @dataclass
@@ -161,6 +190,8 @@ class CreateHooks:
     progress: Optional[Progress] = None
     now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
     backoff: Callable[[], Backoff] = lambda: Backoff(deadline_seconds=LAUNCH_RETRY_SECONDS)
+    price_cache_dir: Optional[Path] = None
+    """Where prices are cached (default: the user's cache directory)."""
 
 
 # --- Helpers ------------------------------------------------------------------------------------
@@ -215,23 +246,6 @@ METADATA_OPTIONS: dict[str, Any] = {
 }
 
 
-def _retryable(exc: BaseException) -> bool:
-    """Throttling and transient transport errors, retried with the SAME client token."""
-    if isinstance(exc, ClientError):
-        code = lease.error_code(exc)
-        return code in {
-            "Throttling",
-            "ThrottlingException",
-            "RequestLimitExceeded",
-            "TooManyRequestsException",
-            "RequestThrottled",
-            "InternalError",
-            "ServiceUnavailable",
-            "Unavailable",
-        }
-    return isinstance(exc, BotoCoreError) and "Connect" in type(exc).__name__
-
-
 # --- Validation ---------------------------------------------------------------------------------
 
 
@@ -279,10 +293,20 @@ def validate_request(request: CreateRequest) -> None:
     for subnet in request.subnet_ids:
         if not subnet.startswith("subnet-"):
             raise InvalidInput(f"{subnet!r} is not a subnet ID (subnet-...)")
+    if request.max_price_per_hour is not None and not request.max_price_per_hour > 0:
+        raise InvalidInput(
+            f"-max-price-per-hour must be a positive amount, not {request.max_price_per_hour}"
+        )
+    if len(set(request.on_demand_instance_types)) != len(request.on_demand_instance_types):
+        raise InvalidInput("an -aws-on-demand-instance-type is given twice")
     if request.ami_id is not None and not request.ami_id.startswith("ami-"):
         raise InvalidInput(f"{request.ami_id!r} is not an AMI ID (ami-...)")
     if request.kind == contract.FLEET_KIND_ON_DEMAND:
-        if request.spot_instance_types or request.spot_fleet_config_file:
+        if (
+            request.spot_instance_types
+            or request.spot_fleet_config_file
+            or request.spot_fleet_config_data is not None
+        ):
             raise InvalidInput("Spot Fleet options need -slots, not -count")
         if request.ami_id is None:
             raise InvalidInput(
@@ -290,7 +314,10 @@ def validate_request(request: CreateRequest) -> None:
                 next_step="pass -aws-on-demand-ami-id ami-... (an annex-compatible image)",
             )
     else:
-        if bool(request.spot_instance_types) == bool(request.spot_fleet_config_file):
+        has_file = (
+            bool(request.spot_fleet_config_file) or request.spot_fleet_config_data is not None
+        )
+        if bool(request.spot_instance_types) == has_file:
             raise InvalidInput(
                 "a Spot Fleet annex needs exactly one of -aws-spot-instance-types or "
                 "-aws-spot-fleet-config-file"
@@ -307,37 +334,18 @@ def validate_duration(seconds: int) -> None:
         )
 
 
-def require_setup(
-    settings: Settings, needed: tuple[contract.StackOutput, ...], region: str
-) -> None:
-    """Raise SetupMissing / SetupIncomplete when the user config lacks what a verb needs."""
-    where = f" -aws-region {region}" if region else ""
-    if settings.empty:
-        raise SetupMissing(
-            "no condor_annex setup is recorded in your HTCondor user config",
-            next_step=f"run `condor_annex -setup{where}`",
-        )
-    missing = settings.missing(needed)
-    if missing:
-        raise SetupIncomplete(
-            "the setup recorded in your HTCondor user config lacks "
-            + ", ".join(o.macro for o in missing),
-            next_step=f"run `condor_annex -setup{where}` again (it updates in place)",
-        )
-
-
 def check_bucket(clients: AnnexClients, settings: Settings) -> None:
     try:
         clients.s3.head_bucket(Bucket=settings.config_bucket)
     except ClientError as exc:
-        if lease.error_code(exc) in {"404", "NoSuchBucket", "NotFound"}:
+        if error_code(exc) in {"404", "NoSuchBucket", "NotFound"}:
             where = f" -aws-region {clients.region}" if clients.region else ""
             raise SetupMissing(
                 f"the setup's config bucket {settings.config_bucket} does not exist"
                 + (f" in {clients.region}" if clients.region else ""),
                 next_step=f"run `condor_annex -check-setup{where}` or `condor_annex -setup{where}`",
             ) from None
-        if lease.error_code(exc) in {"400", "403"}:
+        if error_code(exc) in {"400", "403"}:
             # HEAD responses carry no error body, so a bad, expired or unauthorized credential
             # shows up as a bare 400/403. Ask again with a request whose answer names the cause
             # (S3 API reference, "HeadBucket": "the response ... does not include a body").
@@ -351,7 +359,7 @@ def check_image(ec2: Any, ami_id: str) -> None:
     try:
         images = ec2.describe_images(ImageIds=[ami_id]).get("Images", [])
     except ClientError as exc:
-        if lease.error_code(exc).startswith("InvalidAMIID"):
+        if error_code(exc).startswith("InvalidAMIID"):
             images = []
         else:
             raise
@@ -372,7 +380,7 @@ def check_instance_types(ec2: Any, types: Sequence[str]) -> None:
     try:
         ec2.describe_instance_types(InstanceTypes=list(types))
     except ClientError as exc:
-        code = lease.error_code(exc)
+        code = error_code(exc)
         if code.startswith("InvalidInstanceType") or code == "InvalidParameterValue":
             raise InvalidInput(
                 f"unknown instance type among {', '.join(types)} ({exc.response['Error'].get('Message', code)})",
@@ -383,42 +391,6 @@ def check_instance_types(ec2: Any, types: Sequence[str]) -> None:
         raise
 
 
-def _paginate_instances(ec2: Any, filters: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for page in ec2.get_paginator("describe_instances").paginate(Filters=filters):
-        for reservation in page.get("Reservations", []):
-            out.extend(reservation.get("Instances", []))
-    return out
-
-
-def instances_with_token_prefix(
-    ec2: Any, annex_name: str, states: Sequence[str] = LIVE_INSTANCE_STATES
-) -> list[dict[str, Any]]:
-    """Instances whose own client token belongs to the annex (filtered server-side, confirmed here)."""
-    found = _paginate_instances(
-        ec2,
-        [
-            {"Name": "client-token", "Values": [contract.client_token_filter_value(annex_name)]},
-            {"Name": "instance-state-name", "Values": list(states)},
-        ],
-    )
-    return [i for i in found if contract.token_belongs_to(i.get("ClientToken"), annex_name)]
-
-
-def fleets_of(ec2: Any, annex_name: Optional[str]) -> list[dict[str, Any]]:
-    """Live Spot Fleet requests whose client token belongs to `annex_name` (any annex if None)."""
-    out: list[dict[str, Any]] = []
-    for page in ec2.get_paginator("describe_spot_fleet_requests").paginate():
-        for fleet in page.get("SpotFleetRequestConfigs", []):
-            if fleet.get("SpotFleetRequestState") not in LIVE_FLEET_STATES:
-                continue
-            token = fleet.get("SpotFleetRequestConfig", {}).get("ClientToken")
-            owner = contract.annex_name_from_client_token(token or "")
-            if owner is not None and (annex_name is None or owner == annex_name):
-                out.append(fleet)
-    return out
-
-
 def existing_annex_summary(
     clients: AnnexClients, settings: Settings, annex_name: str
 ) -> Optional[str]:
@@ -427,35 +399,75 @@ def existing_annex_summary(
     record = lease.read_lease_record(clients.s3, settings.config_bucket, annex_name)
     if record is not None:
         parts.append(f"a lease until {record.expires_at}")
-    instances = instances_with_token_prefix(clients.ec2, annex_name)
-    if instances:
-        parts.append(f"{len(instances)} instance(s)")
-    fleets = fleets_of(clients.ec2, annex_name)
-    if fleets:
-        parts.append(f"{len(fleets)} Spot Fleet request(s)")
+    found = annex.find(clients.ec2, annex_name)
+    if found.instances:
+        parts.append(f"{len(found.instances)} instance(s)")
+    if found.fleets:
+        parts.append(f"{len(found.fleets)} fleet request(s)")
+    if found.launch_template_id:
+        parts.append("its launch template")
+    parts.extend(u.describe() for u in found.unowned)
     return ", ".join(parts) or None
 
 
-def _token_unused(clients: AnnexClients, client_token: str, kind: str) -> None:
-    """Before launching: nothing may already exist with this exact client token."""
-    if kind == contract.FLEET_KIND_ON_DEMAND:
-        found = _paginate_instances(
-            clients.ec2, [{"Name": "client-token", "Values": [client_token]}]
+def spot_plan(request: CreateRequest, settings: Settings) -> Optional[spot.SpotPlan]:
+    """The Spot Fleet plan of a fleet request (None for on-demand); raises InvalidInput."""
+    if request.kind != contract.FLEET_KIND_SPOT_FLEET:
+        return None
+    if request.spot_fleet_config_data is not None:
+        return spot.parse_spot_fleet_config(
+            request.spot_fleet_config_data,
+            source="<stdin>",
+            fleet_role_arn=settings.spot_fleet_role_arn,
+            instance_profile_arn=settings.instance_profile_arn,
+            security_group_ids=settings.security_group_ids,
         )
-        found = [i for i in found if i.get("ClientToken") == client_token]
+    if request.spot_fleet_config_file is not None:
+        return spot.load_spot_fleet_config(
+            request.spot_fleet_config_file,
+            fleet_role_arn=settings.spot_fleet_role_arn,
+            instance_profile_arn=settings.instance_profile_arn,
+            security_group_ids=settings.security_group_ids,
+        )
+    return spot.plan_from_instance_types(
+        request.spot_instance_types,
+        subnet_ids=request.subnet_ids,
+        allocation_strategy=request.spot_allocation_strategy,
+        fleet_type=request.spot_fleet_type,
+    )
+
+
+def cost_preview(
+    request: CreateRequest,
+    clients: AnnexClients,
+    *,
+    plan: Optional[spot.SpotPlan] = None,
+    cache_dir: Optional[Path] = None,
+) -> cost.CostPreview:
+    """What the annex is expected to cost (prices from AWS or the day-old cache)."""
+    book = cost.PriceBook(
+        region=clients.region, ec2=clients.ec2, pricing=clients.pricing, cache_dir=cache_dir
+    )
+    if request.kind == contract.FLEET_KIND_ON_DEMAND:
+        pools = [cost.Pool(t) for t in request.on_demand_instance_types]
+        market, size = "on-demand", int(request.count or 0)
     else:
-        annex = contract.annex_name_from_client_token(client_token)
-        found = [
-            f
-            for f in (fleets_of(clients.ec2, annex) if annex else [])
-            if f.get("SpotFleetRequestConfig", {}).get("ClientToken") == client_token
-        ]
-    if found:
-        raise AnnexError(
-            f"something was already launched with client token {client_token}; refusing to launch "
-            "twice",
-            next_step="run `condor_annex status` and `condor_annex off` for this annex",
-        )
+        weights: dict[str, float] = {}
+        for override in plan.overrides if plan else []:
+            weights.setdefault(
+                str(override["InstanceType"]), float(override.get("WeightedCapacity") or 1)
+            )
+        pools = [cost.Pool(t, w) for t, w in weights.items()]
+        market, size = "spot", int(request.slots or 0)
+    return cost.preview(
+        book,
+        kind=request.kind,
+        market=market,
+        pools=pools,
+        size=size,
+        duration_seconds=request.duration_seconds,
+        max_price_per_hour=request.max_price_per_hour,
+    )
 
 
 # --- The create sequence ------------------------------------------------------------------------
@@ -490,16 +502,19 @@ def create_annex(
     settings: Settings,
     clients: AnnexClients,
     hooks: Optional[CreateHooks] = None,
+    preview: Optional[cost.CostPreview] = None,
 ) -> CreateResult:
     """Create the annex, or raise AnnexError having removed everything this call created.
 
-    KeyboardInterrupt also rolls back, then propagates.
+    `preview` is the cost preview the user already saw (computed here when None); an annex
+    over its price cap is refused before anything is created. KeyboardInterrupt also rolls
+    back, then propagates.
     """
     hooks = hooks or CreateHooks()
     undo = _Undo()
     stepper = _Stepper(hooks.progress, clients.region)
     try:
-        return _create_steps(request, settings, clients, hooks, undo, stepper)
+        return _create_steps(request, settings, clients, hooks, undo, stepper, preview)
     except BaseException as exc:
         undo.run()
         error = exc
@@ -566,7 +581,7 @@ def _claim(st: _Stepper, undo: _Undo, name: str, action: str, call: Callable[[],
         return st.call(action, call)
     except AnnexError as exc:
         cause = exc.__cause__
-        if isinstance(cause, ClientError) and lease.error_code(cause) in _NAME_TAKEN_CODES:
+        if isinstance(cause, ClientError) and error_code(cause) in _NAME_TAKEN_CODES:
             undo.drop_last()
             raise InvalidInput(
                 f"an annex named {name} already exists (another create of it is running, or "
@@ -584,6 +599,7 @@ def _create_steps(
     hooks: CreateHooks,
     undo: _Undo,
     st: _Stepper,
+    preview: Optional[cost.CostPreview],
 ) -> CreateResult:
     name = request.annex_name
     kind = request.kind
@@ -597,22 +613,7 @@ def _create_steps(
         clients.region,
     )
     host, port = parse_collector(request.collector)
-    plan: Optional[spot.SpotPlan] = None
-    if kind == contract.FLEET_KIND_SPOT_FLEET:
-        if request.spot_fleet_config_file is not None:
-            plan = spot.load_spot_fleet_config(
-                request.spot_fleet_config_file,
-                fleet_role_arn=settings.spot_fleet_role_arn,
-                instance_profile_arn=settings.instance_profile_arn,
-                security_group_ids=settings.security_group_ids,
-            )
-        else:
-            plan = spot.plan_from_instance_types(
-                request.spot_instance_types,
-                subnet_ids=request.subnet_ids,
-                allocation_strategy=request.spot_allocation_strategy,
-                fleet_type=request.spot_fleet_type,
-            )
+    plan = spot_plan(request, settings)
     ami = request.ami_id or (spot.image_id_of(plan) if plan else None)
     if ami is None:
         raise InvalidInput(
@@ -621,8 +622,12 @@ def _create_steps(
         )
     st.call("find the config bucket", lambda: check_bucket(clients, settings))
     st.call("look up the AMI", lambda: check_image(clients.ec2, ami))
-    types = plan.instance_types if plan else [request.instance_type]
+    types = plan.instance_types if plan else list(request.on_demand_instance_types)
     st.call("look up the instance types", lambda: check_instance_types(clients.ec2, types))
+    if preview is None:
+        preview = cost_preview(request, clients, plan=plan, cache_dir=hooks.price_cache_dir)
+    # AWS enforces a fleet's cap itself (SpotMaxTotalPrice); RunInstances has no price limit.
+    cost.check_cap(preview, aws_enforces_cap=kind != contract.FLEET_KIND_ON_DEMAND)
     existing = st.call(
         "look for an existing annex of that name",
         lambda: existing_annex_summary(clients, settings, name),
@@ -653,7 +658,7 @@ def _create_steps(
     remote = st.call("run the connectivity check in AWS", lambda: remote_probe(host, port))
     local = (hooks.local_probe or local_tcp_probe)(host, port)
     connectivity = {"aws": remote, "local": local}
-    notes: list[str] = []
+    notes: list[str] = list(plan.notes) if plan is not None else []
     if not remote.get("reachable"):
         raise ConnectivityFailed(
             f"instances in AWS could not reach the collector {host}:{port} "
@@ -703,6 +708,8 @@ def _create_steps(
         token=token,
         trust_domain=request.trust_domain,
         start_expression=request.start_expression,
+        start_owners=request.start_owners,
+        config_files=request.config_files,
     )
     body = tarball.build_config_tarball(cfg)
     key = contract.config_key(name)
@@ -738,6 +745,7 @@ def _create_steps(
         kind=kind,
         owner=request.owner,
         now=now,
+        max_price_per_hour=request.max_price_per_hour,
     )
     undo.push(
         "delete the lease record",
@@ -750,7 +758,7 @@ def _create_steps(
         "record the annex's lease",
         lambda: lease.put_lease_record(clients.s3, record, only_if_new=True),
     )
-    undo.push("delete the lease schedule", lambda: _delete_schedule_quietly(clients, name))
+    undo.push("delete the lease schedule", lambda: _undo_schedule(clients, name))
     schedule_arn = _claim(
         st,
         undo,
@@ -774,27 +782,21 @@ def _create_steps(
         schedule_arn=schedule_arn,
         connectivity=connectivity,
         notes=notes,
+        cost=preview,
     )
     tags = annex_tags(request)
 
     # 6./7. Launch with the one client token; retries reuse it.
     if kind == contract.FLEET_KIND_ON_DEMAND:
         st.begin(STEP_LAUNCH)
-        undo.push(
-            "terminate the launched instances",
-            lambda: _terminate_token(clients, client_token, result.instance_ids),
-        )
-        st.call(
-            "check the client token is unused",
-            lambda: _token_unused(clients, client_token, kind),
-        )
-        result.instance_ids = st.call(
-            "launch the annex instances",
-            lambda: hooks.backoff().retry(
-                lambda: _run_instances(clients, request, settings, ami, client_token, tags),
-                _retryable,
-            ),
-        )
+        pool_tokens: list[str] = []
+
+        def terminate_every_pool() -> None:
+            for pool_token in pool_tokens:
+                _undo_launch(clients, name, pool_token, instance_ids=result.instance_ids)
+
+        undo.push("terminate the launched instances", terminate_every_pool)
+        _launch_on_demand(request, settings, clients, hooks, st, ami, tags, result, pool_tokens)
         st.done(STEP_LAUNCH)
     else:
         assert plan is not None
@@ -802,7 +804,7 @@ def _create_steps(
         template_name = contract.launch_template_name(name)
         undo.push(
             "delete the launch template",
-            lambda: _delete_launch_template_quietly(clients, template_name),
+            lambda: _undo_launch_template(clients, name, result.launch_template_id),
         )
         template_id, version = st.call(
             "create the annex's launch template",
@@ -816,11 +818,11 @@ def _create_steps(
         st.begin(STEP_LAUNCH)
         undo.push(
             "cancel the Spot Fleet request",
-            lambda: _cancel_fleet_token(clients, client_token, result.fleet_id),
+            lambda: _undo_launch(clients, name, client_token, fleet_id=result.fleet_id),
         )
         st.call(
             "check the client token is unused",
-            lambda: _token_unused(clients, client_token, kind),
+            lambda: _token_unused(clients, name, client_token),
         )
         fleet_config = spot.build_spot_fleet_request_config(
             plan,
@@ -829,9 +831,14 @@ def _create_steps(
             client_token=client_token,
             slots=int(request.slots or 0),
             fleet_role_arn=settings.spot_fleet_role_arn,
-            valid_until=utc_iso(expires_at),
+            valid_until=contract.utc_iso(expires_at),
             tags=tags,
             subnet_ids=request.subnet_ids,
+            max_total_price=(
+                cost.format_aws_price(request.max_price_per_hour)
+                if request.max_price_per_hour is not None
+                else None
+            ),
         )
         result.fleet_id = st.call(
             "request the Spot Fleet",
@@ -841,11 +848,75 @@ def _create_steps(
                         "SpotFleetRequestId"
                     ]
                 ),
-                _retryable,
+                is_retryable,
             ),
         )
         st.done(STEP_LAUNCH)
     return result
+
+
+CAPACITY_ERROR_CODES = frozenset({"InsufficientInstanceCapacity", "Unsupported"})
+"""EC2's answers for a pool (instance type in a zone) without room or without that type
+("Error codes for the Amazon EC2 API"); another pool may well have both."""
+
+
+def on_demand_pools(request: CreateRequest) -> list[tuple[str, Optional[str]]]:
+    """(instance type, subnet) in the order tried: preferred type first, then every subnet."""
+    subnets: tuple[Optional[str], ...] = request.subnet_ids or (None,)
+    return [(t, s) for t in request.on_demand_instance_types for s in subnets]
+
+
+def _launch_on_demand(
+    request: CreateRequest,
+    settings: Settings,
+    clients: AnnexClients,
+    hooks: CreateHooks,
+    st: _Stepper,
+    ami: str,
+    tags: list[dict[str, str]],
+    result: CreateResult,
+    tokens: list[str],
+) -> None:
+    """RunInstances pool by pool until one has capacity for the whole annex.
+
+    Each pool gets its own `<annex>_<GUID>` token (a token names one request; a retry of the
+    same pool reuses it), so everything launched stays the annex's and rollback finds it.
+    """
+    pools = on_demand_pools(request)
+    for index, (instance_type, subnet) in enumerate(pools):
+        token = result.client_token if index == 0 else contract.new_client_token(request.annex_name)
+        tokens.append(token)
+        st.call(
+            "check the client token is unused",
+            partial(_token_unused, clients, request.annex_name, token),
+        )
+        attempt = LaunchedPool(instance_type, subnet)
+        result.launched.append(attempt)
+        launch = partial(
+            _run_instances, clients, request, settings, ami, token, tags, instance_type, subnet
+        )
+        try:
+            attempt.instance_ids = hooks.backoff().retry(launch, is_retryable)
+        except ClientError as exc:
+            code = error_code(exc)
+            if code not in CAPACITY_ERROR_CODES or index == len(pools) - 1:
+                raise translate_aws_error(
+                    exc, action="launch the annex instances", region=clients.region or None
+                ) from exc
+            attempt.error = f"{code}: {exc.response.get('Error', {}).get('Message', '')}"
+            continue
+        result.instance_ids = attempt.instance_ids
+        result.client_token = token
+        if index:
+            where = f" in {subnet}" if subnet else ""
+            result.notes.append(
+                f"launched {len(attempt.instance_ids)} {instance_type}{where} after "
+                + "; ".join(
+                    f"{p.instance_type}{' in ' + p.subnet_id if p.subnet_id else ''}: {p.error}"
+                    for p in result.launched[:-1]
+                )
+            )
+        return
 
 
 def _run_instances(
@@ -855,11 +926,13 @@ def _run_instances(
     ami: str,
     client_token: str,
     tags: list[dict[str, str]],
+    instance_type: str,
+    subnet_id: Optional[str],
 ) -> list[str]:
     args: dict[str, Any] = {
         "ClientToken": client_token,
         "ImageId": ami,
-        "InstanceType": request.instance_type,
+        "InstanceType": instance_type,
         "MinCount": request.count,
         "MaxCount": request.count,
         "MetadataOptions": METADATA_OPTIONS,
@@ -872,13 +945,13 @@ def _run_instances(
         # The master's shutdown script powers the instance off; make that a termination.
         "InstanceInitiatedShutdownBehavior": "terminate",
     }
-    if request.subnet_ids:
-        args["SubnetId"] = request.subnet_ids[0]
+    if subnet_id:
+        args["SubnetId"] = subnet_id
     if request.key_name:
         args["KeyName"] = request.key_name
     if request.user_data is not None:
         args["UserData"] = request.user_data  # botocore base64-encodes it; content untouched
-    response = clients.ec2.run_instances(**args)
+    response = clients.launcher.run_instances(**args)
     return [str(i["InstanceId"]) for i in response.get("Instances", [])]
 
 
@@ -923,34 +996,57 @@ def _create_launch_template(
     return str(template["LaunchTemplateId"]), str(template.get("LatestVersionNumber", 1))
 
 
-def _terminate_token(clients: AnnexClients, client_token: str, known: Sequence[str]) -> None:
-    """Terminate what was launched with this exact token (even if the response was lost)."""
-    found = _paginate_instances(clients.ec2, [{"Name": "client-token", "Values": [client_token]}])
-    ids = sorted(
-        {*known, *(str(i["InstanceId"]) for i in found if i.get("ClientToken") == client_token)}
-    )
-    if ids:
-        clients.ec2.terminate_instances(InstanceIds=ids)
-
-
-def _cancel_fleet_token(clients: AnnexClients, client_token: str, fleet_id: Optional[str]) -> None:
-    annex = contract.annex_name_from_client_token(client_token)
-    ids = {fleet_id} if fleet_id else set()
-    for fleet in fleets_of(clients.ec2, annex) if annex else []:
-        if fleet.get("SpotFleetRequestConfig", {}).get("ClientToken") == client_token:
-            ids.add(str(fleet["SpotFleetRequestId"]))
-    if ids:
-        clients.ec2.cancel_spot_fleet_requests(
-            SpotFleetRequestIds=sorted(ids), TerminateInstances=True
+def _token_unused(clients: AnnexClients, annex_name: str, client_token: str) -> None:
+    """Before launching: nothing may already exist with this exact client token."""
+    found = annex.find(clients.ec2, annex_name, client_token=client_token)
+    if found.instances or found.fleets:
+        raise AnnexError(
+            f"something was already launched with client token {client_token}; refusing to launch "
+            "twice",
+            next_step="run `condor_annex status` and `condor_annex off` for this annex",
         )
 
 
-def _delete_schedule_quietly(clients: AnnexClients, annex_name: str) -> None:
-    lease.delete_schedule(clients.scheduler, annex_name)
+def _raise_if_failed(ended: annex.Ended) -> None:
+    if ended.first_failure is not None:
+        raise AnnexError("; ".join(ended.errors)) from ended.first_failure
 
 
-def _delete_launch_template_quietly(clients: AnnexClients, template_name: str) -> None:
-    delete_launch_template(clients.ec2, template_name)
+def _undo_launch(
+    clients: AnnexClients,
+    annex_name: str,
+    client_token: str,
+    *,
+    instance_ids: Sequence[str] = (),
+    fleet_id: Optional[str] = None,
+) -> None:
+    """End what the launch with `client_token` made, even if its response was lost.
+
+    The IDs the launch answered are ours by construction (our token, our tags at launch); the
+    annex model adds whatever it finds for the token, which DescribeInstances may show late.
+    """
+    found = annex.find(clients.ec2, annex_name, client_token=client_token)
+    found.instances += [{"InstanceId": i} for i in instance_ids if i not in found.instance_ids]
+    if fleet_id and fleet_id not in found.fleet_ids():
+        found.fleets.append(
+            annex.Fleet(contract.FLEET_KIND_SPOT_FLEET, fleet_id, client_token, annex_name, "")
+        )
+    found.launch_template_id = None  # its own undo step
+    _raise_if_failed(annex.end(found, ec2=clients.ec2))
+
+
+def _undo_launch_template(
+    clients: AnnexClients, annex_name: str, template_id: Optional[str]
+) -> None:
+    found = annex.Annex(
+        annex_name,
+        launch_template_id=template_id or annex.find_launch_template(clients.ec2, annex_name),
+    )
+    _raise_if_failed(annex.end(found, ec2=clients.ec2))
+
+
+def _undo_schedule(clients: AnnexClients, annex_name: str) -> None:
+    annex.delete_schedule(clients.scheduler, annex_name)
 
 
 # --- Lease extension ----------------------------------------------------------------------------

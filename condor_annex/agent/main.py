@@ -35,6 +35,7 @@ from condor_annex.agent.imds import ImdsClient, ImdsNotFound, ImdsUnavailable
 from condor_annex.agent.log import StepFailed, StepRecord, emit, step
 from condor_annex.agent.root import Root
 from condor_annex.agent.tarball_unpack import Limits, TarballRefused, install, verify
+from condor_annex.aws import error_code
 
 POWEROFF_ENV = "CONDOR_ANNEX_POWEROFF_COMMAND"
 DEFAULT_POWEROFF_COMMAND = "shutdown -h now"
@@ -99,7 +100,7 @@ def _download(s3: Any, bucket: str, key: str, cap: int) -> bytes:
     try:
         response = s3.get_object(Bucket=bucket, Key=key)
     except ClientError as error:
-        code = discovery.error_code(error)
+        code = error_code(error)
         if code in ("NoSuchKey", "404", "NotFound"):
             raise StepFailed(Exit.TARBALL_MISSING, f"s3://{bucket}/{key} does not exist") from error
         if code == "AccessDenied":
@@ -209,22 +210,22 @@ def configure(options: Options, *, session_hook: Optional[Callable[[Any], None]]
         record.note(bytes=len(data))
 
     with agent_step("verify") as record:
-        members = verify(data, options.limits)
-        record.note(members=len(members))
+        tarball = verify(data, options.limits)
+        record.note(members=len(tarball.members), layout=tarball.layout.value)
 
-    target = root.config_dir
+    target = tarball.target(root)
     with agent_step("unpack") as record:
         record.note(target=target)
         if options.dry_run:
-            for member in members:
+            for member in tarball.members:
                 _plan(f"write {target / member.name} mode {member.mode:04o}")
             record.result = "planned"
-            files: tuple[str, ...] = tuple(m.name for m in members if not m.is_dir)
+            files: tuple[str, ...] = tuple(m.name for m in tarball.members if not m.is_dir)
         else:
-            files = tuple(install(members, target, root.privileged))
+            files = tuple(install(tarball.members, target, root.privileged))
             record.note(files=",".join(files))
 
-    macros_path = target / contract.INSTANCE_MACROS_FILE
+    macros_path = root.config_dir / contract.INSTANCE_MACROS_FILE
     with agent_step("instance-macros") as record:
         record.note(path=macros_path)
         content = instance_macros(instance_id, public_ip)

@@ -18,7 +18,13 @@ from typing import Any, Optional, TextIO
 from botocore.exceptions import BotoCoreError, ClientError
 
 from condor_annex import contract
-from condor_annex.annex_settings import NEEDED_FOR_STATUS, AnnexClients, Settings, load_settings
+from condor_annex.annex_settings import (
+    NEEDED_FOR_STATUS,
+    USER_DEFAULT_MACROS,
+    AnnexClients,
+    Settings,
+    load_settings,
+)
 from condor_annex.cli import parser as cli_parser
 from condor_annex.cli import render
 from condor_annex.errors import AnnexError, InvalidInput, translate_aws_error
@@ -68,7 +74,63 @@ def _collector(args: argparse.Namespace, ctx: CliContext) -> Optional[str]:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(Path(args.config_file).expanduser() if args.config_file else None)
+    """The setup and the user's defaults for the region in use (per-region macros win)."""
+    return load_settings(
+        Path(args.config_file).expanduser() if args.config_file else None, args.region
+    )
+
+
+def _default_duration(flag: Optional[str], macro: str, value: Optional[str], builtin: int) -> int:
+    """flag > macro (seconds, as the old tool read it) > built-in."""
+    if flag:
+        return cli_parser.parse_duration(flag)
+    if value:
+        try:
+            return cli_parser.parse_duration(value, default_unit="s")
+        except InvalidInput as exc:
+            raise InvalidInput(
+                f"{macro} = {value!r} in your HTCondor user config: {exc.message}",
+                next_step=f"fix {macro} (seconds), or pass the flag",
+            ) from None
+    return builtin
+
+
+def _owners(args: argparse.Namespace) -> tuple[str, Optional[tuple[str, ...]]]:
+    """(recorded owner, whose jobs START admits): -owner list, -no-owner, or the invoking user."""
+    if args.no_owner:
+        return getpass.getuser(), ()
+    if args.owner:
+        owners = cli_parser.parse_owners(args.owner)
+        return ",".join(owners), owners
+    return getpass.getuser(), None
+
+
+def _spot_fleet_config(
+    args: argparse.Namespace, settings: Settings
+) -> tuple[Optional[Path], Optional[bytes]]:
+    """The Spot Fleet config: the flag (`-` = stdin), else ANNEX_DEFAULT_SFR_CONFIG_FILE."""
+    from condor_annex import spot
+
+    value = args.spot_fleet_config_file
+    if value is None and args.slots is not None and not args.spot_instance_types:
+        value = settings.defaults.spot_fleet_config_file
+    if value is None:
+        return None, None
+    if value == "-":
+        return None, sys.stdin.buffer.read(spot.MAX_CONFIG_FILE_BYTES + 1)
+    return Path(value).expanduser(), None
+
+
+def _config_files(args: argparse.Namespace, ctx: CliContext) -> tuple[tuple[str, bytes], ...]:
+    if not args.config_dir:
+        return ()
+    from condor_annex import tarball
+
+    files = tarball.read_config_dir(Path(args.config_dir).expanduser())
+    note = tarball.check_config_files(files)
+    if note:
+        ctx.stderr.write(f"condor_annex: note: {note}\n")
+    return files
 
 
 def _clients(
@@ -78,7 +140,7 @@ def _clients(
     needed: tuple[contract.StackOutput, ...] = NEEDED_FOR_STATUS,
 ) -> AnnexClients:
     """Clients for the region in use, once the user config says a setup exists there."""
-    from condor_annex.create import require_setup
+    from condor_annex.annex_settings import require_setup
 
     region = args.region or settings.region or None
     require_setup(settings, needed, region or "")
@@ -105,28 +167,48 @@ def _path(value: Optional[str]) -> Optional[Path]:
 
 
 def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
-    from condor_annex import spot
-    from condor_annex.annex_settings import NEEDED_FOR_ON_DEMAND, NEEDED_FOR_SPOT_FLEET
+    from condor_annex import cost, spot
+    from condor_annex.annex_settings import (
+        NEEDED_FOR_ON_DEMAND,
+        NEEDED_FOR_SPOT_FLEET,
+        require_setup,
+    )
     from condor_annex.create import (
         CreateHooks,
         CreateRequest,
+        cost_preview,
         create_annex,
-        require_setup,
+        spot_plan,
         validate_request,
     )
 
-    duration = (
-        cli_parser.parse_duration(args.duration)
-        if args.duration
-        else contract.LEASE_DEFAULT_SECONDS
+    settings = _settings(args)
+    defaults = settings.defaults
+    duration = _default_duration(
+        args.duration,
+        USER_DEFAULT_MACROS["lease_duration"],
+        defaults.lease_duration,
+        contract.LEASE_DEFAULT_SECONDS,
     )
-    idle = cli_parser.parse_duration(args.idle) if args.idle else contract.IDLE_DEFAULT_SECONDS
+    idle = _default_duration(
+        args.idle,
+        USER_DEFAULT_MACROS["unclaimed_timeout"],
+        defaults.unclaimed_timeout,
+        contract.IDLE_DEFAULT_SECONDS,
+    )
     collector = _collector(args, ctx)
     if not collector:
         raise InvalidInput(
             "no collector is known",
             next_step="pass -collector HOST[:PORT] or set COLLECTOR_HOST in the HTCondor config",
         )
+    owner, start_owners = _owners(args)
+    spot_fleet_config_file, spot_fleet_config_data = _spot_fleet_config(args, settings)
+    # flag > ANNEX_DEFAULT_ODI_INSTANCE_TYPE (per region first) > built-in
+    type_values = args.instance_types or [defaults.instance_type or ""]
+    instance_types = [t.strip() for v in type_values for t in v.split(",") if t.strip()]
+    cap_text = args.max_price_per_hour or settings.max_price_per_hour
+    max_price = cost.parse_price(cap_text) if cap_text else None
     request = CreateRequest(
         annex_name=args.annex_name,
         collector=collector,
@@ -134,23 +216,27 @@ def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
         slots=args.slots,
         duration_seconds=duration,
         idle_seconds=idle,
-        instance_type=args.instance_type or CreateRequest.instance_type,
-        ami_id=args.ami_id,
+        instance_type=instance_types[0] if instance_types else CreateRequest.instance_type,
+        fallback_instance_types=tuple(instance_types[1:]),
+        max_price_per_hour=max_price,
+        ami_id=args.ami_id or defaults.ami_id,
         spot_instance_types=spot.parse_instance_types(args.spot_instance_types),
-        spot_fleet_config_file=_path(args.spot_fleet_config_file),
+        spot_fleet_config_file=spot_fleet_config_file,
+        spot_fleet_config_data=spot_fleet_config_data,
         spot_allocation_strategy=args.spot_allocation_strategy,
         spot_fleet_type=args.spot_fleet_type,
-        key_name=args.key_name,
+        key_name=args.key_name or defaults.key_name,
         subnet_ids=tuple(args.subnet_ids),
         tags=tuple((k, v) for k, v in args.tag),
-        owner=args.owner or getpass.getuser(),
+        owner=owner,
+        start_owners=start_owners,
+        config_files=_config_files(args, ctx),
         user_data=_user_data(args),
         start_expression=args.start_expression,
         token_file=_path(args.token_file),
         signing_key_file=_path(args.signing_key_file),
         trust_domain=args.trust_domain,
     )
-    settings = _settings(args)
     # Everything that needs no AWS call is checked before asking for confirmation.
     validate_request(request)
     spot_fleet = request.kind == contract.FLEET_KIND_SPOT_FLEET
@@ -159,6 +245,16 @@ def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
         NEEDED_FOR_SPOT_FLEET if spot_fleet else NEEDED_FOR_ON_DEMAND,
         args.region or settings.region,
     )
+    hooks = ctx.create_hooks or CreateHooks()
+    clients = _clients(args, ctx, settings)
+    # The bill before anything starts; over the cap is refused here, before any AWS change.
+    preview = cost_preview(
+        request, clients, plan=spot_plan(request, settings), cache_dir=hooks.price_cache_dir
+    )
+    cost.check_cap(preview, aws_enforces_cap=request.kind != contract.FLEET_KIND_ON_DEMAND)
+    if not args.json:
+        ctx.stderr.write(render.render_preview(preview) + "\n")
+        ctx.stderr.flush()
     if not args.yes:
         size = (
             f"{request.count} on-demand {request.instance_type} instance(s)"
@@ -169,10 +265,11 @@ def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
             f"Start {size} as annex {request.annex_name} for "
             f"{duration / 3600:.2f} h (idle shutdown after {idle / 60:.0f} min)?"
         )
+        if not preview.known:
+            question = f"The price of this annex is UNKNOWN (see above). {question}"
         if not (ctx.confirm or _default_confirm(ctx.stderr))(question):
             ctx.stderr.write("condor_annex: nothing was started.\n")
             return 1
-    hooks = ctx.create_hooks or CreateHooks()
     if hooks.progress is None and not args.json:
 
         def progress(step: str, state: str) -> None:
@@ -181,9 +278,7 @@ def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
                 ctx.stderr.flush()
 
         hooks.progress = progress
-    result = create_annex(
-        request, settings=settings, clients=_clients(args, ctx, settings), hooks=hooks
-    )
+    result = create_annex(request, settings=settings, clients=clients, hooks=hooks, preview=preview)
     ctx.stdout.write((render.to_json(result) if args.json else render.render_create(result)) + "\n")
     return EXIT_OK
 

@@ -88,10 +88,12 @@ def run(mode: str, args: argparse.Namespace, ctx: CliContext) -> int:
         return 0
 
     # destroy-setup
+    from condor_annex.annex_settings import regional_macros
     from condor_annex.user_config import read_annex_macros
 
     stack_name = (
-        read_annex_macros(config_file).get(contract.MACRO_STACK_NAME) or contract.STACK_NAME
+        regional_macros(read_annex_macros(config_file), region).get(contract.MACRO_STACK_NAME)
+        or contract.STACK_NAME
     )
     if not args.yes and not (ctx.confirm or _no_tty_confirm)(
         f"Remove the condor_annex setup {stack_name} in {region}?"

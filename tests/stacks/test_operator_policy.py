@@ -86,7 +86,7 @@ def test_operator_may_invoke_the_setup_functions(synthesized_setup):
 
 
 LAUNCH_TEMPLATES = "arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:launch-template/*"
-CLI_MODULES = ("create.py", "off.py", "launch_templates.py")
+CLI_MODULES = ("create.py", "off.py", "annex.py")
 
 
 def _launch_template_calls() -> set[str]:
@@ -98,7 +98,7 @@ def _launch_template_calls() -> set[str]:
     calls: set[str] = set()
     for module in CLI_MODULES:
         source = (package / module).read_text()
-        for method in re.findall(r"\.(\w*launch_templates?)\(", source):
+        for method in re.findall(r"\bec2\.(\w*launch_templates?)\(", source):
             calls.add("ec2:" + "".join(part.capitalize() for part in method.split("_")))
     return calls
 
@@ -160,3 +160,12 @@ def test_launch_templates_are_described_without_resource_scoping(synthesized_set
     assert "ec2:DescribeLaunchTemplates" in statement.actions
     assert statement.resources == ["*"]
     assert all(a.startswith("ec2:Describe") for a in statement.actions)
+
+
+def test_the_cost_preview_may_read_prices_and_nothing_else_of_the_price_list(synthesized_setup):
+    template = synthesized_setup.template
+    statement = by_sid(template, policy_id(template), "ReadPrices")
+    assert statement.actions == ["pricing:GetProducts"]
+    assert statement.resources == ["*"]
+    describe = by_sid(template, policy_id(template), "DescribeForStatusAndLaunch")
+    assert "ec2:DescribeSpotPriceHistory" in describe.actions
