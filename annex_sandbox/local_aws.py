@@ -396,6 +396,16 @@ class SandboxState:
         with self._lock:
             self._calls.clear()
 
+    def add_root_access_key(self, access_key_id: str) -> None:
+        """Treat `access_key_id` as one of the account root's access keys (allowed everything).
+
+        AWS accounts' root users may have access keys; tests that sign with a key of their own
+        (keys read from files) register it here instead of creating an IAM user.
+        """
+        world = self.authorizer.world
+        world.root_access_keys = world.root_access_keys | {access_key_id}
+        world.invalidate()
+
     def authz_report(self) -> dict[str, Any]:
         """What the IAM engine decided for callers other than the root, and what is unmapped."""
         authorizer = self.authorizer
@@ -631,6 +641,9 @@ class LocalAws:
 
     def enforce_iam(self, enabled: bool = True) -> None:
         self.state.enforce_iam(enabled)
+
+    def add_root_access_key(self, access_key_id: str) -> None:
+        self.state.add_root_access_key(access_key_id)
 
     def throttle(
         self,

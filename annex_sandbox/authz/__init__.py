@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from annex_sandbox.authz.engine import ALLOWED, EngineUnavailable, PolicyEngine
-from annex_sandbox.authz.mapping import MAPPINGS, Check, checks_for
+from annex_sandbox.authz.mapping import MAPPINGS, Check, checks_for, is_mapped
 from annex_sandbox.authz.request import AwsRequest, parse_request
 from annex_sandbox.authz.world import Caller, CallerUnknown, World
 
@@ -84,31 +84,39 @@ class Authorizer:
             caller = self.world.caller(req.access_key_id, req.session_token)
         except CallerUnknown as unknown:
             return Decision(False, unknown_caller=unknown.reason)
+        if caller.is_root:
+            # AWS allows the root everything: no checks to build, only unmapped calls to note.
+            if not is_mapped(req):
+                self._note_unmapped(req, caller)
+            return Decision(True, caller)
         checks = checks_for(req, self.world, caller)
         if checks is None:
-            with self._lock:
-                self.unmapped[f"{req.service}:{req.operation}"] += 1
-                if DECISION_LOG_ENV in os.environ:
-                    with open(os.environ[DECISION_LOG_ENV], "a") as log:
-                        entry = (f"{req.service}:{req.operation}", caller.arn, caller.kind)
-                        log.write(json.dumps([*entry, True, ["unmapped"]]) + "\n")
-            if caller.is_root:
-                return Decision(True, caller, unmapped=True)
+            self._note_unmapped(req, caller)
             self._record(req, caller, False, ["unmapped"])
             return Decision(False, caller, unmapped=True)
-        if caller.is_root:
-            return Decision(True, caller, checks)
         refusals = self.evaluate(caller, checks, req.region)
         self._record(req, caller, not refusals, [r.describe() for r in refusals])
         return Decision(not refusals, caller, checks, refusals)
+
+    def _note_unmapped(self, req: AwsRequest, caller: Caller) -> None:
+        operation = f"{req.service}:{req.operation}"
+        with self._lock:
+            self.unmapped[operation] += 1
+            if caller.is_root:
+                self._log([operation, caller.arn, caller.kind, True, ["unmapped"]])
 
     def _record(self, req: AwsRequest, caller: Caller, allowed: bool, refused: list[str]) -> None:
         entry = (f"{req.service}:{req.operation}", caller.arn, caller.kind, allowed, refused)
         with self._lock:
             self.decisions.append(entry)
-            if DECISION_LOG_ENV in os.environ:
-                with open(os.environ[DECISION_LOG_ENV], "a") as log:
-                    log.write(json.dumps(entry) + "\n")
+            self._log(list(entry))
+
+    @staticmethod
+    def _log(entry: list[Any]) -> None:
+        path = os.environ.get(DECISION_LOG_ENV)
+        if path:
+            with open(path, "a") as log:
+                log.write(json.dumps(entry) + "\n")
 
     def evaluate(self, caller: Caller, checks: list[Check], region: str) -> list[Refusal]:
         """The checks the engine does not allow for `caller` (roles in `as_role` act for it)."""
@@ -169,7 +177,7 @@ class Authorizer:
         decision = self.decide(req)
         self.note_write(service, operation)
         if decision.allowed:
-            if protocol == "ec2" and req.flag("DryRun") and decision.checks is not None:
+            if protocol == "ec2" and req.flag("DryRun"):
                 return ec2_error(
                     "412 Precondition Failed",
                     "DryRunOperation",

@@ -675,13 +675,21 @@ MAPPINGS: dict[str, Mapping] = {
 _OPERATION_SERVICE = {"monitoring": "cloudwatch"}
 
 
+def _action_of(req: AwsRequest) -> str:
+    return f"{_OPERATION_SERVICE.get(req.service, req.service)}:{req.operation}"
+
+
+def is_mapped(req: AwsRequest) -> bool:
+    return f"{req.service}:{req.operation}" in MAPPINGS or is_wildcard_only(_action_of(req))
+
+
 def checks_for(req: AwsRequest, world: World, caller: Caller) -> Optional[list[Check]]:
     """The checks of `req`, or None when the operation has no mapping (the engine denies it)."""
     key = f"{req.service}:{req.operation}"
     mapping = MAPPINGS.get(key)
     if mapping is not None:
         return mapping.build(req, world, caller)
-    action = f"{_OPERATION_SERVICE.get(req.service, req.service)}:{req.operation}"
+    action = _action_of(req)
     if is_wildcard_only(action):
         return [Check(action, "*")]
     return None
