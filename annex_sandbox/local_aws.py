@@ -558,6 +558,10 @@ class LocalAws:
         # Lambda Invoke runs Python handlers; their own AWS calls come back here.
         lambda_runtime.install(self.endpoint_url)
         self.state.schedule_clock = ScheduleClock().start()
+        if self.state.iam_engine_default:
+            threading.Thread(
+                target=self.state.authorizer.engine.warm, name="iam-engine-start", daemon=True
+            ).start()
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="local-aws", daemon=True
         )

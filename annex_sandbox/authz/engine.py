@@ -52,6 +52,12 @@ class PolicyEngine:
             cwd=ROOT,
         )
 
+    def warm(self) -> None:
+        """Start the worker now, so the first decision does not pay node's start-up."""
+        with self._lock:
+            if self._process is None or self._process.poll() is not None:
+                self._process = self._start()
+
     def decide(self, simulations: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not simulations:
             return []
