@@ -35,6 +35,15 @@ def parse_duration(text: str, *, default_unit: str = "h") -> int:
     return round(float(match.group("number")) * _UNIT_SECONDS[unit])
 
 
+def parse_owners(text: str) -> tuple[str, ...]:
+    """`-owner "big, little"` → ("big", "little"): commas and/or blanks separate, as in the old
+    tool's stringListMember list; duplicates dropped."""
+    owners = tuple(dict.fromkeys(o for o in re.split(r"[,\s]+", text) if o))
+    if not owners:
+        raise InvalidInput("-owner names nobody", next_step="pass -owner USER[, USER]*")
+    return owners
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but usage errors become InvalidInput (exit code 2, one line on stderr)."""
 
@@ -118,12 +127,25 @@ def build_parser() -> argparse.ArgumentParser:
         choices=spot.FLEET_TYPES,
         default=spot.DEFAULT_FLEET_TYPE,
     )
-    annex.add_argument(*_twin("aws-key-name"), dest="key_name")
+    annex.add_argument(*_twin("aws-key-name"), *_twin("aws-on-demand-key-name"), dest="key_name")
     annex.add_argument(*_twin("aws-subnet-id"), dest="subnet_ids", action="append", default=[])
     annex.add_argument(
         *_twin("tag"), nargs=2, metavar=("KEY", "VALUE"), action="append", default=[]
     )
-    annex.add_argument(*_twin("owner"), help="owner recorded on the annex (default: you)")
+    owners = annex.add_mutually_exclusive_group()
+    owners.add_argument(
+        *_twin("owner"),
+        help="USER[, USER]*: whose jobs may run on the annex (default: you)",
+    )
+    owners.add_argument(
+        *_twin("no-owner"), dest="no_owner", action="store_true", help="anyone's jobs may run"
+    )
+    annex.add_argument(
+        *_twin("config-dir"),
+        dest="config_dir",
+        metavar="DIR",
+        help="add DIR's config files to each instance's config.d (after the annex's own)",
+    )
     user_data = annex.add_mutually_exclusive_group()
     user_data.add_argument(*_twin("aws-user-data"), dest="user_data")
     user_data.add_argument(*_twin("aws-user-data-file"), dest="user_data_file")

@@ -7,14 +7,18 @@ import json
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from condor_annex import contract
 from condor_annex.contract import utc_iso
 from condor_annex.cost import CostPreview
-from condor_annex.create import CreateResult, ExtendResult
+from condor_annex.create import CreateResult
+from condor_annex.extend import ExtendResult
 from condor_annex.off import OffResult
 from condor_annex.status import StatusReport
+
+if TYPE_CHECKING:
+    from condor_annex.setup import CheckResult, SetupResult
 
 SCHEMA_PATH = Path(__file__).with_name("status.schema.json")
 
@@ -184,3 +188,35 @@ def render_off(result: OffResult) -> str:
         lines.append(f"Asked {result.peaceful_requests} daemon(s) to shut down peacefully first.")
     lines.extend(f"note: {n}" for n in result.notes)
     return "\n".join(lines)
+
+
+def render_progress(line: str) -> str:
+    """One progress line (stderr), indented under the command."""
+    return f"  {line}\n"
+
+
+def render_note(note: str) -> str:
+    """A note the admin should read before anything starts (stderr)."""
+    return f"condor_annex: note: {note}\n"
+
+
+def render_declined(what: str) -> str:
+    """The answer to a declined confirmation (stderr)."""
+    return f"condor_annex: {what}.\n"
+
+
+def render_setup(result: SetupResult) -> str:
+    return (
+        f"Setup {result.stack_name} in {result.region} is ready; "
+        f"{len(result.outputs)} settings written to {result.config_file}."
+    )
+
+
+def render_check_setup(check: CheckResult) -> str:
+    lines = [f"ok: {line}" for line in check.checked]
+    lines += [f"PROBLEM: {p.what} — next: {p.next_step}" for p in check.problems]
+    return "\n".join(lines)
+
+
+def render_destroyed(stack_name: str, config_file: Path) -> str:
+    return f"Setup {stack_name} removed; its macros were taken out of {config_file}."
