@@ -9,6 +9,8 @@ twice is harmless.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Optional
@@ -17,7 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from condor_annex import annex, contract
 from condor_annex.annex_settings import NEEDED_FOR_STATUS, AnnexClients, Settings, require_setup
-from condor_annex.errors import InvalidInput, translate_aws_error
+from condor_annex.errors import AnnexError, InvalidInput, translate_aws_error
 
 PoolShutdown = Callable[[str], int]
 """Ask the pool to turn the annex's daemons off peacefully; returns how many were asked."""
@@ -101,17 +103,36 @@ def annex_off(
     return result
 
 
-def htcondor_pool_shutdown(collector: str) -> PoolShutdown:
-    """Ask each master of the annex (ads with AnnexName == name) to shut down peacefully."""
+def htcondor_pool_shutdown(
+    collector: str, runner: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run
+) -> PoolShutdown:
+    """Ask each master of the annex to shut down peacefully, through the pool's collector.
+
+    `condor_off -peaceful -master -pool COLLECTOR -constraint ...` rather than the bindings'
+    `send_command`: an annex node has no pool signing key, so it cannot verify a token a client
+    presents; the command gets in only with the remote-administration capability the master
+    registered with the collector, which condor_off fetches for a pool administrator. (Measured
+    with the real daemons: tests/pool/test_pool_off.py.) `=?=` because ClassAd `==` ignores case
+    on strings: `==` would also stop annex "A" when asked for "a".
+    """
 
     def shutdown(annex_name: str) -> int:
         import htcondor2
 
-        coll = htcondor2.Collector(collector)
-        constraint = f'{contract.ANNEX_NAME_ATTRIBUTE} == "{annex_name}"'
-        ads = coll.query(htcondor2.AdType.Master, constraint=constraint)
-        for ad in ads:
-            htcondor2.send_command(ad, htcondor2.DaemonCommand.OffPeaceful)
-        return len(ads)
+        constraint = f'{contract.ANNEX_NAME_ATTRIBUTE} =?= "{annex_name}"'
+        masters = htcondor2.Collector(collector).query(
+            htcondor2.AdType.Master, constraint=constraint, projection=["Name"]
+        )
+        if not masters:
+            return 0
+        tool = shutil.which("condor_off")
+        if tool is None:
+            raise AnnexError("condor_off is not on PATH", next_step="install the HTCondor tools")
+        command = [tool, "-peaceful", "-master", "-pool", collector, "-constraint", constraint]
+        result = runner(command, capture_output=True, text=True, timeout=60, check=False)
+        if result.returncode != 0:
+            reason = (result.stderr or result.stdout or "no message").strip().splitlines()[-1]
+            raise AnnexError(f"condor_off exited {result.returncode}: {reason}")
+        return len(masters)
 
     return shutdown
