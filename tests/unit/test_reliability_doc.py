@@ -66,10 +66,18 @@ def test_a_claim_without_an_assertion_is_caught() -> None:
     assert any("no assertion backs" in p for p in page_problems(render(rows), rows))
 
 
-def test_a_row_with_no_claim_is_caught() -> None:
+def test_a_passed_row_with_no_claim_is_caught() -> None:
     rows = _sample()
     rows[0]["claims"] = []
     assert any("no claim" in p for p in page_problems(render(rows), rows))
+
+
+def test_a_test_that_failed_before_its_first_claim_still_shows_as_failed() -> None:
+    rows = _sample()
+    rows[0].update(claims=[], result="failed")
+    page = render(rows)
+    assert "| input | -count 0 | (failed before its first claim) | failed |" in page
+    assert page_problems(page, rows) == []
 
 
 def test_a_passed_row_with_a_false_claim_is_caught() -> None:
@@ -79,17 +87,16 @@ def test_a_passed_row_with_a_false_claim_is_caught() -> None:
 
 
 def test_a_false_claim_fails_the_test_that_makes_it() -> None:
-    recorded: list[Any] = []
-    row = Row("throttling", "status while EC2 throttles", lambda name, v: recorded.append(v))
+    row = Row("throttling", "status while EC2 throttles")
     with pytest.raises(AssertionError, match="0 EC2 calls answered with throttling"):
         row.check("0 EC2 calls answered with throttling", 0 > 0)
-    assert recorded[-1]["claims"] == [
+    assert row.claims == [
         {"text": "0 EC2 calls answered with throttling", "asserted": True, "held": False}
     ]
 
 
 def test_a_failing_assertion_behind_a_claim_fails_it() -> None:
-    row = Row("a", "b", lambda name, v: None)
+    row = Row("a", "b")
 
     def refuse() -> None:
         raise AssertionError("nope")
