@@ -9,10 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from condor_annex import contract
 from condor_annex.aws import make_client, make_session
+
+if TYPE_CHECKING:
+    from condor_annex.target import AwsTarget
 
 # Which Settings field holds which stack output. Checked against contract.STACK_OUTPUTS below so a
 # new output cannot be forgotten here.
@@ -64,6 +67,8 @@ class Settings:
     operator_policy_arn: str = ""
     region: str = ""
     stack_name: str = contract.STACK_NAME
+    account_id: str = ""
+    """The account `-setup` deployed into (empty in configs written before it was recorded)."""
 
     @classmethod
     def from_macros(cls, macros: Mapping[str, str]) -> Settings:
@@ -77,6 +82,7 @@ class Settings:
             else:
                 values[name] = raw
         values["region"] = macros.get(contract.MACRO_AWS_REGION, "").strip()
+        values["account_id"] = macros.get(contract.MACRO_AWS_ACCOUNT_ID, "").strip()
         values["stack_name"] = (
             macros.get(contract.MACRO_STACK_NAME, "").strip() or contract.STACK_NAME
         )
@@ -125,6 +131,19 @@ class AnnexClients:
     scheduler: Any
     lambda_: Any
     region: str = ""
+    account_id: str = ""
+
+    @classmethod
+    def from_target(cls, target: AwsTarget) -> AnnexClients:
+        """Every client from the one session `target` resolved (same account, same region)."""
+        return cls(
+            ec2=target.client("ec2"),
+            s3=target.client("s3"),
+            scheduler=target.client("scheduler"),
+            lambda_=target.client("lambda"),
+            region=target.region,
+            account_id=target.account_id,
+        )
 
     @classmethod
     def from_session(

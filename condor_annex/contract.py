@@ -11,6 +11,7 @@ import fnmatch
 import json
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any, Optional
@@ -97,6 +98,8 @@ OUTPUT_KEY_BY_MACRO: dict[str, str] = {o.macro: o.key for o in STACK_OUTPUTS}
 # Macros the CLI writes that do not come from a stack output.
 MACRO_AWS_REGION = "ANNEX_DEFAULT_AWS_REGION"
 MACRO_STACK_NAME = "ANNEX_DEFAULT_STACK_NAME"
+MACRO_AWS_ACCOUNT_ID = "ANNEX_DEFAULT_AWS_ACCOUNT_ID"
+"""The account `-setup` deployed into; destructive verbs refuse credentials of another account."""
 
 # --- Configuration objects in the bucket --------------------------------------------------------
 
@@ -141,7 +144,7 @@ def bucket_from_policy_resource(resource: str) -> Optional[str]:
     The agent scans its role's policies with this: a resource such as
     `arn:aws:s3:::my-bucket/config-*.tar.gz` yields `my-bucket`; anything else yields None.
     """
-    match = _S3_OBJECT_ARN.match(resource)
+    match = _S3_OBJECT_ARN.fullmatch(resource)
     if match is None or match.group("key") != CONFIG_KEY_PATTERN:
         return None
     return match.group("bucket")
@@ -225,7 +228,8 @@ def validate_annex_name(name: str) -> str:
             f"annex name {name!r} has {len(name)} characters; at most {ANNEX_NAME_MAX_LENGTH} fit "
             f"in an EC2 client token with its GUID"
         )
-    if not _ANNEX_NAME_RE.match(name):
+    # fullmatch: `$` in a pattern also matches before a trailing newline ("web\n").
+    if not _ANNEX_NAME_RE.fullmatch(name):
         raise InvalidAnnexName(
             f"annex name {name!r} is not allowed: use ASCII letters, digits, '-' and '_', "
             "starting with a letter and ending with a letter or digit"
@@ -245,7 +249,7 @@ def annex_name_from_client_token(token: str) -> Optional[str]:
     Spot Fleet instances carry the fleet's own generated token (no underscore): None.
     """
     name, sep, guid = token.rpartition("_")
-    if not sep or not _GUID_RE.match(guid):
+    if not sep or not _GUID_RE.fullmatch(guid):
         return None
     try:
         return validate_annex_name(name)
@@ -256,6 +260,38 @@ def annex_name_from_client_token(token: str) -> Optional[str]:
 def token_belongs_to(token: Optional[str], annex_name: str) -> bool:
     """True when `token` was made for `annex_name`: `big` does not own `big_data_<GUID>`."""
     return token is not None and annex_name_from_client_token(token) == annex_name
+
+
+OWNED = "owned"
+TOKEN_ONLY = "token-only"  # noqa: S105 (an ownership verdict, not a secret)
+TAG_ONLY = "tag-only"
+
+
+def ownership(token: Optional[str], tags: Any, annex_name: str) -> Optional[str]:
+    """Whether a resource is `annex_name`'s: OWNED only when its client token AND the tags this
+    tool sets at launch (annex name + managed-by) both say so; TOKEN_ONLY / TAG_ONLY for a
+    one-sided match (reported, never touched); None when neither matches.
+
+    `tags` is EC2's list of `{"Key", "Value"}` (or a mapping). A token alone is not proof: anyone
+    may launch with a token shaped `web_<GUID>`; a tag alone is not either: tags can be edited.
+    """
+    if isinstance(tags, Mapping):
+        values = {str(k): str(v) for k, v in tags.items()}
+    else:
+        values = {
+            str(t.get("Key")): str(t.get("Value")) for t in tags or [] if isinstance(t, Mapping)
+        }
+    by_token = token_belongs_to(token, annex_name)
+    by_tag = (
+        values.get(TAG_ANNEX_NAME) == annex_name and values.get(TAG_MANAGED_BY) == MANAGED_BY_VALUE
+    )
+    if by_token and by_tag:
+        return OWNED
+    if by_token:
+        return TOKEN_ONLY
+    if by_tag:
+        return TAG_ONLY
+    return None
 
 
 def client_token_filter_value(annex_name: str) -> str:

@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from condor_annex import contract, lease, spot
+from condor_annex import contract, inputs, lease, spot
 from condor_annex.annex_settings import (
     NEEDED_FOR_ON_DEMAND,
     NEEDED_FOR_SPOT_FLEET,
@@ -265,7 +265,7 @@ def validate_request(request: CreateRequest) -> None:
     for key, value in request.tags:
         if not key or len(key) > 128 or len(value) > 256:
             raise InvalidInput(f"tag {key!r}: keys need 1-128 characters and values at most 256")
-        if not _METADATA_TAG_KEY.match(key) or key in (".", ".."):
+        if not _METADATA_TAG_KEY.fullmatch(key) or key in (".", ".."):
             # Instance metadata tags are enabled on every annex instance; EC2 then refuses tag
             # keys outside this alphabet (EC2 User Guide, "View tags for your EC2 instances
             # using instance metadata").
@@ -297,6 +297,21 @@ def validate_request(request: CreateRequest) -> None:
             )
     if not request.owner or len(request.owner) > 256:
         raise InvalidInput("-owner must be 1 to 256 characters", next_step="pass -owner USER")
+    parse_collector(request.collector)
+    if request.start_expression is not None:
+        inputs.check_start_expression(request.start_expression)
+    if request.slots is not None and request.spot_instance_types:
+        inputs.check_fleet_size(
+            request.slots, [t.weight for t in request.spot_instance_types], MAX_COUNT
+        )
+    if request.token_file is not None:
+        now = datetime.now(timezone.utc)
+        inputs.check_token_file(
+            request.token_file,
+            lease_expires_at=now + timedelta(seconds=request.duration_seconds),
+            now=now,
+            trust_domain=request.trust_domain,
+        )
 
 
 def validate_duration(seconds: int) -> None:
@@ -402,11 +417,23 @@ def instances_with_token_prefix(
             {"Name": "instance-state-name", "Values": list(states)},
         ],
     )
-    return [i for i in found if contract.token_belongs_to(i.get("ClientToken"), annex_name)]
+    return [
+        i
+        for i in found
+        if contract.ownership(i.get("ClientToken"), i.get("Tags"), annex_name) == contract.OWNED
+    ]
+
+
+def _fleet_tags(fleet: dict[str, Any]) -> Any:
+    # DescribeSpotFleetRequests returns the request's tags beside its config (EC2 API reference,
+    # SpotFleetRequestConfig: "Tags").
+    return fleet.get("Tags") or fleet.get("SpotFleetRequestConfig", {}).get(
+        "TagSpecifications", [{}]
+    )[0].get("Tags", [])
 
 
 def fleets_of(ec2: Any, annex_name: Optional[str]) -> list[dict[str, Any]]:
-    """Live Spot Fleet requests whose client token belongs to `annex_name` (any annex if None)."""
+    """Live Spot Fleet requests owned by `annex_name` (client token AND tags; any annex if None)."""
     out: list[dict[str, Any]] = []
     for page in ec2.get_paginator("describe_spot_fleet_requests").paginate():
         for fleet in page.get("SpotFleetRequestConfigs", []):
@@ -414,9 +441,50 @@ def fleets_of(ec2: Any, annex_name: Optional[str]) -> list[dict[str, Any]]:
                 continue
             token = fleet.get("SpotFleetRequestConfig", {}).get("ClientToken")
             owner = contract.annex_name_from_client_token(token or "")
-            if owner is not None and (annex_name is None or owner == annex_name):
+            if owner is None or (annex_name is not None and owner != annex_name):
+                continue
+            if contract.ownership(token, _fleet_tags(fleet), owner) == contract.OWNED:
                 out.append(fleet)
     return out
+
+
+def one_sided_matches(ec2: Any, annex_name: str) -> list[str]:
+    """Live instances and fleets that only half-match `annex_name` (token without the tags, or
+    the tags without the token): described for the admin, never touched."""
+    found: dict[str, str] = {}
+    by_token = _paginate_instances(
+        ec2,
+        [
+            {"Name": "client-token", "Values": [contract.client_token_filter_value(annex_name)]},
+            {"Name": "instance-state-name", "Values": list(LIVE_INSTANCE_STATES)},
+        ],
+    )
+    by_tag = _paginate_instances(
+        ec2,
+        [
+            {"Name": f"tag:{contract.TAG_ANNEX_NAME}", "Values": [annex_name]},
+            {"Name": "instance-state-name", "Values": list(LIVE_INSTANCE_STATES)},
+        ],
+    )
+    for instance in [*by_token, *by_tag]:
+        match = contract.ownership(instance.get("ClientToken"), instance.get("Tags"), annex_name)
+        # Spot Fleet instances carry the fleet's token, not the annex's: the fleet vouches
+        # for them (they are ended with it), so a tag-only match there is expected.
+        fleet_made = any(
+            t.get("Key") == contract.SPOT_FLEET_REQUEST_ID_TAG for t in instance.get("Tags", [])
+        )
+        if match in (contract.TOKEN_ONLY, contract.TAG_ONLY) and not fleet_made:
+            found[str(instance["InstanceId"])] = f"instance {instance['InstanceId']} ({match})"
+    for page in ec2.get_paginator("describe_spot_fleet_requests").paginate():
+        for fleet in page.get("SpotFleetRequestConfigs", []):
+            if fleet.get("SpotFleetRequestState") not in LIVE_FLEET_STATES:
+                continue
+            token = fleet.get("SpotFleetRequestConfig", {}).get("ClientToken")
+            match = contract.ownership(token, _fleet_tags(fleet), annex_name)
+            if match in (contract.TOKEN_ONLY, contract.TAG_ONLY):
+                fid = str(fleet["SpotFleetRequestId"])
+                found[fid] = f"Spot Fleet request {fid} ({match})"
+    return [found[k] for k in sorted(found)]
 
 
 def existing_annex_summary(
@@ -613,6 +681,8 @@ def _create_steps(
                 allocation_strategy=request.spot_allocation_strategy,
                 fleet_type=request.spot_fleet_type,
             )
+    if plan is not None:
+        _check_spot_plan(request, settings, plan, clients)
     ami = request.ami_id or (spot.image_id_of(plan) if plan else None)
     if ami is None:
         raise InvalidInput(
@@ -846,6 +916,44 @@ def _create_steps(
         )
         st.done(STEP_LAUNCH)
     return result
+
+
+def _check_spot_plan(
+    request: CreateRequest, settings: Settings, plan: spot.SpotPlan, clients: AnnexClients
+) -> None:
+    """The Spot Fleet request and launch template this plan becomes, checked against the EC2
+    API's own shapes and the instance cap before anything is made (no request is sent)."""
+    weights = [float(o.get("WeightedCapacity", 1)) for o in plan.overrides]
+    inputs.check_fleet_size(int(request.slots or 0), weights, MAX_COUNT)
+    source = (
+        f"-aws-spot-fleet-config-file {request.spot_fleet_config_file}"
+        if request.spot_fleet_config_file is not None
+        else "-aws-spot-instance-types"
+    )
+    example_token = contract.new_client_token(request.annex_name)
+    config = spot.build_spot_fleet_request_config(
+        plan,
+        launch_template_id="lt-0123456789abcdef0",
+        launch_template_version="1",
+        client_token=example_token,
+        slots=int(request.slots or 0),
+        fleet_role_arn=settings.spot_fleet_role_arn,
+        valid_until="2030-01-01T00:00:00Z",
+        tags=annex_tags(request),
+        subnet_ids=request.subnet_ids,
+    )
+    model = clients.ec2.meta.service_model
+    inputs.check_against_model(
+        model, "RequestSpotFleet", {"SpotFleetRequestConfig": config}, source=source
+    )
+    template = {k: v for k, v in plan.template_data.items() if k != "UserData"}
+    template.setdefault("ImageId", request.ami_id or "ami-00000000")
+    inputs.check_against_model(
+        model,
+        "CreateLaunchTemplate",
+        {"LaunchTemplateName": "check", "LaunchTemplateData": template},
+        source=source,
+    )
 
 
 def _run_instances(

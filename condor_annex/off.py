@@ -3,7 +3,8 @@
 Order: ask the pool to shut the annex's daemons down peacefully (optional hook, best effort),
 cancel its Spot Fleets with their instances, terminate its own instances, then remove its
 launch template, tarball, lease record and schedule. Which instances belong to the annex is
-decided by client tokens (SPEC §2), never by tags. Running it twice is harmless.
+decided by client token AND the tags set at launch (`contract.ownership`): a resource matching
+only one of them is reported in the notes and left alone. Running it twice is harmless.
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from condor_annex import contract, lease
 from condor_annex.annex_settings import NEEDED_FOR_STATUS, AnnexClients, Settings
-from condor_annex.create import fleets_of, instances_with_token_prefix, require_setup
+from condor_annex.create import (
+    fleets_of,
+    instances_with_token_prefix,
+    one_sided_matches,
+    require_setup,
+)
 from condor_annex.errors import InvalidInput, translate_aws_error
 from condor_annex.launch_templates import delete_launch_template
 from condor_annex.status import describe_instances
@@ -113,6 +119,12 @@ def _off(annex_name: str, settings: Settings, clients: AnnexClients, result: Off
     for start in range(0, len(ordered), _TERMINATE_BATCH):
         ec2.terminate_instances(InstanceIds=ordered[start : start + _TERMINATE_BATCH])
     result.terminated_instances = ordered
+    for described in one_sided_matches(ec2, annex_name):
+        if not any(i in described for i in ordered) and not any(f in described for f in fleets):
+            result.notes.append(
+                f"left alone: {described} matches annex {annex_name} only in part "
+                "(client token and condor_annex tags must both match); check it yourself"
+            )
 
     result.deleted_launch_template = delete_launch_template(
         ec2, contract.launch_template_name(annex_name)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from condor_annex.errors import InvalidInput
+from condor_annex.files import read_input_text
 
 MAX_CONFIG_FILE_BYTES = 256 * 1024
 MAX_OVERRIDES = 50
@@ -117,7 +118,7 @@ def parse_instance_types(values: Sequence[str]) -> tuple[InstanceTypeWeight, ...
                 continue
             itype, _, weight_text = item.partition(":")
             itype = itype.strip()
-            if not _INSTANCE_TYPE_RE.match(itype):
+            if not _INSTANCE_TYPE_RE.fullmatch(itype):
                 raise InvalidInput(
                     f"{itype!r} is not an EC2 instance type",
                     next_step="write types as FAMILY.SIZE[:WEIGHT], e.g. m5.large:2,c5.xlarge:4",
@@ -197,20 +198,15 @@ def load_spot_fleet_config(
     The file is refused, with the reason, when it is too big, not JSON, uses launch templates,
     or names a fleet role, instance profile or security group other than the setup's.
     """
+    text = read_input_text(
+        path,
+        flag="-aws-spot-fleet-config-file",
+        what="Spot Fleet config file",
+        max_bytes=MAX_CONFIG_FILE_BYTES,
+    )
     try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise InvalidInput(
-            f"cannot read the Spot Fleet config file {path}: {exc.strerror}"
-        ) from None
-    if size > MAX_CONFIG_FILE_BYTES:
-        raise InvalidInput(
-            f"the Spot Fleet config file {path} has {size} bytes; at most "
-            f"{MAX_CONFIG_FILE_BYTES} are accepted"
-        )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
         raise InvalidInput(f"the Spot Fleet config file {path} is not JSON: {exc}") from None
     return plan_from_config(
         data,
@@ -303,7 +299,7 @@ def plan_from_config(
                 "remove SecurityGroups from the file; condor_annex uses the setup's groups",
             )
         itype = spec.get("InstanceType")
-        if not isinstance(itype, str) or not _INSTANCE_TYPE_RE.match(itype):
+        if not isinstance(itype, str) or not _INSTANCE_TYPE_RE.fullmatch(itype):
             raise bad(f"{where}.InstanceType is missing or not an instance type")
         for key in _SHARED_SPEC_KEYS:
             if key in spec:

@@ -22,6 +22,7 @@ from condor_annex.annex_settings import NEEDED_FOR_STATUS, AnnexClients, Setting
 from condor_annex.cli import parser as cli_parser
 from condor_annex.cli import render
 from condor_annex.errors import AnnexError, InvalidInput, translate_aws_error
+from condor_annex.target import AwsTarget
 
 EXIT_OK = 0
 EXIT_INTERRUPTED = 130
@@ -42,6 +43,8 @@ class CliContext:
     collector_lookup: Optional[Callable[[], Optional[str]]] = None
     setup_connectivity_probe: Optional[Callable[[dict[str, Any]], dict[str, Any]]] = None
     """For -check-setup: the connectivity function's view (default: invoke the Lambda)."""
+    target: Optional[Callable[..., AwsTarget]] = None
+    """`target.resolve_target` (tests may count or replace it)."""
 
 
 def _default_confirm(stderr: TextIO) -> Callable[[str], bool]:
@@ -67,8 +70,36 @@ def _collector(args: argparse.Namespace, ctx: CliContext) -> Optional[str]:
     return condor_params(["COLLECTOR_HOST"]).get("COLLECTOR_HOST")
 
 
+def _config_path(args: argparse.Namespace) -> Path:
+    from condor_annex.user_config import user_config_path
+
+    return Path(args.config_file).expanduser() if args.config_file else user_config_path()
+
+
 def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(Path(args.config_file).expanduser() if args.config_file else None)
+    return load_settings(_config_path(args))
+
+
+def _target(
+    args: argparse.Namespace, ctx: CliContext, settings: Settings, action: str
+) -> AwsTarget:
+    """The one account and region this verb acts in, checked against the recorded setup."""
+    from condor_annex.target import check_recorded, check_region, resolve_target
+
+    config = str(_config_path(args))
+    # Before any AWS call: a region other than the setup's has no setup to act on.
+    check_region(args.region, settings.region, config_file=config)
+    target = (ctx.target or resolve_target)(
+        region=args.region or settings.region or None, profile=args.profile, action=action
+    )
+    check_recorded(
+        target,
+        account_id=settings.account_id,
+        region=settings.region,
+        config_file=config,
+        action=action,
+    )
+    return target
 
 
 def _clients(
@@ -76,27 +107,33 @@ def _clients(
     ctx: CliContext,
     settings: Settings,
     needed: tuple[contract.StackOutput, ...] = NEEDED_FOR_STATUS,
+    *,
+    action: str,
+    target: Optional[AwsTarget] = None,
 ) -> AnnexClients:
-    """Clients for the region in use, once the user config says a setup exists there."""
+    """Clients for the account and region of the recorded setup, once one is known to exist."""
     from condor_annex.create import require_setup
 
-    region = args.region or settings.region or None
-    require_setup(settings, needed, region or "")
+    require_setup(settings, needed, args.region or settings.region or "")
+    target = target or _target(args, ctx, settings, action)
     if ctx.clients is not None:
-        return ctx.clients(region, args.profile)
-    return AnnexClients.from_session(region=region, profile=args.profile)
+        return ctx.clients(target.region, args.profile)
+    return AnnexClients.from_target(target)
 
 
 def _user_data(args: argparse.Namespace) -> Optional[bytes]:
     if args.user_data is not None:
         return str(args.user_data).encode()
     if args.user_data_file is not None:
-        try:
-            return Path(args.user_data_file).read_bytes()
-        except OSError as exc:
-            raise InvalidInput(
-                f"cannot read the user data file {args.user_data_file}: {exc.strerror}"
-            ) from None
+        from condor_annex.create import MAX_USER_DATA_BYTES
+        from condor_annex.files import read_input_bytes
+
+        return read_input_bytes(
+            Path(args.user_data_file).expanduser(),
+            flag="-aws-user-data-file",
+            what="user data file",
+            max_bytes=MAX_USER_DATA_BYTES,
+        )
     return None
 
 
@@ -159,6 +196,7 @@ def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
         NEEDED_FOR_SPOT_FLEET if spot_fleet else NEEDED_FOR_ON_DEMAND,
         args.region or settings.region,
     )
+    target = _target(args, ctx, settings, "create the annex")
     if not args.yes:
         size = (
             f"{request.count} on-demand {request.instance_type} instance(s)"
@@ -166,7 +204,7 @@ def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
             else f"a Spot Fleet of {request.slots} slot(s)"
         )
         question = (
-            f"Start {size} as annex {request.annex_name} for "
+            f"Start {size} as annex {request.annex_name} in {target.describe()} for "
             f"{duration / 3600:.2f} h (idle shutdown after {idle / 60:.0f} min)?"
         )
         if not (ctx.confirm or _default_confirm(ctx.stderr))(question):
@@ -182,7 +220,10 @@ def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
 
         hooks.progress = progress
     result = create_annex(
-        request, settings=settings, clients=_clients(args, ctx, settings), hooks=hooks
+        request,
+        settings=settings,
+        clients=_clients(args, ctx, settings, action="create the annex", target=target),
+        hooks=hooks,
     )
     ctx.stdout.write((render.to_json(result) if args.json else render.render_create(result)) + "\n")
     return EXIT_OK
@@ -196,7 +237,7 @@ def run_extend(args: argparse.Namespace, ctx: CliContext) -> int:
         args.annex_name,
         cli_parser.parse_duration(args.duration),
         settings=settings,
-        clients=_clients(args, ctx, settings),
+        clients=_clients(args, ctx, settings, action="extend the annex's lease"),
     )
     ctx.stdout.write((render.to_json(result) if args.json else render.render_extend(result)) + "\n")
     return EXIT_OK
@@ -212,7 +253,7 @@ def run_status(args: argparse.Namespace, ctx: CliContext) -> int:
         pool_view = htcondor_pool_view(collector) if collector else None
     report = annex_status(
         settings=settings,
-        clients=_clients(args, ctx, settings),
+        clients=_clients(args, ctx, settings, action="show the annex status"),
         annex_name=args.annex_name,
         pool_view=pool_view,
     )
@@ -224,8 +265,13 @@ def run_off(args: argparse.Namespace, ctx: CliContext) -> int:
     from condor_annex.off import annex_off, htcondor_pool_shutdown
 
     settings = _settings(args)
+    from condor_annex.create import require_setup
+
+    require_setup(settings, NEEDED_FOR_STATUS, args.region or settings.region or "")
+    action = f"turn annex {args.annex_name} off"
+    target = _target(args, ctx, settings, action)
     if not args.yes and not (ctx.confirm or _default_confirm(ctx.stderr))(
-        f"Terminate every instance of annex {args.annex_name} now?"
+        f"Terminate every instance of annex {args.annex_name} in {target.describe()} now?"
     ):
         ctx.stderr.write("condor_annex: nothing was changed.\n")
         return 1
@@ -236,7 +282,7 @@ def run_off(args: argparse.Namespace, ctx: CliContext) -> int:
     result = annex_off(
         args.annex_name,
         settings=settings,
-        clients=_clients(args, ctx, settings),
+        clients=_clients(args, ctx, settings, action=action, target=target),
         pool_shutdown=shutdown,
     )
     ctx.stdout.write((render.to_json(result) if args.json else render.render_off(result)) + "\n")

@@ -25,7 +25,7 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 def parse_duration(text: str, *, default_unit: str = "h") -> int:
     """`90s`, `50m`, `2h`, `1d` or a bare number of `default_unit` → whole seconds (rounded)."""
-    match = _DURATION_RE.match(text)
+    match = _DURATION_RE.fullmatch(text)
     if not match:
         raise InvalidInput(
             f"{text!r} is not a duration",

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from condor_annex import contract
-from condor_annex.aws import make_session
 from condor_annex.errors import InvalidInput
+from condor_annex.target import session_for
 
 if TYPE_CHECKING:
     from condor_annex.cli.main import CliContext
@@ -52,6 +52,7 @@ def run(mode: str, args: argparse.Namespace, ctx: CliContext) -> int:
             config_file=config_file,
             progress=progress,
             credentials_files=credentials,
+            profile=args.profile,
         )
         if args.json:
             from condor_annex.cli.render import to_json
@@ -64,7 +65,7 @@ def run(mode: str, args: argparse.Namespace, ctx: CliContext) -> int:
             )
         return 0
 
-    session = make_session(region=region, profile=args.profile)
+    session = session_for(region, args.profile)
     if mode == "check-setup":
         collector = args.collector
         if collector is None and ctx.collector_lookup is not None:
@@ -88,13 +89,17 @@ def run(mode: str, args: argparse.Namespace, ctx: CliContext) -> int:
         return 0
 
     # destroy-setup
+    if not region:
+        raise InvalidInput("no AWS region given", next_step="pass -aws-region REGION")
     from condor_annex.user_config import read_annex_macros
 
     stack_name = (
         read_annex_macros(config_file).get(contract.MACRO_STACK_NAME) or contract.STACK_NAME
     )
+    where = f"{region} (profile {args.profile})" if args.profile else f"{region}"
     if not args.yes and not (ctx.confirm or _no_tty_confirm)(
-        f"Remove the condor_annex setup {stack_name} in {region}?"
+        f"Remove the condor_annex setup {stack_name} in {where}? (the account is checked "
+        "against the one recorded at -setup before anything is removed)"
     ):
         ctx.stderr.write("condor_annex: nothing was changed.\n")
         return 1
@@ -104,6 +109,7 @@ def run(mode: str, args: argparse.Namespace, ctx: CliContext) -> int:
         stack_name=stack_name,
         region=region or "",
         progress=progress,
+        profile=args.profile,
     )
     ctx.stdout.write(f"Setup {stack_name} removed; its macros were taken out of {config_file}.\n")
     return 0

@@ -6,8 +6,9 @@ every 15 minutes by an EventBridge rule; lists `leases/` in the config bucket). 
 `end_lease` and `sweep`, which take their boto3 clients and the current time, so tests call them
 in-process against the local AWS.
 
-An annex is identified by client tokens, never by tags (SPEC §2): an instance belongs to annex X
-when its client token, or its Spot Fleet's client token, is `X_<GUID>`. A Spot Fleet annex also
+An annex is identified by client token AND launch tags (`contract.ownership`): an instance
+belongs to annex X when its client token, or its Spot Fleet's client token, is `X_<GUID>` and it
+carries the annex tags condor_annex set at launch; a one-sided match is left alone. A Spot Fleet annex also
 owns the launch template named `contract.launch_template_name(X)`, deleted with the rest.
 """
 
@@ -102,8 +103,12 @@ def annex_instance_ids(ec2: Any, annex_name: str) -> list[str]:
     for page in paginator.paginate(Filters=filters):
         for reservation in page.get("Reservations", []):
             for instance in reservation.get("Instances", []):
-                # The filter is a wildcard (`big_*` also matches `big_data_<GUID>`): confirm.
-                if contract.token_belongs_to(instance.get("ClientToken"), annex_name):
+                # The filter is a wildcard (`big_*` also matches `big_data_<GUID>`), and a token
+                # alone is no proof: the launch tags must agree (contract.ownership).
+                owner = contract.ownership(
+                    instance.get("ClientToken"), instance.get("Tags"), annex_name
+                )
+                if owner == contract.OWNED:
                     ids.append(instance["InstanceId"])
     return ids
 
@@ -115,8 +120,11 @@ def annex_fleet_ids(ec2: Any, annex_name: str) -> list[str]:
     for page in paginator.paginate():
         for config in page.get("SpotFleetRequestConfigs", []):
             token = config.get("SpotFleetRequestConfig", {}).get("ClientToken")
+            tags = config.get("Tags") or config.get("SpotFleetRequestConfig", {}).get(
+                "TagSpecifications", [{}]
+            )[0].get("Tags", [])
             if (
-                contract.token_belongs_to(token, annex_name)
+                contract.ownership(token, tags, annex_name) == contract.OWNED
                 and config.get("SpotFleetRequestState") in _LIVE_FLEET_STATES
             ):
                 ids.append(config["SpotFleetRequestId"])

@@ -6,6 +6,7 @@ import io
 from datetime import datetime, timezone
 from typing import Any
 
+import boto3
 import pytest
 
 from condor_annex import contract
@@ -13,6 +14,7 @@ from condor_annex.annex_settings import Settings
 from condor_annex.cli.main import CliContext, main
 from condor_annex.create import CreateRequest, validate_request
 from condor_annex.errors import InvalidInput, SetupIncomplete, SetupMissing
+from condor_annex.target import AwsTarget
 
 
 def _run(*argv: str, **ctx_kw) -> tuple[int, str, str]:
@@ -73,14 +75,21 @@ def test_declined_confirmation_starts_nothing(tmp_path):
     config = tmp_path / "user_config"
     config.write_text("".join(f"{o.macro} = x\n" for o in contract.STACK_OUTPUTS))
     questions: list[str] = []
+
+    def target(region, profile, action):
+        # Who the credentials are is asked before the question, so that it can name them.
+        return AwsTarget(boto3.Session(region_name="us-east-1"), "111122223333", "us-east-1")
+
     code, _, err = _run(
         "-annex-name", "a", "-count", "2", "-collector", "cm", "-aws-ami-id", "ami-1",
-        "-config-file", str(config),
+        "-config-file", str(config), "-aws-region", "us-east-1",
         confirm=lambda question: bool(questions.append(question)),  # type: ignore[func-returns-value]
+        target=target,
     )  # fmt: skip
     assert code == 1
     assert "nothing was started" in err
     assert "2 on-demand" in questions[0]
+    assert "account 111122223333 in us-east-1" in questions[0]
 
 
 def test_bad_duration_exits_2(tmp_path):
