@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     """Parse and cross-check the flags; raises InvalidInput on any usage error."""
     args = build_parser().parse_args(argv)
+    if args.region:
+        from condor_annex.target import validate_region
+
+        validate_region(args.region)
     if args.setup is not None and len(args.setup) > 2:
         raise InvalidInput("-setup takes at most ACCESS_KEY_FILE and SECRET_KEY_FILE")
     modes = [
