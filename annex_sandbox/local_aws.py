@@ -297,9 +297,11 @@ class SandboxState:
     def reset(self) -> None:
         from moto.moto_api._internal.models import moto_api_backend
 
+        from annex_sandbox.patches.capacity import CAPACITY_ERRORS
         from annex_sandbox.patches.spot_fleet import FLEET_TAG_CLOCK
 
         FLEET_TAG_CLOCK.cancel_all()
+        CAPACITY_ERRORS.clear()
         moto_api_backend.reset()
         if self.schedule_clock is not None:
             self.schedule_clock.reset()
@@ -337,6 +339,23 @@ class SandboxState:
         with self._lock:
             self._buckets.clear()
 
+    def inject_capacity_error(
+        self,
+        instance_type: str,
+        availability_zone: str | None = None,
+        *,
+        code: str = "InsufficientInstanceCapacity",
+    ) -> None:
+        """Launches of `instance_type` (in `availability_zone`, or anywhere) fail with `code`."""
+        from annex_sandbox.patches.capacity import CAPACITY_ERRORS, CapacityRule
+
+        CAPACITY_ERRORS.add(CapacityRule(instance_type, availability_zone, code))
+
+    def clear_capacity_errors(self) -> None:
+        from annex_sandbox.patches.capacity import CAPACITY_ERRORS
+
+        CAPACITY_ERRORS.clear()
+
     def calls(self, service: str | None = None, operation: str | None = None) -> list[ApiCall]:
         with self._lock:
             return [
@@ -369,6 +388,15 @@ class SandboxMiddleware:
             status, headers, body = throttling_response(service, operation)
             start_response(status, [*headers, ("Content-Length", str(len(body)))])
             return [body]
+        if service == "pricing":
+            # moto has no Price List Query API: answered here from the fixture prices.
+            from annex_sandbox.pricing import pricing_response
+
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            request_body = environ["wsgi.input"].read(length) if length else b""
+            status, headers, body = pricing_response(operation, request_body)
+            start_response(status, [*headers, ("Content-Length", str(len(body)))])
+            return [body]
         return self.app(environ, start_response)
 
     def _control(
@@ -398,6 +426,14 @@ class SandboxMiddleware:
                 )
             elif (method, command) == ("DELETE", "throttles"):
                 state.clear_throttles()
+            elif (method, command) == ("POST", "capacity-errors"):
+                state.inject_capacity_error(
+                    args["instance_type"],
+                    args.get("availability_zone"),
+                    code=args.get("code", "InsufficientInstanceCapacity"),
+                )
+            elif (method, command) == ("DELETE", "capacity-errors"):
+                state.clear_capacity_errors()
             elif (method, command) == ("GET", "calls"):
                 result = [
                     asdict(c) for c in state.calls(query.get("service"), query.get("operation"))
@@ -557,6 +593,18 @@ class LocalAws:
     def clear_throttles(self) -> None:
         self.state.clear_throttles()
 
+    def inject_capacity_error(
+        self,
+        instance_type: str,
+        availability_zone: str | None = None,
+        *,
+        code: str = "InsufficientInstanceCapacity",
+    ) -> None:
+        self.state.inject_capacity_error(instance_type, availability_zone, code=code)
+
+    def clear_capacity_errors(self) -> None:
+        self.state.clear_capacity_errors()
+
     def calls(self, service: str | None = None, operation: str | None = None) -> list[ApiCall]:
         return self.state.calls(service, operation)
 
@@ -630,6 +678,22 @@ class SandboxControl:
 
     def clear_throttles(self) -> None:
         self._call("DELETE", "throttles")
+
+    def inject_capacity_error(
+        self,
+        instance_type: str,
+        availability_zone: str | None = None,
+        *,
+        code: str = "InsufficientInstanceCapacity",
+    ) -> None:
+        self._call(
+            "POST",
+            "capacity-errors",
+            {"instance_type": instance_type, "availability_zone": availability_zone, "code": code},
+        )
+
+    def clear_capacity_errors(self) -> None:
+        self._call("DELETE", "capacity-errors")
 
     def calls(self, service: str | None = None, operation: str | None = None) -> list[ApiCall]:
         params = {

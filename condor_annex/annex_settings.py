@@ -16,6 +16,9 @@ from condor_annex.aws import make_client, make_session
 
 if TYPE_CHECKING:
     from condor_annex.target import AwsTarget
+PRICING_API_REGION = "us-east-1"
+"""The Price List Query API is served from us-east-1 (also eu-central-1 and ap-south-1) and
+answers for every region; the region asked about is a filter, not the endpoint."""
 
 # Which Settings field holds which stack output. Checked against contract.STACK_OUTPUTS below so a
 # new output cannot be forgotten here.
@@ -69,6 +72,8 @@ class Settings:
     stack_name: str = contract.STACK_NAME
     account_id: str = ""
     """The account `-setup` deployed into (empty in configs written before it was recorded)."""
+    max_price_per_hour: str = ""
+    """`ANNEX_DEFAULT_MAX_PRICE_PER_HOUR` as written (USD/hour); empty when no cap is set."""
 
     @classmethod
     def from_macros(cls, macros: Mapping[str, str]) -> Settings:
@@ -86,6 +91,7 @@ class Settings:
         values["stack_name"] = (
             macros.get(contract.MACRO_STACK_NAME, "").strip() or contract.STACK_NAME
         )
+        values["max_price_per_hour"] = macros.get(contract.MACRO_MAX_PRICE_PER_HOUR, "").strip()
         return cls(**values)
 
     @classmethod
@@ -133,27 +139,37 @@ class AnnexClients:
     region: str = ""
     account_id: str = ""
 
-    @classmethod
-    def from_target(cls, target: AwsTarget) -> AnnexClients:
-        """Every client from the one session `target` resolved (same account, same region)."""
-        return cls(
-            ec2=target.client("ec2"),
-            s3=target.client("s3"),
-            scheduler=target.client("scheduler"),
-            lambda_=target.client("lambda"),
-            region=target.region,
-            account_id=target.account_id,
-        )
+    pricing: Any = None
+    """The Price List Query API (served from us-east-1 for every region); None: prices unknown."""
+    ec2_launch: Any = None
+    """EC2 for launch calls only, without SDK retries: a capacity error moves on to the next
+    pool at once (the SDKs retry `InsufficientInstanceCapacity`, a 500) and throttling is
+    retried by the create's own back-off with the same client token."""
+
+    @property
+    def launcher(self) -> Any:
+        return self.ec2_launch if self.ec2_launch is not None else self.ec2
 
     @classmethod
     def from_session(
         cls, region: Optional[str] = None, profile: Optional[str] = None
     ) -> AnnexClients:
-        session = make_session(region=region or None, profile=profile)
+        return cls._from(make_session(region=region or None, profile=profile), "")
+
+    @classmethod
+    def from_target(cls, target: AwsTarget) -> AnnexClients:
+        """Every client from the one session `target` resolved (same account, same region)."""
+        return cls._from(target.session, target.account_id)
+
+    @classmethod
+    def _from(cls, session: Any, account_id: str) -> AnnexClients:
         return cls(
             ec2=make_client(session, "ec2"),
             s3=make_client(session, "s3"),
             scheduler=make_client(session, "scheduler"),
             lambda_=make_client(session, "lambda"),
             region=session.region_name or "",
+            account_id=account_id,
+            pricing=make_client(session, "pricing", region_name=PRICING_API_REGION),
+            ec2_launch=make_client(session, "ec2", max_attempts=1),
         )

@@ -100,6 +100,9 @@ MACRO_AWS_REGION = "ANNEX_DEFAULT_AWS_REGION"
 MACRO_STACK_NAME = "ANNEX_DEFAULT_STACK_NAME"
 MACRO_AWS_ACCOUNT_ID = "ANNEX_DEFAULT_AWS_ACCOUNT_ID"
 """The account `-setup` deployed into; destructive verbs refuse credentials of another account."""
+# Macros the user sets once (not written by -setup).
+MACRO_MAX_PRICE_PER_HOUR = "ANNEX_DEFAULT_MAX_PRICE_PER_HOUR"
+"""USD per hour no annex may exceed: refused before launch, carried into fleet requests."""
 
 # --- Configuration objects in the bucket --------------------------------------------------------
 
@@ -338,6 +341,8 @@ class LeaseRecord:
     created_at: str = ""
     owner: str = ""
     version: int = LEASE_RECORD_VERSION
+    max_price_per_hour: Optional[float] = None
+    """The annex's price cap (USD/hour) when one was set; `status` shows it."""
 
     @classmethod
     def new(
@@ -350,6 +355,7 @@ class LeaseRecord:
         kind: str = FLEET_KIND_ON_DEMAND,
         owner: str = "",
         now: Optional[datetime] = None,
+        max_price_per_hour: Optional[float] = None,
     ) -> LeaseRecord:
         if not token_belongs_to(client_token, annex_name):
             raise ValueError(f"client token {client_token!r} does not belong to {annex_name!r}")
@@ -363,6 +369,7 @@ class LeaseRecord:
             kind=kind,
             created_at=_utc_iso(now or datetime.now(timezone.utc)),
             owner=owner,
+            max_price_per_hour=max_price_per_hour,
         )
 
     @property

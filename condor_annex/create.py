@@ -17,12 +17,13 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from condor_annex import contract, inputs, lease, spot
+from condor_annex import contract, cost, inputs, lease, spot
 from condor_annex.annex_settings import (
     NEEDED_FOR_ON_DEMAND,
     NEEDED_FOR_SPOT_FLEET,
@@ -111,6 +112,15 @@ class CreateRequest:
     token_file: Optional[Path] = None
     signing_key_file: Optional[Path] = None
     trust_domain: Optional[str] = None
+    fallback_instance_types: tuple[str, ...] = ()
+    """On-demand: further instance types tried, in order, when `instance_type` has no capacity."""
+    max_price_per_hour: Optional[float] = None
+    """USD/hour cap: refused before anything is created if the preview exceeds it; fleets
+    carry it into AWS (`SpotMaxTotalPrice`)."""
+
+    @property
+    def on_demand_instance_types(self) -> tuple[str, ...]:
+        return (self.instance_type, *self.fallback_instance_types)
 
     @property
     def kind(self) -> str:
@@ -136,6 +146,20 @@ class CreateResult:
     launch_template_id: Optional[str] = None
     connectivity: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    cost: Optional[cost.CostPreview] = None
+    launched: list[LaunchedPool] = field(default_factory=list)
+    """On-demand: where the instances were launched, and the pools that had no capacity."""
+
+
+@dataclass
+class LaunchedPool:
+    """One on-demand launch attempt: a pool (type, subnet) and what it gave."""
+
+    instance_type: str
+    subnet_id: Optional[str]
+    instance_ids: list[str] = field(default_factory=list)
+    error: Optional[str] = None
+    """The capacity error that moved the create on to the next pool."""
 
 
 @dataclass
@@ -161,6 +185,8 @@ class CreateHooks:
     progress: Optional[Progress] = None
     now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
     backoff: Callable[[], Backoff] = lambda: Backoff(deadline_seconds=LAUNCH_RETRY_SECONDS)
+    price_cache_dir: Optional[Path] = None
+    """Where prices are cached (default: the user's cache directory)."""
 
 
 # --- Helpers ------------------------------------------------------------------------------------
@@ -279,6 +305,12 @@ def validate_request(request: CreateRequest) -> None:
     for subnet in request.subnet_ids:
         if not subnet.startswith("subnet-"):
             raise InvalidInput(f"{subnet!r} is not a subnet ID (subnet-...)")
+    if request.max_price_per_hour is not None and not request.max_price_per_hour > 0:
+        raise InvalidInput(
+            f"-max-price-per-hour must be a positive amount, not {request.max_price_per_hour}"
+        )
+    if len(set(request.on_demand_instance_types)) != len(request.on_demand_instance_types):
+        raise InvalidInput("an -aws-on-demand-instance-type is given twice")
     if request.ami_id is not None and not request.ami_id.startswith("ami-"):
         raise InvalidInput(f"{request.ami_id!r} is not an AMI ID (ami-...)")
     if request.kind == contract.FLEET_KIND_ON_DEMAND:
@@ -526,6 +558,58 @@ def _token_unused(clients: AnnexClients, client_token: str, kind: str) -> None:
         )
 
 
+def spot_plan(request: CreateRequest, settings: Settings) -> Optional[spot.SpotPlan]:
+    """The Spot Fleet plan of a fleet request (None for on-demand); raises InvalidInput."""
+    if request.kind != contract.FLEET_KIND_SPOT_FLEET:
+        return None
+    if request.spot_fleet_config_file is not None:
+        return spot.load_spot_fleet_config(
+            request.spot_fleet_config_file,
+            fleet_role_arn=settings.spot_fleet_role_arn,
+            instance_profile_arn=settings.instance_profile_arn,
+            security_group_ids=settings.security_group_ids,
+        )
+    return spot.plan_from_instance_types(
+        request.spot_instance_types,
+        subnet_ids=request.subnet_ids,
+        allocation_strategy=request.spot_allocation_strategy,
+        fleet_type=request.spot_fleet_type,
+    )
+
+
+def cost_preview(
+    request: CreateRequest,
+    clients: AnnexClients,
+    *,
+    plan: Optional[spot.SpotPlan] = None,
+    cache_dir: Optional[Path] = None,
+) -> cost.CostPreview:
+    """What the annex is expected to cost (prices from AWS or the day-old cache)."""
+    book = cost.PriceBook(
+        region=clients.region, ec2=clients.ec2, pricing=clients.pricing, cache_dir=cache_dir
+    )
+    if request.kind == contract.FLEET_KIND_ON_DEMAND:
+        pools = [cost.Pool(t) for t in request.on_demand_instance_types]
+        market, size = "on-demand", int(request.count or 0)
+    else:
+        weights: dict[str, float] = {}
+        for override in plan.overrides if plan else []:
+            weights.setdefault(
+                str(override["InstanceType"]), float(override.get("WeightedCapacity") or 1)
+            )
+        pools = [cost.Pool(t, w) for t, w in weights.items()]
+        market, size = "spot", int(request.slots or 0)
+    return cost.preview(
+        book,
+        kind=request.kind,
+        market=market,
+        pools=pools,
+        size=size,
+        duration_seconds=request.duration_seconds,
+        max_price_per_hour=request.max_price_per_hour,
+    )
+
+
 # --- The create sequence ------------------------------------------------------------------------
 
 
@@ -558,16 +642,19 @@ def create_annex(
     settings: Settings,
     clients: AnnexClients,
     hooks: Optional[CreateHooks] = None,
+    preview: Optional[cost.CostPreview] = None,
 ) -> CreateResult:
     """Create the annex, or raise AnnexError having removed everything this call created.
 
-    KeyboardInterrupt also rolls back, then propagates.
+    `preview` is the cost preview the user already saw (computed here when None); an annex
+    over its price cap is refused before anything is created. KeyboardInterrupt also rolls
+    back, then propagates.
     """
     hooks = hooks or CreateHooks()
     undo = _Undo()
     stepper = _Stepper(hooks.progress, clients.region)
     try:
-        return _create_steps(request, settings, clients, hooks, undo, stepper)
+        return _create_steps(request, settings, clients, hooks, undo, stepper, preview)
     except BaseException as exc:
         undo.run()
         error = exc
@@ -652,6 +739,7 @@ def _create_steps(
     hooks: CreateHooks,
     undo: _Undo,
     st: _Stepper,
+    preview: Optional[cost.CostPreview],
 ) -> CreateResult:
     name = request.annex_name
     kind = request.kind
@@ -665,22 +753,7 @@ def _create_steps(
         clients.region,
     )
     host, port = parse_collector(request.collector)
-    plan: Optional[spot.SpotPlan] = None
-    if kind == contract.FLEET_KIND_SPOT_FLEET:
-        if request.spot_fleet_config_file is not None:
-            plan = spot.load_spot_fleet_config(
-                request.spot_fleet_config_file,
-                fleet_role_arn=settings.spot_fleet_role_arn,
-                instance_profile_arn=settings.instance_profile_arn,
-                security_group_ids=settings.security_group_ids,
-            )
-        else:
-            plan = spot.plan_from_instance_types(
-                request.spot_instance_types,
-                subnet_ids=request.subnet_ids,
-                allocation_strategy=request.spot_allocation_strategy,
-                fleet_type=request.spot_fleet_type,
-            )
+    plan = spot_plan(request, settings)
     if plan is not None:
         _check_spot_plan(request, settings, plan, clients)
     ami = request.ami_id or (spot.image_id_of(plan) if plan else None)
@@ -691,8 +764,12 @@ def _create_steps(
         )
     st.call("find the config bucket", lambda: check_bucket(clients, settings))
     st.call("look up the AMI", lambda: check_image(clients.ec2, ami))
-    types = plan.instance_types if plan else [request.instance_type]
+    types = plan.instance_types if plan else list(request.on_demand_instance_types)
     st.call("look up the instance types", lambda: check_instance_types(clients.ec2, types))
+    if preview is None:
+        preview = cost_preview(request, clients, plan=plan, cache_dir=hooks.price_cache_dir)
+    # AWS enforces a fleet's cap itself (SpotMaxTotalPrice); RunInstances has no price limit.
+    cost.check_cap(preview, aws_enforces_cap=kind != contract.FLEET_KIND_ON_DEMAND)
     existing = st.call(
         "look for an existing annex of that name",
         lambda: existing_annex_summary(clients, settings, name),
@@ -808,6 +885,7 @@ def _create_steps(
         kind=kind,
         owner=request.owner,
         now=now,
+        max_price_per_hour=request.max_price_per_hour,
     )
     undo.push(
         "delete the lease record",
@@ -844,27 +922,21 @@ def _create_steps(
         schedule_arn=schedule_arn,
         connectivity=connectivity,
         notes=notes,
+        cost=preview,
     )
     tags = annex_tags(request)
 
     # 6./7. Launch with the one client token; retries reuse it.
     if kind == contract.FLEET_KIND_ON_DEMAND:
         st.begin(STEP_LAUNCH)
-        undo.push(
-            "terminate the launched instances",
-            lambda: _terminate_token(clients, client_token, result.instance_ids),
-        )
-        st.call(
-            "check the client token is unused",
-            lambda: _token_unused(clients, client_token, kind),
-        )
-        result.instance_ids = st.call(
-            "launch the annex instances",
-            lambda: hooks.backoff().retry(
-                lambda: _run_instances(clients, request, settings, ami, client_token, tags),
-                _retryable,
-            ),
-        )
+        pool_tokens: list[str] = []
+
+        def terminate_every_pool() -> None:
+            for pool_token in pool_tokens:
+                _terminate_token(clients, pool_token, result.instance_ids)
+
+        undo.push("terminate the launched instances", terminate_every_pool)
+        _launch_on_demand(request, settings, clients, hooks, st, ami, tags, result, pool_tokens)
         st.done(STEP_LAUNCH)
     else:
         assert plan is not None
@@ -902,6 +974,11 @@ def _create_steps(
             valid_until=utc_iso(expires_at),
             tags=tags,
             subnet_ids=request.subnet_ids,
+            max_total_price=(
+                cost.format_aws_price(request.max_price_per_hour)
+                if request.max_price_per_hour is not None
+                else None
+            ),
         )
         result.fleet_id = st.call(
             "request the Spot Fleet",
@@ -956,6 +1033,70 @@ def _check_spot_plan(
     )
 
 
+CAPACITY_ERROR_CODES = frozenset({"InsufficientInstanceCapacity", "Unsupported"})
+"""EC2's answers for a pool (instance type in a zone) without room or without that type
+("Error codes for the Amazon EC2 API"); another pool may well have both."""
+
+
+def on_demand_pools(request: CreateRequest) -> list[tuple[str, Optional[str]]]:
+    """(instance type, subnet) in the order tried: preferred type first, then every subnet."""
+    subnets: tuple[Optional[str], ...] = request.subnet_ids or (None,)
+    return [(t, s) for t in request.on_demand_instance_types for s in subnets]
+
+
+def _launch_on_demand(
+    request: CreateRequest,
+    settings: Settings,
+    clients: AnnexClients,
+    hooks: CreateHooks,
+    st: _Stepper,
+    ami: str,
+    tags: list[dict[str, str]],
+    result: CreateResult,
+    tokens: list[str],
+) -> None:
+    """RunInstances pool by pool until one has capacity for the whole annex.
+
+    Each pool gets its own `<annex>_<GUID>` token (a token names one request; a retry of the
+    same pool reuses it), so everything launched stays the annex's and rollback finds it.
+    """
+    pools = on_demand_pools(request)
+    for index, (instance_type, subnet) in enumerate(pools):
+        token = result.client_token if index == 0 else contract.new_client_token(request.annex_name)
+        tokens.append(token)
+        st.call(
+            "check the client token is unused",
+            partial(_token_unused, clients, token, contract.FLEET_KIND_ON_DEMAND),
+        )
+        attempt = LaunchedPool(instance_type, subnet)
+        result.launched.append(attempt)
+        launch = partial(
+            _run_instances, clients, request, settings, ami, token, tags, instance_type, subnet
+        )
+        try:
+            attempt.instance_ids = hooks.backoff().retry(launch, _retryable)
+        except ClientError as exc:
+            code = lease.error_code(exc)
+            if code not in CAPACITY_ERROR_CODES or index == len(pools) - 1:
+                raise translate_aws_error(
+                    exc, action="launch the annex instances", region=clients.region or None
+                ) from exc
+            attempt.error = f"{code}: {exc.response.get('Error', {}).get('Message', '')}"
+            continue
+        result.instance_ids = attempt.instance_ids
+        result.client_token = token
+        if index:
+            where = f" in {subnet}" if subnet else ""
+            result.notes.append(
+                f"launched {len(attempt.instance_ids)} {instance_type}{where} after "
+                + "; ".join(
+                    f"{p.instance_type}{' in ' + p.subnet_id if p.subnet_id else ''}: {p.error}"
+                    for p in result.launched[:-1]
+                )
+            )
+        return
+
+
 def _run_instances(
     clients: AnnexClients,
     request: CreateRequest,
@@ -963,11 +1104,13 @@ def _run_instances(
     ami: str,
     client_token: str,
     tags: list[dict[str, str]],
+    instance_type: str,
+    subnet_id: Optional[str],
 ) -> list[str]:
     args: dict[str, Any] = {
         "ClientToken": client_token,
         "ImageId": ami,
-        "InstanceType": request.instance_type,
+        "InstanceType": instance_type,
         "MinCount": request.count,
         "MaxCount": request.count,
         "MetadataOptions": METADATA_OPTIONS,
@@ -980,13 +1123,13 @@ def _run_instances(
         # The master's shutdown script powers the instance off; make that a termination.
         "InstanceInitiatedShutdownBehavior": "terminate",
     }
-    if request.subnet_ids:
-        args["SubnetId"] = request.subnet_ids[0]
+    if subnet_id:
+        args["SubnetId"] = subnet_id
     if request.key_name:
         args["KeyName"] = request.key_name
     if request.user_data is not None:
         args["UserData"] = request.user_data  # botocore base64-encodes it; content untouched
-    response = clients.ec2.run_instances(**args)
+    response = clients.launcher.run_instances(**args)
     return [str(i["InstanceId"]) for i in response.get("Instances", [])]
 
 

@@ -345,11 +345,14 @@ def build_spot_fleet_request_config(
     valid_until: str,
     tags: Sequence[Mapping[str, str]],
     subnet_ids: Sequence[str] = (),
+    max_total_price: Optional[str] = None,
 ) -> dict[str, Any]:
     """The `SpotFleetRequestConfig` for `RequestSpotFleet`.
 
     The fleet ends with the lease (`ValidUntil` + `TerminateInstancesWithExpiration`), so even a
-    lost lease schedule cannot keep spot instances running past it.
+    lost lease schedule cannot keep spot instances running past it. With `max_total_price` (USD
+    per hour) Spot Fleet itself stops launching at the cap (`SpotMaxTotalPrice`), even if prices
+    move after the preview.
     """
     overrides = [dict(o) for o in plan.overrides]
     if subnet_ids and not any("SubnetId" in o for o in overrides):
@@ -375,6 +378,11 @@ def build_spot_fleet_request_config(
             "TagSpecifications": [{"ResourceType": "spot-fleet-request", "Tags": list(tags)}],
         }
     )
+    if max_total_price is not None:
+        file_cap = config.get("SpotMaxTotalPrice")
+        # A file's own cap stays when it is the lower one.
+        if file_cap is None or float(file_cap) > float(max_total_price):
+            config["SpotMaxTotalPrice"] = max_total_price
     return config
 
 

@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from condor_annex import contract, lease
+from condor_annex import contract, cost, lease
 from condor_annex.annex_settings import NEEDED_FOR_STATUS, AnnexClients, Settings
 from condor_annex.create import LIVE_FLEET_STATES, require_setup
 from condor_annex.errors import InvalidInput, translate_aws_error
@@ -49,6 +49,8 @@ class InstanceStatus:
     public_ip: Optional[str] = None
     joined_pool: Optional[bool] = None
     never_joined: bool = False
+    market: str = "on-demand"
+    availability_zone: Optional[str] = None
 
 
 @dataclass
@@ -60,6 +62,9 @@ class AnnexStatus:
     lease_expired: Optional[bool] = None
     fleet_ids: list[str] = field(default_factory=list)
     instances: list[InstanceStatus] = field(default_factory=list)
+    cost_so_far_usd: Optional[float] = None
+    """Running time of the instances shown times their current price; None: a price is unknown."""
+    max_price_per_hour: Optional[float] = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -159,6 +164,8 @@ def collect_instances(
             fleet_id=fleet,
             private_ip=instance.get("PrivateIpAddress"),
             public_ip=instance.get("PublicIpAddress"),
+            market="spot" if instance.get("InstanceLifecycle") == "spot" else "on-demand",
+            availability_zone=instance.get("Placement", {}).get("AvailabilityZone"),
         )
 
     token_filter = contract.client_token_filter_value(annex_name) if annex_name else "*_*"
@@ -199,8 +206,10 @@ def annex_status(
     annex_name: Optional[str] = None,
     pool_view: Optional[PoolView] = None,
     now: Optional[datetime] = None,
+    prices: Optional[cost.PriceBook] = None,
 ) -> StatusReport:
-    """The status of one annex or of all annexes in the region."""
+    """The status of one annex or of all annexes in the region, with each annex's cost so far
+    (prices from `prices`, default: the Price List / Spot price history, cached a day)."""
     if annex_name is not None:
         try:
             contract.validate_annex_name(annex_name)
@@ -237,6 +246,7 @@ def annex_status(
             owner=record.owner or None,
             lease_expires_at=record.expires_at,
             lease_expired=record.expired(moment),
+            max_price_per_hour=record.max_price_per_hour,
         )
     for fleet_id, owner in fleets.items():
         annexes.setdefault(owner, AnnexStatus(annex_name=owner)).fleet_ids.append(fleet_id)
@@ -253,7 +263,32 @@ def annex_status(
             inst.annex_name, AnnexStatus(annex_name=inst.annex_name)
         ).instances.append(inst)
     report.annexes = [annexes[k] for k in sorted(annexes)]
+    _add_costs(
+        report,
+        prices or cost.PriceBook(region=clients.region, ec2=clients.ec2, pricing=clients.pricing),
+        moment,
+    )
     return report
+
+
+def _add_costs(report: StatusReport, prices: cost.PriceBook, moment: datetime) -> None:
+    """Each annex's cost so far; a price that cannot be found is a note, never a guess."""
+    unknown: set[str] = set()
+    for annex in report.annexes:
+        rows = [
+            (
+                i.instance_type,
+                i.market,
+                i.availability_zone,
+                contract.parse_utc(i.launch_time) if i.launch_time else None,
+            )
+            for i in annex.instances
+            if i.state in ("running", "stopping", "shutting-down")
+        ]
+        annex.cost_so_far_usd, why = cost.cost_so_far(prices, rows, moment)
+        unknown.update(why)
+    if unknown:
+        report.notes.append("cost so far unknown: " + "; ".join(sorted(unknown)))
 
 
 def htcondor_pool_view(collector: str) -> PoolView:

@@ -152,6 +152,12 @@ class OperatorPolicy(Construct):
                 resources=["*"],
             ),
             iam.PolicyStatement(
+                # The cost preview; the Price List Query API has no resource types at all.
+                sid="ReadPrices",
+                actions=["pricing:GetProducts"],
+                resources=["*"],
+            ),
+            iam.PolicyStatement(
                 sid="PassAnnexRolesToEc2",
                 actions=["iam:PassRole"],
                 resources=[instance_role_arn, spot_fleet_role_arn],
@@ -208,7 +214,7 @@ class OperatorPolicy(Construct):
             self.policy,
             ["*"],
             "EC2 Describe* calls support no resource-level permissions (status, images, "
-            "subnets, prices, launch templates).",
+            "subnets, prices, launch templates); pricing:GetProducts has no resource types.",
         )
         acknowledge_wildcard_resources(
             self.policy,

@@ -5,4 +5,6 @@ pytest_plugins = [
     "tests.fixtures.imds",
     "tests.fixtures.cdk",
     "tests.fixtures.reliability",
+    "tests.fixtures.htcondor",
+    "tests.fixtures.htcondor_pool",
 ]

@@ -9,6 +9,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from annex_sandbox.patches.capacity import (
+    describe_spot_price_history_fixture_prices,
+    run_instances_answers_injected_capacity_errors,
+)
 from annex_sandbox.patches.cloudformation import (
     cloudformation_deletes_managed_policies,
     cloudformation_resolves_s3_template_urls,
@@ -39,6 +43,9 @@ PATCHES: tuple[Callable[[], None], ...] = (
     run_instances_profile_on_every_instance,
     run_instances_idempotent_on_client_token,
     describe_instances_filters,
+    # Outermost on RunInstances: a pool without capacity fails before the token ledger records.
+    run_instances_answers_injected_capacity_errors,
+    describe_spot_price_history_fixture_prices,
     request_spot_fleet_accepts_aws_configs,
     spot_fleet_instances_get_profile_and_fleet_tag,
     spot_fleet_launches_from_launch_templates,

@@ -9,6 +9,7 @@ from pathlib import Path
 CONFIG_FILE_MODE = 0o644
 SECRET_FILE_MODE = 0o600
 DIRECTORY_MODE = 0o755
+SECRET_DIRECTORY_MODE = 0o700
 
 
 def set_owner_and_mode(path: Path, mode: int, privileged: bool) -> None:

@@ -209,22 +209,22 @@ def configure(options: Options, *, session_hook: Optional[Callable[[Any], None]]
         record.note(bytes=len(data))
 
     with agent_step("verify") as record:
-        members = verify(data, options.limits)
-        record.note(members=len(members))
+        tarball = verify(data, options.limits)
+        record.note(members=len(tarball.members), layout=tarball.layout.value)
 
-    target = root.config_dir
+    target = tarball.target(root)
     with agent_step("unpack") as record:
         record.note(target=target)
         if options.dry_run:
-            for member in members:
+            for member in tarball.members:
                 _plan(f"write {target / member.name} mode {member.mode:04o}")
             record.result = "planned"
-            files: tuple[str, ...] = tuple(m.name for m in members if not m.is_dir)
+            files: tuple[str, ...] = tuple(m.name for m in tarball.members if not m.is_dir)
         else:
-            files = tuple(install(members, target, root.privileged))
+            files = tuple(install(tarball.members, target, root.privileged))
             record.note(files=",".join(files))
 
-    macros_path = target / contract.INSTANCE_MACROS_FILE
+    macros_path = root.config_dir / contract.INSTANCE_MACROS_FILE
     with agent_step("instance-macros") as record:
         record.note(path=macros_path)
         content = instance_macros(instance_id, public_ip)

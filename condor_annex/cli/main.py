@@ -142,13 +142,15 @@ def _path(value: Optional[str]) -> Optional[Path]:
 
 
 def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
-    from condor_annex import spot
+    from condor_annex import cost, spot
     from condor_annex.annex_settings import NEEDED_FOR_ON_DEMAND, NEEDED_FOR_SPOT_FLEET
     from condor_annex.create import (
         CreateHooks,
         CreateRequest,
+        cost_preview,
         create_annex,
         require_setup,
+        spot_plan,
         validate_request,
     )
 
@@ -164,6 +166,10 @@ def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
             "no collector is known",
             next_step="pass -collector HOST[:PORT] or set COLLECTOR_HOST in the HTCondor config",
         )
+    settings = _settings(args)
+    instance_types = [t.strip() for v in args.instance_types for t in v.split(",") if t.strip()]
+    cap_text = args.max_price_per_hour or settings.max_price_per_hour
+    max_price = cost.parse_price(cap_text) if cap_text else None
     request = CreateRequest(
         annex_name=args.annex_name,
         collector=collector,
@@ -171,7 +177,9 @@ def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
         slots=args.slots,
         duration_seconds=duration,
         idle_seconds=idle,
-        instance_type=args.instance_type or CreateRequest.instance_type,
+        instance_type=instance_types[0] if instance_types else CreateRequest.instance_type,
+        fallback_instance_types=tuple(instance_types[1:]),
+        max_price_per_hour=max_price,
         ami_id=args.ami_id,
         spot_instance_types=spot.parse_instance_types(args.spot_instance_types),
         spot_fleet_config_file=_path(args.spot_fleet_config_file),
@@ -187,7 +195,6 @@ def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
         signing_key_file=_path(args.signing_key_file),
         trust_domain=args.trust_domain,
     )
-    settings = _settings(args)
     # Everything that needs no AWS call is checked before asking for confirmation.
     validate_request(request)
     spot_fleet = request.kind == contract.FLEET_KIND_SPOT_FLEET
@@ -197,6 +204,16 @@ def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
         args.region or settings.region,
     )
     target = _target(args, ctx, settings, "create the annex")
+    hooks = ctx.create_hooks or CreateHooks()
+    clients = _clients(args, ctx, settings, action="create the annex", target=target)
+    # The bill before anything starts; over the cap is refused here, before any AWS change.
+    preview = cost_preview(
+        request, clients, plan=spot_plan(request, settings), cache_dir=hooks.price_cache_dir
+    )
+    cost.check_cap(preview, aws_enforces_cap=request.kind != contract.FLEET_KIND_ON_DEMAND)
+    if not args.json:
+        ctx.stderr.write(render.render_preview(preview) + "\n")
+        ctx.stderr.flush()
     if not args.yes:
         size = (
             f"{request.count} on-demand {request.instance_type} instance(s)"
@@ -207,10 +224,11 @@ def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
             f"Start {size} as annex {request.annex_name} in {target.describe()} for "
             f"{duration / 3600:.2f} h (idle shutdown after {idle / 60:.0f} min)?"
         )
+        if not preview.known:
+            question = f"The price of this annex is UNKNOWN (see above). {question}"
         if not (ctx.confirm or _default_confirm(ctx.stderr))(question):
             ctx.stderr.write("condor_annex: nothing was started.\n")
             return 1
-    hooks = ctx.create_hooks or CreateHooks()
     if hooks.progress is None and not args.json:
 
         def progress(step: str, state: str) -> None:
@@ -219,12 +237,7 @@ def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
                 ctx.stderr.flush()
 
         hooks.progress = progress
-    result = create_annex(
-        request,
-        settings=settings,
-        clients=_clients(args, ctx, settings, action="create the annex", target=target),
-        hooks=hooks,
-    )
+    result = create_annex(request, settings=settings, clients=clients, hooks=hooks, preview=preview)
     ctx.stdout.write((render.to_json(result) if args.json else render.render_create(result)) + "\n")
     return EXIT_OK
 

@@ -78,7 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
     annex.add_argument(*_twin("slots"), type=int, help="Spot Fleet target capacity (weighted)")
     annex.add_argument(*_twin("duration"), help="lease (default 50m; bare number = hours)")
     annex.add_argument(*_twin("idle"), help="idle time before an instance stops (default 15m)")
-    annex.add_argument(*_twin("aws-on-demand-instance-type"), dest="instance_type")
+    annex.add_argument(
+        *_twin("aws-on-demand-instance-type"),
+        dest="instance_types",
+        action="append",
+        default=[],
+        help="instance type (repeatable or comma-separated: the next is tried when one has no "
+        "capacity)",
+    )
+    annex.add_argument(
+        *_twin("max-price-per-hour"),
+        dest="max_price_per_hour",
+        help="refuse an annex that could cost more USD per hour; fleets carry the cap into AWS "
+        "(default: ANNEX_DEFAULT_MAX_PRICE_PER_HOUR)",
+    )
     annex.add_argument(
         *_twin("aws-on-demand-ami-id"),
         *_twin("aws-ami-id"),

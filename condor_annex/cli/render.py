@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from condor_annex import contract
+from condor_annex.cost import CostPreview
 from condor_annex.create import CreateResult, ExtendResult
 from condor_annex.lease import utc_iso
 from condor_annex.off import OffResult
@@ -68,6 +69,13 @@ def render_status(report: StatusReport) -> str:
         kind = annex.kind or "unknown kind"
         counts = ", ".join(f"{n} {s}" for s, n in sorted(annex.counts.items())) or "no instances"
         out.append(f"Annex {annex.annex_name} ({kind}): {counts}; lease until {lease}")
+        spent = _usd(annex.cost_so_far_usd) if annex.instances else "$0.0000"
+        cap = (
+            f"; cap {_usd(annex.max_price_per_hour)}/hour"
+            if annex.max_price_per_hour is not None
+            else ""
+        )
+        out.append(f"  cost so far {spent}{cap}")
         if annex.instances:
             rows = [
                 [
@@ -85,6 +93,45 @@ def render_status(report: StatusReport) -> str:
         out.append("(the pool was not asked; pass -collector HOST to see which instances joined)")
     out.extend(f"note: {n}" for n in report.notes)
     return "\n".join(out).rstrip()
+
+
+def _usd(value: float | None) -> str:
+    return "unknown" if value is None else f"${value:,.4f}"
+
+
+def render_preview(preview: CostPreview) -> str:
+    """The cost preview: per pool, the hourly range, the whole lease, the cap."""
+    rows = []
+    for pool in preview.pools:
+        spot = (
+            f"{_usd(pool.spot_usd_per_hour_min)}-{_usd(pool.spot_usd_per_hour_max)}"
+            if pool.spot_usd_per_hour_min is not None
+            else ("unknown" if preview.market == "spot" else "-")
+        )
+        rows.append(
+            [pool.instance_type, str(pool.instances), _usd(pool.on_demand_usd_per_hour), spot]
+        )
+    lines = [
+        f"Cost preview ({preview.market}, {preview.region}, prices per instance-hour"
+        + (", from the cache)" if preview.cached else ")"),
+        table(rows, ["TYPE", "INSTANCES", "ON-DEMAND", "SPOT (range over zones)"]),
+    ]
+    if preview.usd_per_hour is not None:
+        hourly = (
+            f"{_usd(preview.usd_per_hour_min)}-{_usd(preview.usd_per_hour)}"
+            if preview.usd_per_hour_min is not None
+            and preview.usd_per_hour_min != preview.usd_per_hour
+            else _usd(preview.usd_per_hour)
+        )
+        lines.append(
+            f"Annex: {hourly} per hour; up to {_usd(preview.usd_for_lease)} for the "
+            f"{preview.duration_hours:g} h lease"
+        )
+    if preview.unknown:
+        lines.append("PRICE UNKNOWN: " + "; ".join(preview.unknown))
+    if preview.max_price_per_hour is not None:
+        lines.append(f"Cap: {_usd(preview.max_price_per_hour)} per hour")
+    return "\n".join(lines)
 
 
 def render_create(result: CreateResult) -> str:

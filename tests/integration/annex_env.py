@@ -259,6 +259,7 @@ def _environment(local: LocalAws, tmp_path: Path, synth: Any) -> Iterator[AnnexE
         for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN"):
             mp.delenv(name, raising=False)
         mp.setenv("PATH", os.defpath)  # no condor_token_create: tokens are minted in-process
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # prices cached per module
         outputs = deploy_setup(synth, local) if synth is not None else make_setup(local)
         settings = Settings.from_outputs(outputs, region=local.region)
         clients = AnnexClients.from_session(region=local.region)

@@ -315,7 +315,8 @@ _HOSTILE: list[tuple[str, str, Callable[[], bytes]]] = [
     ("bomb", "gzip bomb (64 MiB of zeros in ~64 KiB)", _bomb),
     ("many", "300 members", _many),
     ("duplicate", "the same member twice", _duplicate),
-    ("noconfig", f"no {contract.TARBALL_CONFIG_FILE}", lambda: _only("other.config")),
+    ("mixed", f"mixed layouts: {contract.TARBALL_CONFIG_FILE} and config.d/", lambda: _plus("config.d/x.config")),
+    ("ambiguous", "ambiguous layout: passwords.d/ alone", lambda: _only("passwords.d/POOL")),
     ("truncated", "truncated gzip stream", lambda: tarball("x")[:-20]),
     ("plain", "plain tar, not gzip", lambda: _only(contract.TARBALL_CONFIG_FILE, gz=False)),
 ]  # fmt: skip

@@ -160,3 +160,12 @@ def test_launch_templates_are_described_without_resource_scoping(synthesized_set
     assert "ec2:DescribeLaunchTemplates" in statement.actions
     assert statement.resources == ["*"]
     assert all(a.startswith("ec2:Describe") for a in statement.actions)
+
+
+def test_the_cost_preview_may_read_prices_and_nothing_else_of_the_price_list(synthesized_setup):
+    template = synthesized_setup.template
+    statement = by_sid(template, policy_id(template), "ReadPrices")
+    assert statement.actions == ["pricing:GetProducts"]
+    assert statement.resources == ["*"]
+    describe = by_sid(template, policy_id(template), "DescribeForStatusAndLaunch")
+    assert "ec2:DescribeSpotPriceHistory" in describe.actions

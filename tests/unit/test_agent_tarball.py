@@ -47,27 +47,27 @@ def _special(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
 
 def test_good_tarball_unpacks_with_config_and_token_modes(tmp_path: Path) -> None:
     target = tmp_path / "etc/condor/config.d"
-    written = install(verify(_good()), target, privileged=os.geteuid() == 0)
+    written = install(verify(_good()).members, target, privileged=os.geteuid() == 0)
     assert sorted(written) == sorted([contract.TARBALL_CONFIG_FILE, contract.TARBALL_TOKEN_FILE])
     config = target / contract.TARBALL_CONFIG_FILE
     token = target / contract.TARBALL_TOKEN_FILE
     assert config.read_bytes() == CONFIG and token.read_bytes() == TOKEN
     assert stat.S_IMODE(config.stat().st_mode) == 0o644
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
-    assert stat.S_IMODE(token.parent.stat().st_mode) == 0o755
+    assert stat.S_IMODE(token.parent.stat().st_mode) == 0o700
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown to root needs root")
 def test_unpacked_files_are_owned_by_root_not_the_archive_uid(tmp_path: Path) -> None:
     target = tmp_path / "config.d"
-    install(verify(_good()), target, privileged=True)
+    install(verify(_good()).members, target, privileged=True)
     owners = {(p.stat().st_uid, p.stat().st_gid) for p in target.rglob("*")}
     assert owners == {(0, 0)}
 
 
 def test_unpack_leaves_no_staging_directory_behind(tmp_path: Path) -> None:
     target = tmp_path / "condor" / "config.d"
-    install(verify(_good()), target, privileged=False)
+    install(verify(_good()).members, target, privileged=False)
     assert sorted(p.name for p in target.parent.iterdir()) == ["config.d"]
 
 
@@ -76,7 +76,7 @@ def test_unpack_replaces_previous_boot_files(tmp_path: Path) -> None:
     target.mkdir()
     (target / contract.TARBALL_CONFIG_FILE).write_text("old\n")
     (target / "10-annex-image.config").write_text("image\n")
-    install(verify(_good()), target, privileged=False)
+    install(verify(_good()).members, target, privileged=False)
     assert (target / contract.TARBALL_CONFIG_FILE).read_bytes() == CONFIG
     assert (target / "10-annex-image.config").read_text() == "image\n"
 
@@ -154,9 +154,10 @@ def test_compressed_size_cap() -> None:
         verify(_good(), Limits(compressed_bytes=10))
 
 
-def test_missing_config_file_is_refused() -> None:
-    with pytest.raises(TarballRefused, match="missing member"):
+def test_tokens_without_a_layout_marker_are_refused_as_ambiguous() -> None:
+    with pytest.raises(TarballRefused, match="ambiguous") as refused:
         verify(_tar([(contract.TARBALL_TOKEN_FILE, TOKEN)]))
+    assert "tarball layouts:" in str(refused.value)
 
 
 def test_duplicate_member_is_refused() -> None:
@@ -178,6 +179,6 @@ def test_symlinked_token_directory_in_target_is_not_followed(tmp_path: Path) -> 
     elsewhere.mkdir()
     (target / contract.TARBALL_TOKEN_DIR).symlink_to(elsewhere)
     with pytest.raises(NotADirectoryError):
-        install(verify(_good()), target, privileged=False)
+        install(verify(_good()).members, target, privileged=False)
     assert list(elsewhere.iterdir()) == []
     assert not (target / contract.TARBALL_CONFIG_FILE).exists()
