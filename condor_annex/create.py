@@ -44,6 +44,7 @@ from condor_annex.errors import (
     SetupMissing,
     translate_aws_error,
 )
+from condor_annex.files import read_input_bytes
 from condor_annex.launch_templates import delete_launch_template
 from condor_annex.lease import utc_iso
 
@@ -335,6 +336,13 @@ def validate_request(request: CreateRequest) -> None:
     if request.slots is not None and request.spot_instance_types:
         inputs.check_fleet_size(
             request.slots, [t.weight for t in request.spot_instance_types], MAX_COUNT
+        )
+    if request.signing_key_file is not None:
+        read_input_bytes(
+            request.signing_key_file,
+            flag="-pool-signing-key-file",
+            what="pool signing key",
+            max_bytes=64 * 1024,
         )
     if request.token_file is not None:
         now = datetime.now(timezone.utc)
@@ -755,7 +763,7 @@ def _create_steps(
     host, port = parse_collector(request.collector)
     plan = spot_plan(request, settings)
     if plan is not None:
-        _check_spot_plan(request, settings, plan, clients)
+        check_spot_plan(request, settings, plan, clients)
     ami = request.ami_id or (spot.image_id_of(plan) if plan else None)
     if ami is None:
         raise InvalidInput(
@@ -995,7 +1003,7 @@ def _create_steps(
     return result
 
 
-def _check_spot_plan(
+def check_spot_plan(
     request: CreateRequest, settings: Settings, plan: spot.SpotPlan, clients: AnnexClients
 ) -> None:
     """The Spot Fleet request and launch template this plan becomes, checked against the EC2

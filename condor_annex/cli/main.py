@@ -147,6 +147,7 @@ def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
     from condor_annex.create import (
         CreateHooks,
         CreateRequest,
+        check_spot_plan,
         cost_preview,
         create_annex,
         require_setup,
@@ -206,10 +207,12 @@ def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
     target = _target(args, ctx, settings, "create the annex")
     hooks = ctx.create_hooks or CreateHooks()
     clients = _clients(args, ctx, settings, action="create the annex", target=target)
+    plan = spot_plan(request, settings)
+    if plan is not None:
+        # Size and EC2 API shapes of the fleet, before its price is even looked up.
+        check_spot_plan(request, settings, plan, clients)
     # The bill before anything starts; over the cap is refused here, before any AWS change.
-    preview = cost_preview(
-        request, clients, plan=spot_plan(request, settings), cache_dir=hooks.price_cache_dir
-    )
+    preview = cost_preview(request, clients, plan=plan, cache_dir=hooks.price_cache_dir)
     cost.check_cap(preview, aws_enforces_cap=request.kind != contract.FLEET_KIND_ON_DEMAND)
     if not args.json:
         ctx.stderr.write(render.render_preview(preview) + "\n")

@@ -10,7 +10,7 @@ import boto3
 import pytest
 
 from condor_annex import contract
-from condor_annex.annex_settings import Settings
+from condor_annex.annex_settings import AnnexClients, Settings
 from condor_annex.cli.main import CliContext, main
 from condor_annex.create import CreateRequest, validate_request
 from condor_annex.errors import InvalidInput, SetupIncomplete, SetupMissing
@@ -23,7 +23,8 @@ def _run(*argv: str, **ctx_kw) -> tuple[int, str, str]:
     def no_clients(region, profile):
         raise AssertionError("AWS must not be contacted")
 
-    code = main(list(argv), CliContext(stdout=out, stderr=err, clients=no_clients, **ctx_kw))
+    ctx_kw.setdefault("clients", no_clients)
+    code = main(list(argv), CliContext(stdout=out, stderr=err, **ctx_kw))
     return code, out.getvalue(), err.getvalue()
 
 
@@ -85,6 +86,8 @@ def test_declined_confirmation_starts_nothing(tmp_path):
         "-config-file", str(config), "-aws-region", "us-east-1",
         confirm=lambda question: bool(questions.append(question)),  # type: ignore[func-returns-value]
         target=target,
+        # No client can answer: the cost preview says the price is unknown, nothing is called.
+        clients=lambda region, profile: AnnexClients(None, None, None, None, region=region),
     )  # fmt: skip
     assert code == 1
     assert "nothing was started" in err
