@@ -11,7 +11,6 @@ import fnmatch
 import json
 import re
 import uuid
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any, Optional
@@ -231,7 +230,7 @@ def validate_annex_name(name: str) -> str:
             f"annex name {name!r} has {len(name)} characters; at most {ANNEX_NAME_MAX_LENGTH} fit "
             f"in an EC2 client token with its GUID"
         )
-    # fullmatch: `$` in a pattern also matches before a trailing newline ("web\n").
+    # fullmatch: `$` alone would accept a trailing newline ("A\n").
     if not _ANNEX_NAME_RE.fullmatch(name):
         raise InvalidAnnexName(
             f"annex name {name!r} is not allowed: use ASCII letters, digits, '-' and '_', "
@@ -265,38 +264,6 @@ def token_belongs_to(token: Optional[str], annex_name: str) -> bool:
     return token is not None and annex_name_from_client_token(token) == annex_name
 
 
-OWNED = "owned"
-TOKEN_ONLY = "token-only"  # noqa: S105 (an ownership verdict, not a secret)
-TAG_ONLY = "tag-only"
-
-
-def ownership(token: Optional[str], tags: Any, annex_name: str) -> Optional[str]:
-    """Whether a resource is `annex_name`'s: OWNED only when its client token AND the tags this
-    tool sets at launch (annex name + managed-by) both say so; TOKEN_ONLY / TAG_ONLY for a
-    one-sided match (reported, never touched); None when neither matches.
-
-    `tags` is EC2's list of `{"Key", "Value"}` (or a mapping). A token alone is not proof: anyone
-    may launch with a token shaped `web_<GUID>`; a tag alone is not either: tags can be edited.
-    """
-    if isinstance(tags, Mapping):
-        values = {str(k): str(v) for k, v in tags.items()}
-    else:
-        values = {
-            str(t.get("Key")): str(t.get("Value")) for t in tags or [] if isinstance(t, Mapping)
-        }
-    by_token = token_belongs_to(token, annex_name)
-    by_tag = (
-        values.get(TAG_ANNEX_NAME) == annex_name and values.get(TAG_MANAGED_BY) == MANAGED_BY_VALUE
-    )
-    if by_token and by_tag:
-        return OWNED
-    if by_token:
-        return TOKEN_ONLY
-    if by_tag:
-        return TAG_ONLY
-    return None
-
-
 def client_token_filter_value(annex_name: str) -> str:
     """Server-side `client-token` filter value; callers still confirm with `token_belongs_to`."""
     validate_annex_name(annex_name)
@@ -314,9 +281,14 @@ FLEET_KIND_ON_DEMAND = "on-demand"
 FLEET_KIND_SPOT_FLEET = "spot-fleet"
 
 
-def _utc_iso(moment: datetime) -> str:
+def utc_iso(moment: datetime) -> str:
+    """`YYYY-MM-DDTHH:MM:SSZ`: the one form every time the tool writes or shows is in.
+
+    A naive datetime is refused, everywhere: botocore returns aware times, and a naive one in
+    our code is a bug (local time passed off as UTC) that must not move a lease by hours.
+    """
     if moment.tzinfo is None:
-        raise ValueError("lease times must be timezone-aware")
+        raise ValueError(f"{moment!r} has no time zone; pass an aware datetime (UTC)")
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -364,10 +336,10 @@ class LeaseRecord:
         return cls(
             annex_name=annex_name,
             bucket=bucket,
-            expires_at=_utc_iso(expires_at),
+            expires_at=utc_iso(expires_at),
             client_token=client_token,
             kind=kind,
-            created_at=_utc_iso(now or datetime.now(timezone.utc)),
+            created_at=utc_iso(now or datetime.now(timezone.utc)),
             owner=owner,
             max_price_per_hour=max_price_per_hour,
         )
@@ -380,7 +352,7 @@ class LeaseRecord:
         return (now or datetime.now(timezone.utc)) >= self.expiry
 
     def with_expiry(self, expires_at: datetime) -> LeaseRecord:
-        return LeaseRecord(**{**asdict(self), "expires_at": _utc_iso(expires_at)})
+        return LeaseRecord(**{**asdict(self), "expires_at": utc_iso(expires_at)})
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -27,8 +27,9 @@ from typing import Any, Optional
 import boto3
 import botocore.exceptions
 
-from condor_annex import contract
-from condor_annex.aws import make_client
+from condor_annex import annex, contract
+from condor_annex.annex_settings import SETUP_MACROS, regional_macros, regional_name
+from condor_annex.aws import error_code, make_client
 from condor_annex.collector import CONNECTIVITY_TIMEOUT_SECONDS, parse_collector
 from condor_annex.errors import (
     AnnexError,
@@ -316,7 +317,7 @@ def _stack(cfn: Any, stack_name: str) -> Optional[dict[str, Any]]:
     try:
         stacks = cfn.describe_stacks(StackName=stack_name)["Stacks"]
     except botocore.exceptions.ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") == "ValidationError":
+        if error_code(exc) == "ValidationError":
             return None
         raise
     return stacks[0] if stacks else None
@@ -365,10 +366,11 @@ def run_setup(
     session, profile = _session_for(region, base_env, keys, profile)
     action = "deploy the condor_annex setup"
     target = _resolve(session, profile, region, base_env, action)
+    # A re-run may update this region's setup, never swap it for another account's.
     check_recorded(
         target,
-        account_id=recorded.get(contract.MACRO_AWS_ACCOUNT_ID, ""),
-        region=recorded.get(contract.MACRO_AWS_REGION, ""),
+        account_id=regional_macros(recorded, region).get(contract.MACRO_AWS_ACCOUNT_ID, ""),
+        region="",
         config_file=str(config_path),
         action=action,
     )
@@ -453,6 +455,7 @@ def run_setup(
         deployed = _stack(cfn, stack_name)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         raise translate_aws_error(exc, action=action, region=region) from exc
+    # The CDK CLI ran with this target's credentials; the stack it made must be in its account.
     stack_account = str((deployed or {}).get("StackId", "")).split(":")[4:5]
     if deployed is None or stack_account != [account]:
         raise SetupIncomplete(
@@ -460,14 +463,11 @@ def run_setup(
             next_step="check the AWS profile and credentials the CDK CLI sees, then re-run "
             "`condor_annex -setup`",
         )
-    macros = {o.macro: outputs[o.key] for o in contract.STACK_OUTPUTS}
-    macros[contract.MACRO_AWS_REGION] = region
-    macros[contract.MACRO_STACK_NAME] = stack_name
-    macros[contract.MACRO_AWS_ACCOUNT_ID] = account
-    before = read_annex_macros(config_path)
-    write_annex_macros(config_path, macros)
-    progress(f"wrote {len(macros)} ANNEX_DEFAULT_* macros to {config_path}")
-    changed = stack_changed or any(before.get(k) != v for k, v in macros.items())
+    written, macros_changed = record_setup(
+        config_path, region, stack_name, outputs, account_id=account
+    )
+    progress(f"wrote {written} ANNEX_DEFAULT_* macros to {config_path}")
+    changed = stack_changed or macros_changed
     return SetupResult(
         stack_name=stack_name,
         region=region,
@@ -475,6 +475,37 @@ def run_setup(
         config_file=config_path,
         changed=changed,
     )
+
+
+def record_setup(
+    config_path: Path,
+    region: str,
+    stack_name: str,
+    outputs: Mapping[str, str],
+    *,
+    account_id: str = "",
+) -> tuple[int, bool]:
+    """Write a region's setup into the user config: (macros written, whether any changed).
+
+    The first region recorded gets the plain names plus `ANNEX_DEFAULT_AWS_REGION`; a setup in
+    another region is recorded under the old tool's per-region names (`us_west_2.ANNEX_...`)
+    and leaves the first untouched (`-aws-region` selects it; see annex_settings).
+    """
+    macros = {o.macro: outputs[o.key] for o in contract.STACK_OUTPUTS}
+    macros[contract.MACRO_AWS_REGION] = region
+    macros[contract.MACRO_STACK_NAME] = stack_name
+    if account_id:
+        macros[contract.MACRO_AWS_ACCOUNT_ID] = account_id
+    before = read_annex_macros(config_path)
+    recorded = before.get(contract.MACRO_AWS_REGION)
+    if recorded and recorded != region:
+        macros = {
+            regional_name(name, region): value
+            for name, value in macros.items()
+            if name != contract.MACRO_AWS_REGION
+        }
+    write_annex_macros(config_path, macros)
+    return len(macros), any(before.get(k) != v for k, v in macros.items())
 
 
 # --- -check-setup -------------------------------------------------------------------------------
@@ -537,7 +568,8 @@ def check_setup(
         )
         result.ok = False
         return result
-    region = macros.get(contract.MACRO_AWS_REGION) or session.region_name
+    region = session.region_name or macros.get(contract.MACRO_AWS_REGION)
+    macros = regional_macros(macros, region)
     stack_name = macros.get(contract.MACRO_STACK_NAME) or contract.STACK_NAME
     flag = f" -aws-region {region}" if region else ""
     rerun = f"re-run `condor_annex -setup{flag}` (it rewrites the macros in place)"
@@ -581,7 +613,7 @@ def check_setup(
         try:
             call()
         except botocore.exceptions.ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
+            code = error_code(exc)
             if code in ("ResourceNotFoundException", "NoSuchEntity", "404", "NoSuchBucket"):
                 problem(f"{what} does not exist", rerun)
                 return
@@ -654,21 +686,20 @@ def raise_for_problems(result: CheckResult) -> None:
 
 
 def live_annex_instances(ec2: Any) -> dict[str, list[str]]:
-    """Annex name → ids of its pending or running instances (by the annex tag)."""
+    """Annex name → ids of its pending or running instances and its live fleet requests.
+
+    Instances that carry an annex's tag but are not owned by it (the annex model's rule) are
+    listed under `NAME (not owned)`: they still use the setup's profile and security groups.
+    """
     live: dict[str, list[str]] = {}
-    paginator = ec2.get_paginator("describe_instances")
-    pages = paginator.paginate(
-        Filters=[
-            {"Name": "tag-key", "Values": [contract.TAG_ANNEX_NAME]},
-            {"Name": "instance-state-name", "Values": list(_LIVE_INSTANCE_STATES)},
-        ]
-    )
-    for page in pages:
-        for reservation in page.get("Reservations", []):
-            for instance in reservation.get("Instances", []):
-                tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
-                name = tags.get(contract.TAG_ANNEX_NAME, "?")
-                live.setdefault(name, []).append(instance["InstanceId"])
+    for name, found in annex.find_all(ec2, states=_LIVE_INSTANCE_STATES).items():
+        ids = [*found.instance_ids, *(str(i["InstanceId"]) for i in found.awaiting_fleet_tag)]
+        ids += found.fleet_ids()
+        if name and ids:
+            live[name] = ids
+        for stray in found.unowned:
+            label = f"{stray.tag_says or stray.client_token_says} (not owned)"
+            live.setdefault(label, []).append(stray.resource_id)
     return live
 
 
@@ -716,20 +747,23 @@ def destroy_setup(
 ) -> None:
     """Remove the setup stack and its macros; refuses while any annex is running or leased.
 
-    Everything — the checks, emptying the bucket and the CDK CLI — acts as `session` (the CDK CLI
-    gets its profile or credentials), and only when that is the account and region the setup
-    was recorded for.
+    Everything (the checks, emptying the bucket, the CDK CLI) acts as `session`, whose profile
+    or credentials the CDK CLI gets, and only when that is the account the setup was recorded
+    in: the environment's credentials never reach another account's stack.
     """
     project = _project(project_dir)
     action = "destroy the condor_annex setup"
-    macros = read_annex_macros(config_file)
+    recorded_macros = read_annex_macros(config_file)
+    recorded_region = recorded_macros.get(contract.MACRO_AWS_REGION)
+    per_region = bool(recorded_region) and recorded_region != region
+    macros = regional_macros(recorded_macros, region)
     base_env = dict(os.environ if env is None else env)
     validate_region(region)
     target = _resolve(session, profile, region, base_env, action)
     check_recorded(
         target,
         account_id=macros.get(contract.MACRO_AWS_ACCOUNT_ID, ""),
-        region=macros.get(contract.MACRO_AWS_REGION, ""),
+        region="",
         config_file=str(config_file),
         action=action,
     )
@@ -766,7 +800,7 @@ def destroy_setup(
             count = empty_bucket(s3, bucket)
             progress(f"deleted {count} objects from {bucket}")
     except botocore.exceptions.ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") != "NoSuchBucket":
+        if error_code(exc) != "NoSuchBucket":
             raise translate_aws_error(exc, action=action, region=region) from exc
     except botocore.exceptions.BotoCoreError as exc:
         raise translate_aws_error(exc, action=action, region=region) from exc
@@ -799,7 +833,9 @@ def destroy_setup(
         progress(
             f"stack {stack_name} does not exist in {target.describe()}; removing the macros only"
         )
-    names = [o.macro for o in contract.STACK_OUTPUTS]
-    names += [contract.MACRO_AWS_REGION, contract.MACRO_STACK_NAME, contract.MACRO_AWS_ACCOUNT_ID]
+    if per_region:
+        names = [regional_name(name, region) for name in SETUP_MACROS]
+    else:
+        names = [*SETUP_MACROS, contract.MACRO_AWS_REGION]
     remove_annex_macros(config_file, names)
     progress(f"removed the ANNEX_DEFAULT_* macros from {config_file}")

@@ -1,6 +1,6 @@
 """`condor-annex-ec2`: configure an annex instance at boot, before HTCondor starts.
 
-Steps, in the seed's order (SPEC §2), each logged as one `step=... result=... ms=...` line:
+Steps, in the order of docs/RULES.md, each logged as one `step=... result=... ms=...` line:
 metadata session → annex name → config bucket → download → verify → unpack → instance macros →
 firewall. Any permanent failure logs why, powers the instance off (so no straggler keeps
 billing) and exits with the failure class's code (see `exits.Exit` and docs/AGENT.md).
@@ -35,6 +35,7 @@ from condor_annex.agent.imds import ImdsClient, ImdsNotFound, ImdsUnavailable
 from condor_annex.agent.log import StepFailed, StepRecord, emit, step
 from condor_annex.agent.root import Root
 from condor_annex.agent.tarball_unpack import Limits, TarballRefused, install, verify
+from condor_annex.aws import error_code
 
 POWEROFF_ENV = "CONDOR_ANNEX_POWEROFF_COMMAND"
 DEFAULT_POWEROFF_COMMAND = "shutdown -h now"
@@ -99,7 +100,7 @@ def _download(s3: Any, bucket: str, key: str, cap: int) -> bytes:
     try:
         response = s3.get_object(Bucket=bucket, Key=key)
     except ClientError as error:
-        code = discovery.error_code(error)
+        code = error_code(error)
         if code in ("NoSuchKey", "404", "NotFound"):
             raise StepFailed(Exit.TARBALL_MISSING, f"s3://{bucket}/{key} does not exist") from error
         if code == "AccessDenied":
@@ -324,7 +325,7 @@ def _firewall_main(argv: Sequence[str]) -> int:
 def _check_image_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="condor-annex-ec2 check-image",
-        description="Report which annex image requirements (SPEC §2) a root filesystem meets.",
+        description="Report which annex image requirements (docs/RULES.md) a root filesystem meets.",
     )
     _add_common(parser)
     args = parser.parse_args(argv)

@@ -28,9 +28,9 @@ from tests.integration.annex_env import (
 )
 from tests.reliability.conftest import (
     check_refused,
-    clean,
+    claim_left,
+    claim_refused,
     cli,
-    describe_left,
     left_behind,
     od_args,
 )
@@ -76,7 +76,8 @@ def refused_before_aws(
     """`check_refused`, plus: no call that changes anything reached the local AWS."""
     env.local.clear_calls()
     check_refused(env, observed, with_defaults(env, argv), code, *mentions, defaults=False, **kw)
-    assert _changing_calls(env) == []
+    calls = _changing_calls(env)
+    observed.check(f"AWS changes: {len(calls)}", calls == [], calls)
 
 
 def _spot(name: str, *extra: str) -> list[str]:
@@ -181,14 +182,15 @@ def test_narrowing_start_expression_is_anded_and_parses(
     finally:
         off = cli(env, "off", "-annex-name", "narrow")
     left = left_behind(env, before)
-    observed(
-        f"exit {run.code}; START ends `{start[-40:]}`; off exit {off.code}; {describe_left(left)}"
+    observed.equal("exit {}", run.code, 0)
+    observed.check(
+        f"START on the node (parsed by htcondor2) ends `{start[-40:]}`",
+        start.startswith("((TARGET.Owner =?= ")
+        and start.endswith(") && (TARGET.RequestMemory <= 4096)"),
+        start,
     )
-    assert run.code == 0, run.err
-    assert start.startswith("((TARGET.Owner =?= ") and start.endswith(
-        ") && (TARGET.RequestMemory <= 4096)"
-    )
-    assert not any(left.values()), left
+    observed.equal("off exit {}", off.code, 0)
+    claim_left(observed, left)
 
 
 # --- collectors -------------------------------------------------------------------------------
@@ -226,14 +228,15 @@ def test_shared_port_collector_forms_work_end_to_end(
     finally:
         off = cli(env, "off", "-annex-name", name)
     left = left_behind(env, before)
-    observed(
-        f"exit {run.code}; COLLECTOR_HOST on the node = {clean(str(written['COLLECTOR_HOST']))}; "
-        f"off exit {off.code}; {describe_left(left)}"
+    observed.equal("exit {}", run.code, 0)
+    observed.check(
+        "COLLECTOR_HOST on the node (parsed by htcondor2) is the form given",
+        written["COLLECTOR_HOST"] == collector,
+        written,
     )
-    assert run.code == 0, run.err
-    assert written["COLLECTOR_HOST"] == collector
-    assert written["CONDOR_HOST"] == "127.0.0.1"
-    assert not any(left.values()), left
+    observed.equal("CONDOR_HOST {}", written["CONDOR_HOST"], "127.0.0.1")
+    observed.equal("off exit {}", off.code, 0)
+    claim_left(observed, left)
 
 
 @pytest.mark.parametrize(
@@ -346,9 +349,9 @@ def test_good_token_file_is_accepted(env: AnnexEnv, observed: Any, tmp_path: Pat
     run = cli(env, *od_args(env, "goodtok", "-token-file", str(path), "-duration", "1h"))
     off = cli(env, "off", "-annex-name", "goodtok")
     left = left_behind(env, before)
-    observed(f"exit {run.code}; off exit {off.code}; {describe_left(left)}")
-    assert run.code == 0, run.err
-    assert not any(left.values()), left
+    observed.equal("exit {}", run.code, 0)
+    observed.equal("off exit {}", off.code, 0)
+    claim_left(observed, left)
 
 
 # --- file arguments ---------------------------------------------------------------------------
@@ -480,10 +483,8 @@ def test_corrupt_lease_record_is_a_named_error(env: AnnexEnv, observed: Any) -> 
     env.clients.s3.put_object(Bucket=env.settings.config_bucket, Key=key, Body=b"\x00garbage")
     try:
         run = cli(env, "-annex-name", "corrupt", "-duration", "2h")
-        observed(clean(f"exit {run.code}; {run.first_line}"))
-        assert run.code == 1, run.err
-        assert "cannot be read" in run.err and "condor_annex off -annex-name corrupt" in run.err
-        assert "internal error" not in run.err
+        claim_refused(observed, run, 1, "cannot be read", "condor_annex off -annex-name corrupt")
+        observed.check("not an internal error", "internal error" not in run.err, run.err)
     finally:
         cli(env, "off", "-annex-name", "corrupt")
     assert contract.lease_key("corrupt") not in env.objects()
@@ -502,11 +503,9 @@ def test_off_in_another_region_is_refused_and_terminates_nothing(
         off = cli(env, "off", "-annex-name", "elsewhere", "-aws-region", "eu-west-3")
         calls = _changing_calls(env)
         still = left_behind(env, before)
-        observed(clean(f"exit {off.code}; {off.first_line}; AWS changes: {len(calls)}"))
-        assert off.code == SetupMissing.exit_code, off.err
-        assert "eu-west-3" in off.err and f"-aws-region {env.local.region}" in off.err
-        assert calls == []
-        assert still == made
+        claim_refused(observed, off, SetupMissing.exit_code, "eu-west-3", "-setup")
+        observed.equal("AWS changes: {}", len(calls), 0)
+        observed.check("the annex's instance still runs", still == made, (still, made))
     finally:
         assert cli(env, "off", "-annex-name", "elsewhere").code == 0
     assert not any(left_behind(env, before).values())

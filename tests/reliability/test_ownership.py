@@ -16,7 +16,7 @@ import pytest
 from condor_annex import contract, lease
 from tests.fixtures.cdk import load_lambda_module
 from tests.integration.annex_env import AnnexEnv
-from tests.reliability.conftest import cli, describe_left, left_behind, od_args
+from tests.reliability.conftest import check_refused, claim_left, cli, left_behind, od_args
 
 AREA = "ownership"
 pytestmark = pytest.mark.xdist_group("reliability-ownership")
@@ -52,12 +52,12 @@ def _cleanup(env: AnnexEnv, *ids: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "token_of, tags_of, verdict",
+    "token_of, tags_of, says",
     [
         pytest.param(
             lambda name: f"{name}_{uuid.uuid4()}",
             lambda name: {},
-            contract.TOKEN_ONLY,
+            "client token says web, tag htcondor:AnnexName says nothing; not touched",
             marks=mark(
                 AREA, "`off web`: foreign instance whose client token is `web_<GUID>`, no tags"
             ),
@@ -66,41 +66,28 @@ def _cleanup(env: AnnexEnv, *ids: str) -> None:
         pytest.param(
             lambda name: None,
             lambda name: {contract.TAG_ANNEX_NAME: name, **_ANNEX_TAGS},
-            contract.TAG_ONLY,
+            "client token says no annex, tag htcondor:AnnexName says web; not touched",
             marks=mark(AREA, "`off web`: instance carrying web's annex tags but no annex token"),
             id="tag-only",
-        ),
-        pytest.param(
-            lambda name: f"{name}_{uuid.uuid4()}",
-            lambda name: {contract.TAG_ANNEX_NAME: name},
-            contract.TOKEN_ONLY,
-            marks=mark(
-                AREA, "`off web`: annex token and name tag, but no condor_annex managed-by tag"
-            ),
-            id="token-and-name-tag",
         ),
     ],
 )
 def test_off_leaves_a_one_sided_match_alone_and_says_so(
-    env: AnnexEnv, observed: Any, token_of: Any, tags_of: Any, verdict: str
+    env: AnnexEnv, observed: Any, token_of: Any, tags_of: Any, says: str
 ) -> None:
     name = "web"
-    foreign = _launch(env, token=token_of(name), tags=tags_of(name))
     before = env.leftovers()
+    assert cli(env, *od_args(env, name)).code == 0
+    foreign = _launch(env, token=token_of(name), tags=tags_of(name))
+    before["instances"].append(foreign)
     try:
-        assert cli(env, *od_args(env, name)).code == 0
         off = cli(env, "off", "-annex-name", name)
         state = _state(env, foreign)
         left = left_behind(env, before)
-        observed(
-            f"off exit {off.code}; the foreign instance is {state}; off says "
-            f"`{next((ln for ln in off.out.splitlines() if 'left alone' in ln), '')[:90]}`; "
-            f"annex {describe_left(left)}"
-        )
-        assert off.code == 0, off.err
-        assert state == "running"
-        assert f"left alone: instance {foreign} ({verdict})" in off.out
-        assert not any(left.values()), left  # the annex's own instance is gone
+        observed.equal("off exit {}", off.code, 0)
+        observed.equal("the foreign instance is {}", state, "running")
+        observed.check(f"off reports it: `{says}`", f"{foreign}: {says}" in off.out, off.out)
+        claim_left(observed, left)  # the annex's own instance is gone
     finally:
         _cleanup(env, foreign)
 
@@ -108,10 +95,11 @@ def test_off_leaves_a_one_sided_match_alone_and_says_so(
 @mark(AREA, "lease function for `web`: a foreign `web_<GUID>` instance is not terminated")
 def test_lease_function_ends_only_what_the_annex_owns(env: AnnexEnv, observed: Any) -> None:
     name = "web"
-    foreign = _launch(env, token=f"{name}_{uuid.uuid4()}", tags={})
     before = env.leftovers()
+    assert cli(env, *od_args(env, name)).code == 0
+    foreign = _launch(env, token=f"{name}_{uuid.uuid4()}", tags={})
+    before["instances"].append(foreign)
     try:
-        assert cli(env, *od_args(env, name)).code == 0
         record = lease.read_lease_record(env.clients.s3, env.settings.config_bucket, name)
         assert record is not None
         result = load_lambda_module("lease").end_lease(
@@ -123,34 +111,24 @@ def test_lease_function_ends_only_what_the_annex_owns(env: AnnexEnv, observed: A
         )
         state = _state(env, foreign)
         left = left_behind(env, before)
-        observed(
-            f"terminated {len(result.terminated_instances)} (the annex's); foreign instance "
-            f"{state}; {describe_left(left)}"
+        observed.equal(
+            "terminated {} instance (the annex's own)", len(result.terminated_instances), 1
         )
-        assert foreign not in result.terminated_instances
-        assert state == "running"
-        assert len(result.terminated_instances) == 1
-        assert not any(left.values()), left
+        observed.check("not the foreign one", foreign not in result.terminated_instances, result)
+        observed.equal("the foreign instance is {}", state, "running")
+        claim_left(observed, left)
     finally:
         _cleanup(env, foreign)
 
 
-@mark(AREA, "create `web` while a foreign `web_<GUID>` instance runs (not counted as the annex)")
-def test_foreign_token_does_not_block_or_join_a_create(env: AnnexEnv, observed: Any) -> None:
+@mark(AREA, "create `web` while a foreign `web_<GUID>` instance runs: refused, naming it")
+def test_foreign_token_blocks_a_create_of_that_name(env: AnnexEnv, observed: Any) -> None:
     name = "web"
     foreign = _launch(env, token=f"{name}_{uuid.uuid4()}", tags={})
-    before = env.leftovers()
     try:
-        run = cli(env, *od_args(env, name))
-        status = cli(env, "status", "-annex-name", name, "-json")
-        off = cli(env, "off", "-annex-name", name)
-        left = left_behind(env, before)
-        observed(
-            f"create exit {run.code}; status lists the foreign instance: {foreign in status.out}; "
-            f"off exit {off.code}; foreign instance {_state(env, foreign)}; {describe_left(left)}"
+        check_refused(
+            env, observed, od_args(env, name), 2, "already exists", foreign, "not touched"
         )
-        assert run.code == 0, run.err
-        assert _state(env, foreign) == "running"
-        assert not any(left.values()), left
+        observed.equal("the foreign instance is {}", _state(env, foreign), "running")
     finally:
         _cleanup(env, foreign)

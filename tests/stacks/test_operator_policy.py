@@ -1,4 +1,4 @@
-"""The annex operator policy (SPEC §5): day-to-day use, limited by tag, profile and role."""
+"""The annex operator policy (docs/RULES.md, "Least privilege for day-to-day use"): day-to-day use, limited by tag, profile and role."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def test_operator_may_invoke_the_setup_functions(synthesized_setup):
 
 
 LAUNCH_TEMPLATES = "arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:launch-template/*"
-CLI_MODULES = ("create.py", "off.py", "launch_templates.py")
+CLI_MODULES = ("create.py", "off.py", "annex.py")
 
 
 def _launch_template_calls() -> set[str]:
@@ -98,7 +98,7 @@ def _launch_template_calls() -> set[str]:
     calls: set[str] = set()
     for module in CLI_MODULES:
         source = (package / module).read_text()
-        for method in re.findall(r"\.(\w*launch_templates?)\(", source):
+        for method in re.findall(r"\bec2\.(\w*launch_templates?)\(", source):
             calls.add("ec2:" + "".join(part.capitalize() for part in method.split("_")))
     return calls
 
