@@ -201,6 +201,9 @@ def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
 
         hooks.progress = progress
     result = create_annex(request, settings=settings, clients=clients, hooks=hooks, preview=preview)
+    from condor_annex import interrupts
+
+    interrupts.finished()  # the annex exists: a late ^C must not turn this into an error
     ctx.stdout.write((render.to_json(result) if args.json else render.render_create(result)) + "\n")
     return EXIT_OK
 
