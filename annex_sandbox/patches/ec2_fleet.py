@@ -293,7 +293,7 @@ def ec2_fleet_idempotent_on_client_token() -> None:
             finally:
                 _PENDING.instance_tags = {}
                 _PENDING.token = None
-            answer: dict[str, Any] = dict(result.result)
+            answer: dict[str, Any] = dict(result.result)  # type: ignore[call-overload]
             fleet = backend.get_fleet(answer["FleetId"])
             errors = fleet.__dict__.get("_sandbox_errors", []) if fleet else []
             if fleet is not None and fleet.fleet_type == "instant":
@@ -315,8 +315,11 @@ def ec2_fleet_idempotent_on_client_token() -> None:
 
 
 class _Pending(threading.local):
-    instance_tags: dict[str, str] = {}
-    token: Optional[str] = None
+    """What the CreateFleet answer being built hands to the Fleet constructor (per thread)."""
+
+    def __init__(self) -> None:
+        self.instance_tags: dict[str, str] = {}
+        self.token: Optional[str] = None
 
 
 _PENDING = _Pending()
@@ -336,10 +339,8 @@ def delete_fleets_ends_every_instance() -> None:
         deleted, failed = [], []
         for fleet_id in fleet_ids:
             fleet = self.fleets.get(fleet_id)
-            if (
-                fleet is None
-                or fleet.state.startswith("deleted")
-                and fleet.state != "deleted_running"
+            if fleet is None or (
+                fleet.state.startswith("deleted") and fleet.state != "deleted_running"
             ):
                 failed.append(
                     (fleet_id, "fleetIdDoesNotExist", f"The fleet ID '{fleet_id}' does not exist")
