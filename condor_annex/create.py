@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import partial
@@ -38,6 +38,7 @@ from condor_annex.collector import (
 )
 from condor_annex.errors import (
     AnnexError,
+    CapacityError,
     ConnectivityFailed,
     InvalidInput,
     SetupIncomplete,
@@ -116,7 +117,31 @@ class CreateRequest:
     """On-demand: further instance types tried, in order, when `instance_type` has no capacity."""
     max_price_per_hour: Optional[float] = None
     """USD/hour cap: refused before anything is created if the preview exceeds it; fleets
-    carry it into AWS (`SpotMaxTotalPrice`)."""
+    carry it into AWS (`SpotMaxTotalPrice` / `MaxTotalPrice`)."""
+    aws_fleet: bool = False
+    """Launch through EC2 Fleet (`CreateFleet`): Spot with -slots, on-demand with -count."""
+    ec2_fleet_type: Optional[str] = None
+    """`instant` (one-shot) or `maintain` (refilled after interruptions); default: `maintain`
+    for Spot, `instant` for on-demand."""
+    on_demand_allocation_strategy: str = "lowest-price"
+    """EC2 Fleet on-demand: `lowest-price`, or `prioritized` (the order of the types given)."""
+
+    @property
+    def market(self) -> str:
+        """`on-demand` (-count) or `spot` (-slots)."""
+        return "on-demand" if self.count is not None else "spot"
+
+    @property
+    def size(self) -> int:
+        """Instances (-count) or weighted capacity (-slots)."""
+        return int(self.count if self.count is not None else self.slots or 0)
+
+    @property
+    def fleet_type(self) -> str:
+        """The EC2 Fleet request type this annex uses."""
+        if self.ec2_fleet_type:
+            return self.ec2_fleet_type
+        return "instant" if self.market == "on-demand" else "maintain"
 
     @property
     def on_demand_instance_types(self) -> tuple[str, ...]:
@@ -124,6 +149,8 @@ class CreateRequest:
 
     @property
     def kind(self) -> str:
+        if self.aws_fleet:
+            return contract.FLEET_KIND_EC2_FLEET
         return (
             contract.FLEET_KIND_SPOT_FLEET
             if self.slots is not None
@@ -313,7 +340,23 @@ def validate_request(request: CreateRequest) -> None:
         raise InvalidInput("an -aws-on-demand-instance-type is given twice")
     if request.ami_id is not None and not request.ami_id.startswith("ami-"):
         raise InvalidInput(f"{request.ami_id!r} is not an AMI ID (ami-...)")
-    if request.kind == contract.FLEET_KIND_ON_DEMAND:
+    if request.aws_fleet:
+        if request.ec2_fleet_type not in (None, *EC2_FLEET_TYPES):
+            raise InvalidInput(
+                f"EC2 Fleet type {request.ec2_fleet_type!r} is not one of "
+                + ", ".join(EC2_FLEET_TYPES)
+            )
+        if request.on_demand_allocation_strategy not in ON_DEMAND_ALLOCATION_STRATEGIES:
+            raise InvalidInput(
+                f"on-demand allocation strategy {request.on_demand_allocation_strategy!r} is not "
+                "one of " + ", ".join(ON_DEMAND_ALLOCATION_STRATEGIES)
+            )
+        if request.spot_fleet_config_file is not None:
+            raise InvalidInput(
+                "-aws-fleet takes instance types, not a Spot Fleet config file",
+                next_step="pass -aws-spot-instance-types TYPE[:WEIGHT],... with -slots",
+            )
+    if request.market == "on-demand":
         if request.spot_instance_types or request.spot_fleet_config_file:
             raise InvalidInput("Spot Fleet options need -slots, not -count")
         if request.ami_id is None:
@@ -321,6 +364,14 @@ def validate_request(request: CreateRequest) -> None:
                 "an on-demand annex needs an AMI",
                 next_step="pass -aws-on-demand-ami-id ami-... (an annex-compatible image)",
             )
+    elif request.aws_fleet:
+        if not request.spot_instance_types:
+            raise InvalidInput(
+                "a Spot annex through EC2 Fleet needs instance types",
+                next_step="pass -aws-spot-instance-types TYPE[:WEIGHT],...",
+            )
+        if request.ami_id is None:
+            raise InvalidInput("an EC2 Fleet annex needs an AMI", next_step="pass -aws-ami-id")
     else:
         if bool(request.spot_instance_types) == bool(request.spot_fleet_config_file):
             raise InvalidInput(
@@ -465,6 +516,9 @@ def existing_annex_summary(
     fleets = fleets_of(clients.ec2, annex_name)
     if fleets:
         parts.append(f"{len(fleets)} Spot Fleet request(s)")
+    ec2_fleets = ec2_fleets_of(clients.ec2, annex_name)
+    if ec2_fleets:
+        parts.append(f"{len(ec2_fleets)} EC2 Fleet(s)")
     return ", ".join(parts) or None
 
 
@@ -475,6 +529,13 @@ def _token_unused(clients: AnnexClients, client_token: str, kind: str) -> None:
             clients.ec2, [{"Name": "client-token", "Values": [client_token]}]
         )
         found = [i for i in found if i.get("ClientToken") == client_token]
+    elif kind == contract.FLEET_KIND_EC2_FLEET:
+        annex = contract.annex_name_from_client_token(client_token)
+        found = [
+            f
+            for f in (ec2_fleets_of(clients.ec2, annex) if annex else [])
+            if f.get("ClientToken") == client_token
+        ]
     else:
         annex = contract.annex_name_from_client_token(client_token)
         found = [
@@ -491,7 +552,16 @@ def _token_unused(clients: AnnexClients, client_token: str, kind: str) -> None:
 
 
 def spot_plan(request: CreateRequest, settings: Settings) -> Optional[spot.SpotPlan]:
-    """The Spot Fleet plan of a fleet request (None for on-demand); raises InvalidInput."""
+    """The launch plan of a fleet request (None for plain on-demand); raises InvalidInput."""
+    if request.kind == contract.FLEET_KIND_EC2_FLEET:
+        if request.market == "spot":
+            return spot.plan_from_instance_types(request.spot_instance_types)
+        return spot.SpotPlan(
+            overrides=[
+                {"InstanceType": t, "Priority": float(i)}
+                for i, t in enumerate(request.on_demand_instance_types)
+            ]
+        )
     if request.kind != contract.FLEET_KIND_SPOT_FLEET:
         return None
     if request.spot_fleet_config_file is not None:
@@ -520,7 +590,7 @@ def cost_preview(
     book = cost.PriceBook(
         region=clients.region, ec2=clients.ec2, pricing=clients.pricing, cache_dir=cache_dir
     )
-    if request.kind == contract.FLEET_KIND_ON_DEMAND:
+    if request.market == "on-demand":
         pools = [cost.Pool(t) for t in request.on_demand_instance_types]
         market, size = "on-demand", int(request.count or 0)
     else:
@@ -885,6 +955,40 @@ def _create_steps(
         result.launch_template_id = template_id
         st.done(STEP_LAUNCH_TEMPLATE)
 
+        if kind == contract.FLEET_KIND_EC2_FLEET:
+            st.begin(STEP_LAUNCH)
+            undo.push(
+                "delete the EC2 Fleet with its instances",
+                lambda: _delete_ec2_fleet_token(clients, client_token, result.fleet_id),
+            )
+            st.call(
+                "check the client token is unused",
+                lambda: _token_unused(clients, client_token, kind),
+            )
+            subnets = request.subnet_ids or st.call(
+                "list the subnets of the setup's VPC", lambda: vpc_subnets(clients.ec2, settings)
+            )
+            fleet_request = build_ec2_fleet_request(
+                request,
+                plan,
+                launch_template_id=template_id,
+                launch_template_version=version,
+                client_token=client_token,
+                subnet_ids=subnets,
+                valid_until=expires_at,
+                tags=tags,
+            )
+            answer = st.call(
+                "create the EC2 Fleet",
+                lambda: hooks.backoff().retry(
+                    lambda: clients.launcher.create_fleet(**fleet_request), _retryable
+                ),
+            )
+            result.fleet_id = str(answer["FleetId"])
+            _instant_fleet_outcome(answer, request, result)
+            st.done(STEP_LAUNCH)
+            return result
+
         st.begin(STEP_LAUNCH)
         undo.push(
             "cancel the Spot Fleet request",
@@ -924,6 +1028,145 @@ def _create_steps(
         st.done(STEP_LAUNCH)
     return result
 
+
+def vpc_subnets(ec2: Any, settings: Settings) -> tuple[str, ...]:
+    """Every subnet of the setup's VPC (EC2 Fleet spreads over all of them); () without one."""
+    if not settings.vpc_id:
+        return ()
+    found: list[str] = []
+    for page in ec2.get_paginator("describe_subnets").paginate(
+        Filters=[{"Name": "vpc-id", "Values": [settings.vpc_id]}]
+    ):
+        found.extend(str(s["SubnetId"]) for s in page.get("Subnets", []))
+    return tuple(sorted(found))
+
+
+def build_ec2_fleet_request(
+    request: CreateRequest,
+    plan: spot.SpotPlan,
+    *,
+    launch_template_id: str,
+    launch_template_version: str,
+    client_token: str,
+    subnet_ids: Sequence[str],
+    valid_until: datetime,
+    tags: Sequence[Mapping[str, str]],
+) -> dict[str, Any]:
+    """The `CreateFleet` arguments: the annex's template, one override per (type, subnet).
+
+    The price cap goes into `SpotOptions`/`OnDemandOptions.MaxTotalPrice`, so EC2 Fleet itself
+    stops launching at it; a `maintain` fleet ends with the lease (`ValidUntil`,
+    `TerminateInstancesWithExpiration`) even if the lease schedule were lost.
+    """
+    overrides = [
+        {**o, **({"SubnetId": s} if s else {})}
+        for o in plan.overrides
+        for s in (subnet_ids or (None,))
+    ]
+    if len(overrides) > MAX_EC2_FLEET_OVERRIDES:
+        raise InvalidInput(
+            f"{len(overrides)} instance type/subnet combinations exceed EC2 Fleet's limit of "
+            f"{MAX_EC2_FLEET_OVERRIDES}",
+            next_step="name fewer instance types or pass -aws-subnet-id",
+        )
+    options: dict[str, Any]
+    if request.market == "spot":
+        options = {
+            "AllocationStrategy": SPOT_ALLOCATION_STRATEGY,
+            "InstanceInterruptionBehavior": "terminate",
+        }
+    else:
+        options = {"AllocationStrategy": request.on_demand_allocation_strategy}
+    if request.max_price_per_hour is not None:
+        options["MaxTotalPrice"] = cost.format_aws_price(request.max_price_per_hour)
+    fleet: dict[str, Any] = {
+        "ClientToken": client_token,
+        "Type": request.fleet_type,
+        "TargetCapacitySpecification": {
+            "TotalTargetCapacity": request.size,
+            "DefaultTargetCapacityType": request.market,
+        },
+        "SpotOptions" if request.market == "spot" else "OnDemandOptions": options,
+        "LaunchTemplateConfigs": [
+            {
+                "LaunchTemplateSpecification": {
+                    "LaunchTemplateId": launch_template_id,
+                    "Version": launch_template_version,
+                },
+                "Overrides": overrides,
+            }
+        ],
+        "TagSpecifications": [{"ResourceType": "fleet", "Tags": list(tags)}],
+    }
+    if request.fleet_type == "maintain":
+        # ValidUntil is not supported for instant fleets (CreateFleet API reference).
+        fleet["ValidUntil"] = valid_until
+        fleet["TerminateInstancesWithExpiration"] = True
+    return fleet
+
+
+def _instant_fleet_outcome(
+    answer: Mapping[str, Any], request: CreateRequest, result: CreateResult
+) -> None:
+    """An `instant` fleet answers what it launched and which pools failed, at once."""
+    if request.fleet_type != "instant":
+        return
+    result.instance_ids = sorted(
+        str(i) for group in answer.get("Instances", []) for i in group.get("InstanceIds", [])
+    )
+    failures = sorted(
+        {
+            f"{e.get('LaunchTemplateAndOverrides', {}).get('Overrides', {}).get('InstanceType', '?')}"
+            f" in {e.get('LaunchTemplateAndOverrides', {}).get('Overrides', {}).get('SubnetId', '?')}"
+            f": {e.get('ErrorCode')}"
+            for e in answer.get("Errors", [])
+        }
+    )
+    if not result.instance_ids:
+        raise CapacityError(
+            "EC2 Fleet launched nothing"
+            + (f" ({'; '.join(failures)})" if failures else "")
+            + "; nothing was left behind",
+            next_step="try other instance types or subnets, or later",
+        )
+    if failures:
+        result.notes.append("EC2 Fleet skipped pools: " + "; ".join(failures))
+
+
+def _delete_ec2_fleet_token(
+    clients: AnnexClients, client_token: str, fleet_id: Optional[str]
+) -> None:
+    ids = {fleet_id} if fleet_id else set()
+    annex = contract.annex_name_from_client_token(client_token)
+    for fleet in ec2_fleets_of(clients.ec2, annex) if annex else []:
+        if fleet.get("ClientToken") == client_token:
+            ids.add(str(fleet["FleetId"]))
+    if ids:
+        clients.ec2.delete_fleets(FleetIds=sorted(ids), TerminateInstances=True)
+
+
+def ec2_fleets_of(ec2: Any, annex_name: Optional[str]) -> list[dict[str, Any]]:
+    """Live EC2 Fleets whose client token belongs to `annex_name` (any annex if None)."""
+    out: list[dict[str, Any]] = []
+    for page in ec2.get_paginator("describe_fleets").paginate():
+        for fleet in page.get("Fleets", []):
+            if fleet.get("FleetState") not in LIVE_EC2_FLEET_STATES:
+                continue
+            owner = contract.annex_name_from_client_token(fleet.get("ClientToken") or "")
+            if owner is not None and (annex_name is None or owner == annex_name):
+                out.append(fleet)
+    return out
+
+
+MAX_EC2_FLEET_OVERRIDES = 300
+"""CreateFleet: at most 300 launch template overrides per request (EC2 Fleet quotas)."""
+EC2_FLEET_TYPES = ("instant", "maintain")
+"""`request` is left out: AWS recommends `instant` for one-shot launches instead."""
+ON_DEMAND_ALLOCATION_STRATEGIES = ("lowest-price", "prioritized")
+SPOT_ALLOCATION_STRATEGY = "price-capacity-optimized"
+"""EC2 Fleet's recommended Spot strategy: the lowest-priced pools among those most likely to
+keep their capacity ("Allocation strategies for EC2 Fleet")."""
+LIVE_EC2_FLEET_STATES = ("submitted", "active", "modifying", "deleted_running")
 
 CAPACITY_ERROR_CODES = frozenset({"InsufficientInstanceCapacity", "Unsupported"})
 """EC2's answers for a pool (instance type in a zone) without room or without that type
