@@ -28,7 +28,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
-from condor_annex import contract
+from condor_annex import annex, contract
 
 REGION = "us-east-1"
 ON_DEMAND_ANNEX = "demo_ondemand"
@@ -197,17 +197,12 @@ class Demo:
             raise DemoFailed(message)
 
     def annex_instances(
-        self, annex: str, states: Sequence[str] = ("pending", "running")
+        self, annex_name: str, states: Sequence[str] = ("pending", "running")
     ) -> list[str]:
-        ec2 = self.client("ec2")
-        pages = ec2.get_paginator("describe_instances").paginate(
-            Filters=[
-                {"Name": f"tag:{contract.TAG_ANNEX_NAME}", "Values": [annex]},
-                {"Name": "instance-state-name", "Values": list(states)},
-            ]
-        )
+        """The annex's instances in `states`, by the product's own ownership rule."""
+        found = annex.find(self.client("ec2"), annex_name, states=states)
         return sorted(
-            i["InstanceId"] for page in pages for r in page["Reservations"] for i in r["Instances"]
+            [*found.instance_ids, *(str(i["InstanceId"]) for i in found.awaiting_fleet_tag)]
         )
 
     def bucket_keys(self) -> list[str]:
@@ -292,8 +287,8 @@ class Demo:
             *common,
         )  # fmt: skip
         self.expect(code == 0, f"Spot Fleet create exited {code}")
-        for annex in (ON_DEMAND_ANNEX, SPOT_ANNEX):
-            self.outcomes.annex_instances[annex] = self.annex_instances(annex)
+        for annex_name in (ON_DEMAND_ANNEX, SPOT_ANNEX):
+            self.outcomes.annex_instances[annex_name] = self.annex_instances(annex_name)
         self.outcomes.tarballs = [k for k in self.bucket_keys() if contract.is_config_key(k)]
         self.console.detail(f"instances: {json.dumps(self.outcomes.annex_instances)}")
         self.console.detail(f"tarballs in the config bucket: {self.outcomes.tarballs}")
@@ -309,7 +304,7 @@ class Demo:
 
         ec2, iam, sts = self.client("ec2"), self.client("iam"), self.client("sts")
         agents: dict[str, subprocess.Popen[str]] = {}
-        for annex, ids in self.outcomes.annex_instances.items():
+        for annex_name, ids in self.outcomes.annex_instances.items():
             for instance_id in ids:
                 instance = instance_from_ec2(ec2, iam, instance_id, sts_client=sts, region=REGION)
                 url = self.imds.add_instance(instance)
@@ -332,7 +327,7 @@ class Demo:
                     stderr=subprocess.STDOUT,
                     text=True,
                 )
-                self.console.detail(f"booting {instance_id} ({annex}) ...")
+                self.console.detail(f"booting {instance_id} ({annex_name}) ...")
         for instance_id, agent in agents.items():
             output, _ = agent.communicate(timeout=120)
             self.outcomes.boots[instance_id] = agent.returncode

@@ -435,6 +435,15 @@ class ImdsServer:
         """The live, mutable record served for `instance_id`."""
         return self._require(instance_id).instance
 
+    def served_credentials(self, instance_id: str) -> Optional[Credentials]:
+        """The role credentials this instance's metadata service handed out last (None if none).
+
+        What a secret-hunting test must look for: the instance's `credentials` attribute is the
+        credential *source* (a callable), not the secret it produced.
+        """
+        cached = self._require(instance_id).cached_credentials
+        return cached[1] if cached is not None else None
+
     def instance_ids(self) -> list[str]:
         with self._lock:
             return list(self._instances)

@@ -24,6 +24,7 @@ from bench.harness import (
     Context,
     Result,
     Skipped,
+    current_commit,
     publish_plots,
     write_json,
 )
@@ -117,7 +118,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / "run.json").write_text(
         json.dumps({"argv": list(argv or sys.argv[1:]), "quick": ctx.quick, "seconds": round(total, 1),
-                    "outcome": outcome}, indent=2) + "\n"
+                    "outcome": outcome, "commit": current_commit()}, indent=2) + "\n"
     )  # fmt: skip
     if args.publish:
         from bench.report import publish

@@ -177,7 +177,7 @@ def boot_wave(
 
 def run(ctx: Context) -> Result:
     result = Result("scale")
-    ours_n = ctx.scale or ctx.pick(200, 1000)
+    ours_n = ctx.scale or ctx.pick(100, 1000)
     base_n = max(10, ours_n // 5)
     waves = []
     with world.running_aws() as aws, world.running_imds() as imds:

@@ -77,7 +77,7 @@ def run(ctx: Context) -> Result:
         from condor_annex.status import annex_status
     except ImportError as error:
         raise Skipped(f"the status verb is missing: {error}") from error
-    count = ctx.pick(200, 1000)
+    count = ctx.pick(100, 1000)
     other = count // 2
     annex = "bench_status"
     with world.running_aws() as aws:

@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -61,9 +62,44 @@ class Result:
         print(f"  FAILED: {reason}", flush=True)
 
 
+GENERATED = ("docs/PERFORMANCE.*", "docs/img/*", "docs/RELIABILITY.*")
+"""Pages the runs themselves rewrite: changes there do not make a run's code "uncommitted"."""
+
+
+def current_commit(ignore: Sequence[str] = GENERATED) -> str:
+    """The commit the working tree is at (`+ uncommitted changes` when the code differs), or ""."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        changed = subprocess.run(
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                *(f":!{pattern}" for pattern in ignore),
+            ],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return f"{head} + uncommitted changes" if changed else head
+
+
 def environment() -> dict[str, Any]:
-    """Where the numbers were measured."""
+    """Where (and on which commit) the numbers were measured."""
     return {
+        "commit": current_commit(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),

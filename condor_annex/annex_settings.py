@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 from condor_annex import contract
 from condor_annex.aws import make_client, make_session
+from condor_annex.errors import SetupIncomplete, SetupMissing
 
 PRICING_API_REGION = "us-east-1"
 """The Price List Query API is served from us-east-1 (also eu-central-1 and ap-south-1) and
@@ -108,6 +109,25 @@ class Settings:
     def empty(self) -> bool:
         """True when no setup macro at all is present (setup never ran for this user)."""
         return not any(self.value(o) for o in contract.STACK_OUTPUTS)
+
+
+def require_setup(
+    settings: Settings, needed: tuple[contract.StackOutput, ...], region: str
+) -> None:
+    """Raise SetupMissing / SetupIncomplete when the user config lacks what a verb needs."""
+    where = f" -aws-region {region}" if region else ""
+    if settings.empty:
+        raise SetupMissing(
+            "no condor_annex setup is recorded in your HTCondor user config",
+            next_step=f"run `condor_annex -setup{where}`",
+        )
+    missing = settings.missing(needed)
+    if missing:
+        raise SetupIncomplete(
+            "the setup recorded in your HTCondor user config lacks "
+            + ", ".join(o.macro for o in missing),
+            next_step=f"run `condor_annex -setup{where}` again (it updates in place)",
+        )
 
 
 def settings_field_names() -> list[str]:

@@ -7,12 +7,15 @@ Endpoints come from the standard SDK settings (`AWS_ENDPOINT_URL`, profiles), ne
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import boto3
 from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
 
 from condor_annex import __version__
+
+if TYPE_CHECKING:
+    import boto3
 
 DEFAULT_MAX_ATTEMPTS = 10
 
@@ -28,9 +31,49 @@ def client_config(max_attempts: int = DEFAULT_MAX_ATTEMPTS, **overrides: Any) ->
 
 def make_session(region: Optional[str] = None, profile: Optional[str] = None) -> boto3.Session:
     """A session from the standard credential chain (env, profile, SSO, instance metadata)."""
+    # Imported here: the error helpers below are used where no client is ever made (the
+    # agent's `check-image`), and importing boto3 costs a cold start most of its time.
+    import boto3
+
     return boto3.Session(region_name=region, profile_name=profile)
 
 
 def make_client(session: boto3.Session, service: str, **config_overrides: Any) -> Any:
     """A client for `service` with the shared retry and user-agent settings."""
     return session.client(service, config=client_config(**config_overrides))
+
+
+# --- AWS error codes: the one place they are read and classified ---------------------------------
+
+NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound", "ResourceNotFoundException"})
+THROTTLING_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "RequestThrottled",
+    }
+)
+TRANSIENT_CODES = frozenset({"InternalError", "ServiceUnavailable", "Unavailable"})
+ACCESS_DENIED_CODES = frozenset(
+    {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "403"}
+)
+
+
+def error_code(exc: BaseException) -> str:
+    """The AWS error code of a botocore ClientError, else ''."""
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def is_not_found(exc: BaseException) -> bool:
+    return error_code(exc) in NOT_FOUND_CODES
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Throttling and transient errors, or a connection that failed: worth the same call again."""
+    if isinstance(exc, ClientError):
+        return error_code(exc) in THROTTLING_CODES | TRANSIENT_CODES
+    return isinstance(exc, BotoCoreError) and "Connect" in type(exc).__name__

@@ -281,9 +281,14 @@ FLEET_KIND_SPOT_FLEET = "spot-fleet"
 FLEET_KIND_EC2_FLEET = "ec2-fleet"
 
 
-def _utc_iso(moment: datetime) -> str:
+def utc_iso(moment: datetime) -> str:
+    """`YYYY-MM-DDTHH:MM:SSZ`: the one form every time the tool writes or shows is in.
+
+    A naive datetime is refused, everywhere: botocore returns aware times, and a naive one in
+    our code is a bug (local time passed off as UTC) that must not move a lease by hours.
+    """
     if moment.tzinfo is None:
-        raise ValueError("lease times must be timezone-aware")
+        raise ValueError(f"{moment!r} has no time zone; pass an aware datetime (UTC)")
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -331,10 +336,10 @@ class LeaseRecord:
         return cls(
             annex_name=annex_name,
             bucket=bucket,
-            expires_at=_utc_iso(expires_at),
+            expires_at=utc_iso(expires_at),
             client_token=client_token,
             kind=kind,
-            created_at=_utc_iso(now or datetime.now(timezone.utc)),
+            created_at=utc_iso(now or datetime.now(timezone.utc)),
             owner=owner,
             max_price_per_hour=max_price_per_hour,
         )
@@ -347,7 +352,7 @@ class LeaseRecord:
         return (now or datetime.now(timezone.utc)) >= self.expiry
 
     def with_expiry(self, expires_at: datetime) -> LeaseRecord:
-        return LeaseRecord(**{**asdict(self), "expires_at": _utc_iso(expires_at)})
+        return LeaseRecord(**{**asdict(self), "expires_at": utc_iso(expires_at)})
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -23,13 +23,15 @@ from typing import Any, Optional
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from condor_annex import contract, cost, lease, spot
+from condor_annex import annex, contract, cost, lease, spot
 from condor_annex.annex_settings import (
     NEEDED_FOR_ON_DEMAND,
     NEEDED_FOR_SPOT_FLEET,
     AnnexClients,
     Settings,
+    require_setup,
 )
+from condor_annex.aws import error_code, is_retryable
 from condor_annex.backoff import Backoff
 from condor_annex.collector import (
     CONNECTIVITY_TIMEOUT_SECONDS,
@@ -45,8 +47,6 @@ from condor_annex.errors import (
     SetupMissing,
     translate_aws_error,
 )
-from condor_annex.launch_templates import delete_launch_template
-from condor_annex.lease import utc_iso
 
 DEFAULT_INSTANCE_TYPE = "m5.large"
 MAX_COUNT = 1000
@@ -59,8 +59,6 @@ MAX_USER_TAGS = 40
 """EC2 allows 50 tags per resource; condor_annex adds three of its own and keeps headroom."""
 RESERVED_TAG_PREFIXES = ("aws:", "htcondor:")
 _METADATA_TAG_KEY = re.compile(r"^[A-Za-z0-9+\-=._:@,]+$")
-LIVE_INSTANCE_STATES = ("pending", "running", "stopping", "stopped")
-LIVE_FLEET_STATES = ("submitted", "active", "modifying", "cancelled_running")
 LAUNCH_RETRY_SECONDS = 60.0
 
 STEP_VALIDATE = "validate"
@@ -268,23 +266,6 @@ METADATA_OPTIONS: dict[str, Any] = {
 }
 
 
-def _retryable(exc: BaseException) -> bool:
-    """Throttling and transient transport errors, retried with the SAME client token."""
-    if isinstance(exc, ClientError):
-        code = lease.error_code(exc)
-        return code in {
-            "Throttling",
-            "ThrottlingException",
-            "RequestLimitExceeded",
-            "TooManyRequestsException",
-            "RequestThrottled",
-            "InternalError",
-            "ServiceUnavailable",
-            "Unavailable",
-        }
-    return isinstance(exc, BotoCoreError) and "Connect" in type(exc).__name__
-
-
 # --- Validation ---------------------------------------------------------------------------------
 
 
@@ -390,37 +371,18 @@ def validate_duration(seconds: int) -> None:
         )
 
 
-def require_setup(
-    settings: Settings, needed: tuple[contract.StackOutput, ...], region: str
-) -> None:
-    """Raise SetupMissing / SetupIncomplete when the user config lacks what a verb needs."""
-    where = f" -aws-region {region}" if region else ""
-    if settings.empty:
-        raise SetupMissing(
-            "no condor_annex setup is recorded in your HTCondor user config",
-            next_step=f"run `condor_annex -setup{where}`",
-        )
-    missing = settings.missing(needed)
-    if missing:
-        raise SetupIncomplete(
-            "the setup recorded in your HTCondor user config lacks "
-            + ", ".join(o.macro for o in missing),
-            next_step=f"run `condor_annex -setup{where}` again (it updates in place)",
-        )
-
-
 def check_bucket(clients: AnnexClients, settings: Settings) -> None:
     try:
         clients.s3.head_bucket(Bucket=settings.config_bucket)
     except ClientError as exc:
-        if lease.error_code(exc) in {"404", "NoSuchBucket", "NotFound"}:
+        if error_code(exc) in {"404", "NoSuchBucket", "NotFound"}:
             where = f" -aws-region {clients.region}" if clients.region else ""
             raise SetupMissing(
                 f"the setup's config bucket {settings.config_bucket} does not exist"
                 + (f" in {clients.region}" if clients.region else ""),
                 next_step=f"run `condor_annex -check-setup{where}` or `condor_annex -setup{where}`",
             ) from None
-        if lease.error_code(exc) in {"400", "403"}:
+        if error_code(exc) in {"400", "403"}:
             # HEAD responses carry no error body, so a bad, expired or unauthorized credential
             # shows up as a bare 400/403. Ask again with a request whose answer names the cause
             # (S3 API reference, "HeadBucket": "the response ... does not include a body").
@@ -434,7 +396,7 @@ def check_image(ec2: Any, ami_id: str) -> None:
     try:
         images = ec2.describe_images(ImageIds=[ami_id]).get("Images", [])
     except ClientError as exc:
-        if lease.error_code(exc).startswith("InvalidAMIID"):
+        if error_code(exc).startswith("InvalidAMIID"):
             images = []
         else:
             raise
@@ -455,7 +417,7 @@ def check_instance_types(ec2: Any, types: Sequence[str]) -> None:
     try:
         ec2.describe_instance_types(InstanceTypes=list(types))
     except ClientError as exc:
-        code = lease.error_code(exc)
+        code = error_code(exc)
         if code.startswith("InvalidInstanceType") or code == "InvalidParameterValue":
             raise InvalidInput(
                 f"unknown instance type among {', '.join(types)} ({exc.response['Error'].get('Message', code)})",
@@ -466,42 +428,6 @@ def check_instance_types(ec2: Any, types: Sequence[str]) -> None:
         raise
 
 
-def _paginate_instances(ec2: Any, filters: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for page in ec2.get_paginator("describe_instances").paginate(Filters=filters):
-        for reservation in page.get("Reservations", []):
-            out.extend(reservation.get("Instances", []))
-    return out
-
-
-def instances_with_token_prefix(
-    ec2: Any, annex_name: str, states: Sequence[str] = LIVE_INSTANCE_STATES
-) -> list[dict[str, Any]]:
-    """Instances whose own client token belongs to the annex (filtered server-side, confirmed here)."""
-    found = _paginate_instances(
-        ec2,
-        [
-            {"Name": "client-token", "Values": [contract.client_token_filter_value(annex_name)]},
-            {"Name": "instance-state-name", "Values": list(states)},
-        ],
-    )
-    return [i for i in found if contract.token_belongs_to(i.get("ClientToken"), annex_name)]
-
-
-def fleets_of(ec2: Any, annex_name: Optional[str]) -> list[dict[str, Any]]:
-    """Live Spot Fleet requests whose client token belongs to `annex_name` (any annex if None)."""
-    out: list[dict[str, Any]] = []
-    for page in ec2.get_paginator("describe_spot_fleet_requests").paginate():
-        for fleet in page.get("SpotFleetRequestConfigs", []):
-            if fleet.get("SpotFleetRequestState") not in LIVE_FLEET_STATES:
-                continue
-            token = fleet.get("SpotFleetRequestConfig", {}).get("ClientToken")
-            owner = contract.annex_name_from_client_token(token or "")
-            if owner is not None and (annex_name is None or owner == annex_name):
-                out.append(fleet)
-    return out
-
-
 def existing_annex_summary(
     clients: AnnexClients, settings: Settings, annex_name: str
 ) -> Optional[str]:
@@ -510,45 +436,15 @@ def existing_annex_summary(
     record = lease.read_lease_record(clients.s3, settings.config_bucket, annex_name)
     if record is not None:
         parts.append(f"a lease until {record.expires_at}")
-    instances = instances_with_token_prefix(clients.ec2, annex_name)
-    if instances:
-        parts.append(f"{len(instances)} instance(s)")
-    fleets = fleets_of(clients.ec2, annex_name)
-    if fleets:
-        parts.append(f"{len(fleets)} Spot Fleet request(s)")
-    ec2_fleets = ec2_fleets_of(clients.ec2, annex_name)
-    if ec2_fleets:
-        parts.append(f"{len(ec2_fleets)} EC2 Fleet(s)")
+    found = annex.find(clients.ec2, annex_name)
+    if found.instances:
+        parts.append(f"{len(found.instances)} instance(s)")
+    if found.fleets:
+        parts.append(f"{len(found.fleets)} fleet request(s)")
+    if found.launch_template_id:
+        parts.append("its launch template")
+    parts.extend(u.describe() for u in found.unowned)
     return ", ".join(parts) or None
-
-
-def _token_unused(clients: AnnexClients, client_token: str, kind: str) -> None:
-    """Before launching: nothing may already exist with this exact client token."""
-    if kind == contract.FLEET_KIND_ON_DEMAND:
-        found = _paginate_instances(
-            clients.ec2, [{"Name": "client-token", "Values": [client_token]}]
-        )
-        found = [i for i in found if i.get("ClientToken") == client_token]
-    elif kind == contract.FLEET_KIND_EC2_FLEET:
-        annex = contract.annex_name_from_client_token(client_token)
-        found = [
-            f
-            for f in (ec2_fleets_of(clients.ec2, annex) if annex else [])
-            if f.get("ClientToken") == client_token
-        ]
-    else:
-        annex = contract.annex_name_from_client_token(client_token)
-        found = [
-            f
-            for f in (fleets_of(clients.ec2, annex) if annex else [])
-            if f.get("SpotFleetRequestConfig", {}).get("ClientToken") == client_token
-        ]
-    if found:
-        raise AnnexError(
-            f"something was already launched with client token {client_token}; refusing to launch "
-            "twice",
-            next_step="run `condor_annex status` and `condor_annex off` for this annex",
-        )
 
 
 def spot_plan(request: CreateRequest, settings: Settings) -> Optional[spot.SpotPlan]:
@@ -723,7 +619,7 @@ def _claim(st: _Stepper, undo: _Undo, name: str, action: str, call: Callable[[],
         return st.call(action, call)
     except AnnexError as exc:
         cause = exc.__cause__
-        if isinstance(cause, ClientError) and lease.error_code(cause) in _NAME_TAKEN_CODES:
+        if isinstance(cause, ClientError) and error_code(cause) in _NAME_TAKEN_CODES:
             undo.drop_last()
             raise InvalidInput(
                 f"an annex named {name} already exists (another create of it is running, or "
@@ -898,7 +794,7 @@ def _create_steps(
         "record the annex's lease",
         lambda: lease.put_lease_record(clients.s3, record, only_if_new=True),
     )
-    undo.push("delete the lease schedule", lambda: _delete_schedule_quietly(clients, name))
+    undo.push("delete the lease schedule", lambda: _undo_schedule(clients, name))
     schedule_arn = _claim(
         st,
         undo,
@@ -933,7 +829,7 @@ def _create_steps(
 
         def terminate_every_pool() -> None:
             for pool_token in pool_tokens:
-                _terminate_token(clients, pool_token, result.instance_ids)
+                _undo_launch(clients, name, pool_token, instance_ids=result.instance_ids)
 
         undo.push("terminate the launched instances", terminate_every_pool)
         _launch_on_demand(request, settings, clients, hooks, st, ami, tags, result, pool_tokens)
@@ -944,7 +840,7 @@ def _create_steps(
         template_name = contract.launch_template_name(name)
         undo.push(
             "delete the launch template",
-            lambda: _delete_launch_template_quietly(clients, template_name),
+            lambda: _undo_launch_template(clients, name, result.launch_template_id),
         )
         template_id, version = st.call(
             "create the annex's launch template",
@@ -959,11 +855,13 @@ def _create_steps(
             st.begin(STEP_LAUNCH)
             undo.push(
                 "delete the EC2 Fleet with its instances",
-                lambda: _delete_ec2_fleet_token(clients, client_token, result.fleet_id),
+                lambda: _undo_launch(
+                    clients, name, client_token, fleet_id=result.fleet_id, fleet_kind=kind
+                ),
             )
             st.call(
                 "check the client token is unused",
-                lambda: _token_unused(clients, client_token, kind),
+                lambda: _token_unused(clients, name, client_token),
             )
             subnets = request.subnet_ids or st.call(
                 "list the subnets of the setup's VPC", lambda: vpc_subnets(clients.ec2, settings)
@@ -981,7 +879,7 @@ def _create_steps(
             answer = st.call(
                 "create the EC2 Fleet",
                 lambda: hooks.backoff().retry(
-                    lambda: clients.launcher.create_fleet(**fleet_request), _retryable
+                    lambda: clients.launcher.create_fleet(**fleet_request), is_retryable
                 ),
             )
             result.fleet_id = str(answer["FleetId"])
@@ -992,11 +890,11 @@ def _create_steps(
         st.begin(STEP_LAUNCH)
         undo.push(
             "cancel the Spot Fleet request",
-            lambda: _cancel_fleet_token(clients, client_token, result.fleet_id),
+            lambda: _undo_launch(clients, name, client_token, fleet_id=result.fleet_id),
         )
         st.call(
             "check the client token is unused",
-            lambda: _token_unused(clients, client_token, kind),
+            lambda: _token_unused(clients, name, client_token),
         )
         fleet_config = spot.build_spot_fleet_request_config(
             plan,
@@ -1005,7 +903,7 @@ def _create_steps(
             client_token=client_token,
             slots=int(request.slots or 0),
             fleet_role_arn=settings.spot_fleet_role_arn,
-            valid_until=utc_iso(expires_at),
+            valid_until=contract.utc_iso(expires_at),
             tags=tags,
             subnet_ids=request.subnet_ids,
             max_total_price=(
@@ -1022,7 +920,7 @@ def _create_steps(
                         "SpotFleetRequestId"
                     ]
                 ),
-                _retryable,
+                is_retryable,
             ),
         )
         st.done(STEP_LAUNCH)
@@ -1133,31 +1031,6 @@ def _instant_fleet_outcome(
         result.notes.append("EC2 Fleet skipped pools: " + "; ".join(failures))
 
 
-def _delete_ec2_fleet_token(
-    clients: AnnexClients, client_token: str, fleet_id: Optional[str]
-) -> None:
-    ids = {fleet_id} if fleet_id else set()
-    annex = contract.annex_name_from_client_token(client_token)
-    for fleet in ec2_fleets_of(clients.ec2, annex) if annex else []:
-        if fleet.get("ClientToken") == client_token:
-            ids.add(str(fleet["FleetId"]))
-    if ids:
-        clients.ec2.delete_fleets(FleetIds=sorted(ids), TerminateInstances=True)
-
-
-def ec2_fleets_of(ec2: Any, annex_name: Optional[str]) -> list[dict[str, Any]]:
-    """Live EC2 Fleets whose client token belongs to `annex_name` (any annex if None)."""
-    out: list[dict[str, Any]] = []
-    for page in ec2.get_paginator("describe_fleets").paginate():
-        for fleet in page.get("Fleets", []):
-            if fleet.get("FleetState") not in LIVE_EC2_FLEET_STATES:
-                continue
-            owner = contract.annex_name_from_client_token(fleet.get("ClientToken") or "")
-            if owner is not None and (annex_name is None or owner == annex_name):
-                out.append(fleet)
-    return out
-
-
 MAX_EC2_FLEET_OVERRIDES = 300
 """CreateFleet: at most 300 launch template overrides per request (EC2 Fleet quotas)."""
 EC2_FLEET_TYPES = ("instant", "maintain")
@@ -1166,7 +1039,6 @@ ON_DEMAND_ALLOCATION_STRATEGIES = ("lowest-price", "prioritized")
 SPOT_ALLOCATION_STRATEGY = "price-capacity-optimized"
 """EC2 Fleet's recommended Spot strategy: the lowest-priced pools among those most likely to
 keep their capacity ("Allocation strategies for EC2 Fleet")."""
-LIVE_EC2_FLEET_STATES = ("submitted", "active", "modifying", "deleted_running")
 
 CAPACITY_ERROR_CODES = frozenset({"InsufficientInstanceCapacity", "Unsupported"})
 """EC2's answers for a pool (instance type in a zone) without room or without that type
@@ -1201,7 +1073,7 @@ def _launch_on_demand(
         tokens.append(token)
         st.call(
             "check the client token is unused",
-            partial(_token_unused, clients, token, contract.FLEET_KIND_ON_DEMAND),
+            partial(_token_unused, clients, request.annex_name, token),
         )
         attempt = LaunchedPool(instance_type, subnet)
         result.launched.append(attempt)
@@ -1209,9 +1081,9 @@ def _launch_on_demand(
             _run_instances, clients, request, settings, ami, token, tags, instance_type, subnet
         )
         try:
-            attempt.instance_ids = hooks.backoff().retry(launch, _retryable)
+            attempt.instance_ids = hooks.backoff().retry(launch, is_retryable)
         except ClientError as exc:
-            code = lease.error_code(exc)
+            code = error_code(exc)
             if code not in CAPACITY_ERROR_CODES or index == len(pools) - 1:
                 raise translate_aws_error(
                     exc, action="launch the annex instances", region=clients.region or None
@@ -1309,34 +1181,56 @@ def _create_launch_template(
     return str(template["LaunchTemplateId"]), str(template.get("LatestVersionNumber", 1))
 
 
-def _terminate_token(clients: AnnexClients, client_token: str, known: Sequence[str]) -> None:
-    """Terminate what was launched with this exact token (even if the response was lost)."""
-    found = _paginate_instances(clients.ec2, [{"Name": "client-token", "Values": [client_token]}])
-    ids = sorted(
-        {*known, *(str(i["InstanceId"]) for i in found if i.get("ClientToken") == client_token)}
-    )
-    if ids:
-        clients.ec2.terminate_instances(InstanceIds=ids)
-
-
-def _cancel_fleet_token(clients: AnnexClients, client_token: str, fleet_id: Optional[str]) -> None:
-    annex = contract.annex_name_from_client_token(client_token)
-    ids = {fleet_id} if fleet_id else set()
-    for fleet in fleets_of(clients.ec2, annex) if annex else []:
-        if fleet.get("SpotFleetRequestConfig", {}).get("ClientToken") == client_token:
-            ids.add(str(fleet["SpotFleetRequestId"]))
-    if ids:
-        clients.ec2.cancel_spot_fleet_requests(
-            SpotFleetRequestIds=sorted(ids), TerminateInstances=True
+def _token_unused(clients: AnnexClients, annex_name: str, client_token: str) -> None:
+    """Before launching: nothing may already exist with this exact client token."""
+    found = annex.find(clients.ec2, annex_name, client_token=client_token)
+    if found.instances or found.fleets:
+        raise AnnexError(
+            f"something was already launched with client token {client_token}; refusing to launch "
+            "twice",
+            next_step="run `condor_annex status` and `condor_annex off` for this annex",
         )
 
 
-def _delete_schedule_quietly(clients: AnnexClients, annex_name: str) -> None:
-    lease.delete_schedule(clients.scheduler, annex_name)
+def _raise_if_failed(ended: annex.Ended) -> None:
+    if ended.first_failure is not None:
+        raise AnnexError("; ".join(ended.errors)) from ended.first_failure
 
 
-def _delete_launch_template_quietly(clients: AnnexClients, template_name: str) -> None:
-    delete_launch_template(clients.ec2, template_name)
+def _undo_launch(
+    clients: AnnexClients,
+    annex_name: str,
+    client_token: str,
+    *,
+    instance_ids: Sequence[str] = (),
+    fleet_id: Optional[str] = None,
+    fleet_kind: str = contract.FLEET_KIND_SPOT_FLEET,
+) -> None:
+    """End what the launch with `client_token` made, even if its response was lost.
+
+    The IDs the launch answered are ours by construction (our token, our tags at launch); the
+    annex model adds whatever it finds for the token, which DescribeInstances may show late.
+    """
+    found = annex.find(clients.ec2, annex_name, client_token=client_token)
+    found.instances += [{"InstanceId": i} for i in instance_ids if i not in found.instance_ids]
+    if fleet_id and fleet_id not in found.fleet_ids():
+        found.fleets.append(annex.Fleet(fleet_kind, fleet_id, client_token, annex_name, ""))
+    found.launch_template_id = None  # its own undo step
+    _raise_if_failed(annex.end(found, ec2=clients.ec2))
+
+
+def _undo_launch_template(
+    clients: AnnexClients, annex_name: str, template_id: Optional[str]
+) -> None:
+    found = annex.Annex(
+        annex_name,
+        launch_template_id=template_id or annex.find_launch_template(clients.ec2, annex_name),
+    )
+    _raise_if_failed(annex.end(found, ec2=clients.ec2))
+
+
+def _undo_schedule(clients: AnnexClients, annex_name: str) -> None:
+    annex.delete_schedule(clients.scheduler, annex_name)
 
 
 # --- Lease extension ----------------------------------------------------------------------------

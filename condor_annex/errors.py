@@ -25,6 +25,7 @@ from typing import Optional
 import botocore.exceptions
 
 from condor_annex import contract
+from condor_annex.aws import error_code
 
 
 class AnnexError(Exception):
@@ -196,7 +197,7 @@ def translate_aws_error(exc: Exception, *, action: str, region: Optional[str] = 
         return AnnexError(f"cannot {action}: {type(exc).__name__}: {exc}")
 
     error = exc.response.get("Error", {})
-    code = str(error.get("Code", "Unknown"))
+    code = error_code(exc) or "Unknown"
     message = str(error.get("Message", "")).strip() or code
     detail = f"{code}: {message}"
 

@@ -8,42 +8,21 @@ by lease extension and removed by `off`. Every function takes its clients; none 
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Optional
 
 from botocore.exceptions import ClientError
 
 from condor_annex import contract
+from condor_annex.aws import is_not_found
 
 SSE_ALGORITHM = "AES256"
 """Server-side encryption requested on every object the CLI writes (the bucket enforces it too)."""
 
-_NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound", "ResourceNotFoundException"})
-
-
-def error_code(exc: BaseException) -> str:
-    """The AWS error code of a botocore ClientError, else ''."""
-    if isinstance(exc, ClientError):
-        return str(exc.response.get("Error", {}).get("Code", ""))
-    return ""
-
-
-def is_not_found(exc: BaseException) -> bool:
-    return error_code(exc) in _NOT_FOUND_CODES
-
-
-def utc_iso(moment: datetime) -> str:
-    """`YYYY-MM-DDTHH:MM:SSZ`, the form every lease time is written in (`contract.parse_utc`)."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
 
 def schedule_expression(expires_at: datetime) -> str:
     """EventBridge Scheduler one-time expression `at(yyyy-mm-ddThh:mm:ss)` (interpreted in UTC)."""
-    if expires_at.tzinfo is None:
-        raise ValueError("lease expiry must be timezone-aware")
-    return f"at({expires_at.astimezone(timezone.utc).strftime('%Y-%m-%dT%H:%M:%S')})"
+    return f"at({contract.utc_iso(expires_at).removesuffix('Z')})"
 
 
 def _schedule_args(
@@ -148,14 +127,3 @@ def get_schedule(scheduler: Any, annex_name: str) -> Optional[dict[str, Any]]:
             return None
         raise
     return response
-
-
-def delete_schedule(scheduler: Any, annex_name: str) -> bool:
-    """Delete the annex's schedule; False when there was none (already fired or deleted)."""
-    try:
-        scheduler.delete_schedule(Name=contract.schedule_name(annex_name))
-    except ClientError as exc:
-        if is_not_found(exc):
-            return False
-        raise
-    return True

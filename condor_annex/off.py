@@ -1,30 +1,26 @@
 """`condor_annex off -annex-name NAME`: end an annex now, through AWS.
 
-Order: ask the pool to shut the annex's daemons down peacefully (optional hook, best effort),
-cancel its Spot Fleets with their instances, terminate its own instances, then remove its
-launch template, tarball, lease record and schedule. Which instances belong to the annex is
-decided by client tokens (SPEC §2), never by tags. Running it twice is harmless.
+Ask the pool to shut the annex's daemons down peacefully (optional hook, best effort), then end
+everything the annex owns with `annex.end` (fleets with their instances, instances, launch
+template, tarball, schedule, lease record). Ownership is the annex model's one rule (client token
+AND annex tag); a resource matching only one of them is reported, never touched. Running it
+twice is harmless.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from condor_annex import contract, lease
-from condor_annex.annex_settings import NEEDED_FOR_STATUS, AnnexClients, Settings
-from condor_annex.create import fleets_of, instances_with_token_prefix, require_setup
+from condor_annex import annex, contract
+from condor_annex.annex_settings import NEEDED_FOR_STATUS, AnnexClients, Settings, require_setup
 from condor_annex.errors import InvalidInput, translate_aws_error
-from condor_annex.launch_templates import delete_launch_template
-from condor_annex.status import describe_instances
 
 PoolShutdown = Callable[[str], int]
 """Ask the pool to turn the annex's daemons off peacefully; returns how many were asked."""
-
-_TERMINATE_BATCH = 500
 
 
 @dataclass
@@ -51,16 +47,6 @@ class OffResult:
         )
 
 
-def _exists(s3: Any, bucket: str, key: str) -> bool:
-    try:
-        s3.head_object(Bucket=bucket, Key=key)
-    except ClientError as exc:
-        if lease.is_not_found(exc):
-            return False
-        raise
-    return True
-
-
 def annex_off(
     annex_name: str,
     *,
@@ -83,50 +69,36 @@ def annex_off(
                 f"the pool was not asked to shut down ({type(exc).__name__}: {exc})"
             )
     try:
-        _off(annex_name, settings, clients, result)
+        found = annex.find(clients.ec2, annex_name)
+        present = annex.present_objects(clients.s3, settings.config_bucket, annex_name)
+        ended = annex.end(
+            found,
+            ec2=clients.ec2,
+            s3=clients.s3,
+            bucket=settings.config_bucket,
+            scheduler=clients.scheduler,
+            present_objects=present,
+        )
     except (ClientError, BotoCoreError) as exc:
         raise translate_aws_error(
             exc, action=f"turn annex {annex_name} off", region=clients.region or None
         ) from exc
+    result.cancelled_fleets = ended.cancelled_fleets
+    result.terminated_instances = ended.terminated_instances
+    result.deleted_launch_template = ended.deleted_launch_template is not None
+    result.deleted_tarball = contract.config_key(annex_name) in ended.deleted_objects
+    result.deleted_lease_record = contract.lease_key(annex_name) in ended.deleted_objects
+    result.deleted_schedule = ended.deleted_schedule
+    result.notes.extend(ended.unowned)
+    if ended.first_failure is not None:
+        error = translate_aws_error(
+            ended.first_failure,
+            action=f"turn annex {annex_name} off",
+            region=clients.region or None,
+        )
+        error.message += f" (annex {annex_name} is only partly off: {'; '.join(ended.errors)})"
+        raise error from ended.first_failure
     return result
-
-
-def _off(annex_name: str, settings: Settings, clients: AnnexClients, result: OffResult) -> None:
-    ec2 = clients.ec2
-    fleets = [str(f["SpotFleetRequestId"]) for f in fleets_of(ec2, annex_name)]
-    if fleets:
-        # TerminateInstances=True ends the fleet's instances with it (EC2 API reference).
-        ec2.cancel_spot_fleet_requests(SpotFleetRequestIds=fleets, TerminateInstances=True)
-        result.cancelled_fleets = fleets
-    ids = {str(i["InstanceId"]) for i in instances_with_token_prefix(ec2, annex_name)}
-    if fleets:
-        # Belt and braces: instances the fleet had tagged before it was cancelled.
-        live = {
-            "Name": "instance-state-name",
-            "Values": ["pending", "running", "stopping", "stopped"],
-        }
-        for inst in describe_instances(
-            ec2, [{"Name": f"tag:{contract.SPOT_FLEET_REQUEST_ID_TAG}", "Values": fleets}, live]
-        ):
-            ids.add(str(inst["InstanceId"]))
-    ordered = sorted(ids)
-    for start in range(0, len(ordered), _TERMINATE_BATCH):
-        ec2.terminate_instances(InstanceIds=ordered[start : start + _TERMINATE_BATCH])
-    result.terminated_instances = ordered
-
-    result.deleted_launch_template = delete_launch_template(
-        ec2, contract.launch_template_name(annex_name)
-    )
-
-    bucket = settings.config_bucket
-    key = contract.config_key(annex_name)
-    if _exists(clients.s3, bucket, key):
-        clients.s3.delete_object(Bucket=bucket, Key=key)
-        result.deleted_tarball = True
-    if _exists(clients.s3, bucket, contract.lease_key(annex_name)):
-        lease.delete_lease_record(clients.s3, bucket, annex_name)
-        result.deleted_lease_record = True
-    result.deleted_schedule = lease.delete_schedule(clients.scheduler, annex_name)
 
 
 def htcondor_pool_shutdown(collector: str) -> PoolShutdown:

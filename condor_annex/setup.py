@@ -27,8 +27,8 @@ from typing import Any, Optional
 import boto3
 import botocore.exceptions
 
-from condor_annex import contract
-from condor_annex.aws import make_client, make_session
+from condor_annex import annex, contract
+from condor_annex.aws import error_code, make_client, make_session
 from condor_annex.collector import CONNECTIVITY_TIMEOUT_SECONDS, parse_collector
 from condor_annex.errors import (
     AnnexError,
@@ -285,7 +285,7 @@ def _stack(cfn: Any, stack_name: str) -> Optional[dict[str, Any]]:
     try:
         stacks = cfn.describe_stacks(StackName=stack_name)["Stacks"]
     except botocore.exceptions.ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") == "ValidationError":
+        if error_code(exc) == "ValidationError":
             return None
         raise
     return stacks[0] if stacks else None
@@ -525,7 +525,7 @@ def check_setup(
         try:
             call()
         except botocore.exceptions.ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
+            code = error_code(exc)
             if code in ("ResourceNotFoundException", "NoSuchEntity", "404", "NoSuchBucket"):
                 problem(f"{what} does not exist", rerun)
                 return
@@ -598,21 +598,20 @@ def raise_for_problems(result: CheckResult) -> None:
 
 
 def live_annex_instances(ec2: Any) -> dict[str, list[str]]:
-    """Annex name → ids of its pending or running instances (by the annex tag)."""
+    """Annex name → ids of its pending or running instances and its live fleet requests.
+
+    Instances that carry an annex's tag but are not owned by it (the annex model's rule) are
+    listed under `NAME (not owned)`: they still use the setup's profile and security groups.
+    """
     live: dict[str, list[str]] = {}
-    paginator = ec2.get_paginator("describe_instances")
-    pages = paginator.paginate(
-        Filters=[
-            {"Name": "tag-key", "Values": [contract.TAG_ANNEX_NAME]},
-            {"Name": "instance-state-name", "Values": list(_LIVE_INSTANCE_STATES)},
-        ]
-    )
-    for page in pages:
-        for reservation in page.get("Reservations", []):
-            for instance in reservation.get("Instances", []):
-                tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
-                name = tags.get(contract.TAG_ANNEX_NAME, "?")
-                live.setdefault(name, []).append(instance["InstanceId"])
+    for name, found in annex.find_all(ec2, states=_LIVE_INSTANCE_STATES).items():
+        ids = [*found.instance_ids, *(str(i["InstanceId"]) for i in found.awaiting_fleet_tag)]
+        ids += found.fleet_ids()
+        if name and ids:
+            live[name] = ids
+        for stray in found.unowned:
+            label = f"{stray.tag_says or stray.client_token_says} (not owned)"
+            live.setdefault(label, []).append(stray.resource_id)
     return live
 
 
@@ -693,7 +692,7 @@ def destroy_setup(
             count = empty_bucket(s3, bucket)
             progress(f"deleted {count} objects from {bucket}")
     except botocore.exceptions.ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") != "NoSuchBucket":
+        if error_code(exc) != "NoSuchBucket":
             raise translate_aws_error(exc, action=action, region=region) from exc
     except botocore.exceptions.BotoCoreError as exc:
         raise translate_aws_error(exc, action=action, region=region) from exc

@@ -1,33 +1,29 @@
 """`condor_annex status`: the AWS view of annexes joined with the pool's view.
 
-Instances are found with server-side filters (EC2 User Guide, "List and filter your resources"):
-the annex's own client token (`NAME_*`, confirmed with `token_belongs_to`), the Spot Fleet
-request-id tag for fleet instances, and the `htcondor:AnnexName` tag as a display-only index for
-fleet instances Spot Fleet has not tagged yet. The pool's view is injected as `pool_view`, a
-callable returning the EC2 instance IDs the collector knows (startd/master ads advertise
-`contract.INSTANCE_ID_ATTRIBUTE`); None means the pool was not asked or not reachable.
+What belongs to an annex is the annex model's one rule (`condor_annex.annex`): client token AND
+annex tag. One DescribeInstances pass filtered by the annex tag reads an annex (or, by the tag
+key, every annex); instances Spot Fleet has not tagged with its request id yet are shown as found
+by tag. The pool's view is injected as `pool_view`, a callable returning the EC2 instance IDs the
+collector knows (startd/master ads advertise `contract.INSTANCE_ID_ATTRIBUTE`); None means the
+pool was not asked or not reachable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Optional
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from condor_annex import contract, cost, lease
-from condor_annex.annex_settings import NEEDED_FOR_STATUS, AnnexClients, Settings
-from condor_annex.create import LIVE_FLEET_STATES, require_setup
+from condor_annex import annex, contract, cost, lease
+from condor_annex.annex_settings import NEEDED_FOR_STATUS, AnnexClients, Settings, require_setup
 from condor_annex.errors import InvalidInput, translate_aws_error
-from condor_annex.lease import utc_iso
 
 NEVER_JOINED_AFTER = timedelta(minutes=10)
 """A running instance not in the pool after this long is flagged: booting and joining takes
 a few minutes; longer means the agent or HTCondor failed (the seed's "silent stragglers")."""
-SHOWN_STATES = ("pending", "running", "shutting-down", "stopping", "stopped")
-_FILTER_CHUNK = 200
 
 SOURCE_CLIENT_TOKEN = "client-token"  # noqa: S105 (a label, not a secret)
 SOURCE_FLEET = "spot-fleet"
@@ -85,8 +81,8 @@ class StatusReport:
     def to_dict(self) -> dict[str, Any]:
         """The `--json` document (schema: condor_annex/cli/status.schema.json)."""
         data = asdict(self)
-        for annex, raw in zip(self.annexes, data["annexes"]):
-            raw["counts"] = annex.counts
+        for one, raw in zip(self.annexes, data["annexes"]):
+            raw["counts"] = one.counts
         data["schema_version"] = STATUS_SCHEMA_VERSION
         return data
 
@@ -99,104 +95,51 @@ STATUS_SCHEMA_VERSION = 1
 
 def _iso(value: Any) -> str:
     if isinstance(value, datetime):
-        return utc_iso(value if value.tzinfo else value.replace(tzinfo=timezone.utc))
+        return contract.utc_iso(value)
     return str(value or "")
 
 
-def describe_instances(ec2: Any, filters: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for page in ec2.get_paginator("describe_instances").paginate(Filters=filters):
-        for reservation in page.get("Reservations", []):
-            out.extend(reservation.get("Instances", []))
-    return out
-
-
-def _chunks(values: list[str], size: int = _FILTER_CHUNK) -> Iterable[list[str]]:
-    for start in range(0, len(values), size):
-        yield values[start : start + size]
-
-
-def _tag(instance: dict[str, Any], key: str) -> Optional[str]:
-    for tag in instance.get("Tags", []):
-        if tag.get("Key") == key:
-            return str(tag.get("Value"))
-    return None
-
-
-def collect_fleets(ec2: Any, annex_name: Optional[str]) -> dict[str, str]:
-    """Spot Fleet request id → annex name, for live fleets of `annex_name` (any annex if None).
-
-    The fleet's client token decides; the annex tag on the request is used only when the token
-    is absent from the answer (display only).
-    """
-    out: dict[str, str] = {}
-    for page in ec2.get_paginator("describe_spot_fleet_requests").paginate():
-        for fleet in page.get("SpotFleetRequestConfigs", []):
-            if fleet.get("SpotFleetRequestState") not in LIVE_FLEET_STATES:
-                continue
-            token = fleet.get("SpotFleetRequestConfig", {}).get("ClientToken")
-            owner = contract.annex_name_from_client_token(token) if token else None
-            if owner is None and not token:
-                owner = _tag(fleet, contract.TAG_ANNEX_NAME)
-            if owner is not None and (annex_name is None or owner == annex_name):
-                out[str(fleet["SpotFleetRequestId"])] = owner
-    return out
+def _instance_status(instance: dict[str, Any], annex_name: str, found_by: str) -> InstanceStatus:
+    return InstanceStatus(
+        instance_id=str(instance["InstanceId"]),
+        annex_name=annex_name,
+        state=str(instance.get("State", {}).get("Name", "unknown")),
+        instance_type=str(instance.get("InstanceType", "")),
+        launch_time=_iso(instance.get("LaunchTime")),
+        found_by=found_by,
+        fleet_id=annex.fleet_id_of(instance),
+        private_ip=instance.get("PrivateIpAddress"),
+        public_ip=instance.get("PublicIpAddress"),
+        market="spot" if instance.get("InstanceLifecycle") == "spot" else "on-demand",
+        availability_zone=instance.get("Placement", {}).get("AvailabilityZone"),
+    )
 
 
 def collect_instances(
     ec2: Any, annex_name: Optional[str]
-) -> tuple[list[InstanceStatus], dict[str, str]]:
-    """Every shown-state instance of the annex (or of every annex), and its fleets."""
-    states = {"Name": "instance-state-name", "Values": list(SHOWN_STATES)}
-    seen: dict[str, InstanceStatus] = {}
-
-    def add(instance: dict[str, Any], annex: str, found_by: str, fleet: Optional[str]) -> None:
-        iid = str(instance["InstanceId"])
-        if iid in seen:
-            return
-        seen[iid] = InstanceStatus(
-            instance_id=iid,
-            annex_name=annex,
-            state=str(instance.get("State", {}).get("Name", "unknown")),
-            instance_type=str(instance.get("InstanceType", "")),
-            launch_time=_iso(instance.get("LaunchTime")),
-            found_by=found_by,
-            fleet_id=fleet,
-            private_ip=instance.get("PrivateIpAddress"),
-            public_ip=instance.get("PublicIpAddress"),
-            market="spot" if instance.get("InstanceLifecycle") == "spot" else "on-demand",
-            availability_zone=instance.get("Placement", {}).get("AvailabilityZone"),
-        )
-
-    token_filter = contract.client_token_filter_value(annex_name) if annex_name else "*_*"
-    for inst in describe_instances(
-        ec2, [{"Name": "client-token", "Values": [token_filter]}, states]
-    ):
-        owner = contract.annex_name_from_client_token(inst.get("ClientToken") or "")
-        if owner is not None and (annex_name is None or owner == annex_name):
-            add(inst, owner, SOURCE_CLIENT_TOKEN, None)
-
-    fleets = collect_fleets(ec2, annex_name)
-    for chunk in _chunks(sorted(fleets)):
-        flt = [{"Name": f"tag:{contract.SPOT_FLEET_REQUEST_ID_TAG}", "Values": chunk}, states]
-        for inst in describe_instances(ec2, flt):
-            fleet_id = _tag(inst, contract.SPOT_FLEET_REQUEST_ID_TAG)
-            if fleet_id in fleets:
-                add(inst, fleets[fleet_id], SOURCE_FLEET, fleet_id)
-
-    tag_filter: dict[str, Any] = (
-        {"Name": f"tag:{contract.TAG_ANNEX_NAME}", "Values": [annex_name]}
-        if annex_name
-        else {"Name": "tag-key", "Values": [contract.TAG_ANNEX_NAME]}
-    )
-    for inst in describe_instances(ec2, [tag_filter, states]):
-        tagged = _tag(inst, contract.TAG_ANNEX_NAME)
-        token = inst.get("ClientToken") or ""
-        if tagged and contract.annex_name_from_client_token(token) in (None, tagged):
-            # Only instances whose own token does not name another annex (fleet instances
-            # carry the fleet's generated token) are shown by tag.
-            add(inst, tagged, SOURCE_TAG, _tag(inst, contract.SPOT_FLEET_REQUEST_ID_TAG))
-    return sorted(seen.values(), key=lambda i: (i.annex_name, i.instance_id)), fleets
+) -> tuple[list[InstanceStatus], dict[str, str], list[str]]:
+    """Every shown-state instance of the annex (or of every annex), its fleets (id → annex),
+    and what matches an annex by one mark only (reported, not shown as the annex's)."""
+    if annex_name is not None:
+        found = annex.find(ec2, annex_name, states=annex.SHOWN_INSTANCE_STATES, thorough=False)
+        annexes = {annex_name: found}
+        unowned = found.unowned
+    else:
+        annexes = annex.find_all(ec2, states=annex.SHOWN_INSTANCE_STATES)
+        unowned = [u for a in annexes.values() for u in a.unowned]
+        annexes.pop("", None)
+    out: list[InstanceStatus] = []
+    fleets: dict[str, str] = {}
+    for name, found in annexes.items():
+        for fleet in found.fleets:
+            fleets[fleet.fleet_id] = name
+        for inst in found.instances:
+            by = SOURCE_FLEET if annex.fleet_id_of(inst) else SOURCE_CLIENT_TOKEN
+            out.append(_instance_status(inst, name, by))
+        for inst in found.awaiting_fleet_tag:
+            out.append(_instance_status(inst, name, SOURCE_TAG))
+    out.sort(key=lambda i: (i.annex_name, i.instance_id))
+    return out, fleets, [u.describe() for u in unowned]
 
 
 def annex_status(
@@ -218,7 +161,7 @@ def annex_status(
     require_setup(settings, NEEDED_FOR_STATUS, clients.region)
     moment = now or datetime.now(timezone.utc)
     try:
-        instances, fleets = collect_instances(clients.ec2, annex_name)
+        instances, fleets, unowned = collect_instances(clients.ec2, annex_name)
         if annex_name:
             one = lease.read_lease_record(clients.s3, settings.config_bucket, annex_name)
             records = [one] if one else []
@@ -230,6 +173,7 @@ def annex_status(
         ) from exc
 
     report = StatusReport(generated_at=_iso(moment), region=clients.region, pool_checked=False)
+    report.notes.extend(unowned)
     in_pool: Optional[set[str]] = None
     if pool_view is not None:
         try:
@@ -274,7 +218,7 @@ def annex_status(
 def _add_costs(report: StatusReport, prices: cost.PriceBook, moment: datetime) -> None:
     """Each annex's cost so far; a price that cannot be found is a note, never a guess."""
     unknown: set[str] = set()
-    for annex in report.annexes:
+    for shown in report.annexes:
         rows = [
             (
                 i.instance_type,
@@ -282,10 +226,10 @@ def _add_costs(report: StatusReport, prices: cost.PriceBook, moment: datetime) -
                 i.availability_zone,
                 contract.parse_utc(i.launch_time) if i.launch_time else None,
             )
-            for i in annex.instances
+            for i in shown.instances
             if i.state in ("running", "stopping", "shutting-down")
         ]
-        annex.cost_so_far_usd, why = cost.cost_so_far(prices, rows, moment)
+        shown.cost_so_far_usd, why = cost.cost_so_far(prices, rows, moment)
         unknown.update(why)
     if unknown:
         report.notes.append("cost so far unknown: " + "; ".join(sorted(unknown)))

@@ -5,7 +5,8 @@ An annex token lets an execute node READ from the pool and advertise its startd 
 
 1. a token file the admin passes (`-token-file`), refused unless only its owner can read it;
 2. `condor_token_create` when the HTCondor tools are on PATH (it knows the pool's config);
-3. minting in-process from the pool signing key, byte-compatible with HTCondor's library:
+3. minting in-process from the pool signing key, with the key and signature HTCondor uses
+   (a real collector accepts these tokens; the header bytes differ from condor_token_create's):
    unscramble the key file (XOR with the repeating bytes DE AD BE EF), double the POOL key,
    HKDF-SHA256(salt b"htcondor", info b"master jwt", 32 bytes), HS256 over the JWT.
 

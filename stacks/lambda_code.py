@@ -19,7 +19,7 @@ from aws_cdk import aws_lambda as lambda_
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LAMBDA_SOURCE_ROOT = REPO_ROOT / "lambda"
 PACKAGE_ROOT = REPO_ROOT / "condor_annex"
-SHARED_MODULES = ("__init__.py", "contract.py", "aws.py", "launch_templates.py")
+SHARED_MODULES = ("__init__.py", "contract.py", "aws.py", "annex.py")
 """What the functions import from `condor_annex` (boto3 + stdlib only)."""
 
 RUNTIME = lambda_.Runtime.PYTHON_3_14

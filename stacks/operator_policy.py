@@ -112,6 +112,32 @@ class OperatorPolicy(Construct):
                 resources=[ec2_arn("spot-fleet-request/*")],
                 conditions=request_tagged,
             ),
+            # EC2 Fleet (create.py `build_ec2_fleet_request`): the fleet is created tagged; CreateFleet
+            # is also authorized against every resource the launch uses (Service Authorization
+            # Reference, "ec2:CreateFleet": fleet, instance, volume, launch-template, image,
+            # subnet, security-group, network-interface, key-pair), and an instant fleet launches
+            # with the caller's own RunInstances permissions (granted above).
+            iam.PolicyStatement(
+                sid="CreateAnnexEc2FleetsTagged",
+                actions=["ec2:CreateFleet"],
+                resources=[ec2_arn("fleet/*")],
+                conditions=request_tagged,
+            ),
+            iam.PolicyStatement(
+                sid="CreateEc2FleetsFromAnnexLaunchTemplates",
+                actions=["ec2:CreateFleet"],
+                resources=[LAUNCH_TEMPLATES],
+                conditions=resource_tagged,
+            ),
+            iam.PolicyStatement(
+                sid="CreateEc2FleetsWithExistingResources",
+                actions=["ec2:CreateFleet"],
+                resources=[
+                    ec2_arn("instance/*"),
+                    ec2_arn("volume/*"),
+                    *EXISTING_LAUNCH_RESOURCES,
+                ],
+            ),
             iam.PolicyStatement(
                 sid="TagAtLaunchOnly",
                 actions=["ec2:CreateTags"],
@@ -119,9 +145,12 @@ class OperatorPolicy(Construct):
                     ec2_arn("instance/*"),
                     ec2_arn("volume/*"),
                     ec2_arn("spot-fleet-request/*"),
+                    ec2_arn("fleet/*"),
                 ],
                 conditions={
-                    "StringEquals": {"ec2:CreateAction": ["RunInstances", "RequestSpotFleet"]}
+                    "StringEquals": {
+                        "ec2:CreateAction": ["RunInstances", "RequestSpotFleet", "CreateFleet"]
+                    }
                 },
             ),
             iam.PolicyStatement(
@@ -137,6 +166,12 @@ class OperatorPolicy(Construct):
                 conditions=resource_tagged,
             ),
             iam.PolicyStatement(
+                sid="EndAnnexEc2Fleets",
+                actions=["ec2:DeleteFleets"],
+                resources=[ec2_arn("fleet/*")],
+                conditions=resource_tagged,
+            ),
+            iam.PolicyStatement(
                 sid="DescribeForStatusAndLaunch",
                 actions=[
                     "ec2:DescribeInstances",
@@ -148,6 +183,8 @@ class OperatorPolicy(Construct):
                     "ec2:DescribeInstanceTypes",
                     "ec2:DescribeSpotPriceHistory",
                     "ec2:DescribeLaunchTemplates",
+                    "ec2:DescribeFleets",
+                    "ec2:DescribeFleetInstances",
                 ],
                 resources=["*"],
             ),
@@ -218,10 +255,16 @@ class OperatorPolicy(Construct):
         )
         acknowledge_wildcard_resources(
             self.policy,
-            [ec2_arn("instance/*"), ec2_arn("volume/*"), ec2_arn("spot-fleet-request/*")],
+            [
+                ec2_arn("instance/*"),
+                ec2_arn("volume/*"),
+                ec2_arn("spot-fleet-request/*"),
+                ec2_arn("fleet/*"),
+            ],
             "Instances, volumes and fleets get generated ids: launching requires the "
             "htcondor:AnnexName request tag (and the setup's instance profile), tagging is "
-            "limited to launch time, terminating and cancelling to annex-tagged resources.",
+            "limited to launch time, terminating, cancelling and deleting to annex-tagged "
+            "resources.",
         )
         acknowledge_wildcard_resources(
             self.policy,

@@ -22,6 +22,7 @@ from condor_annex import contract
 from condor_annex.agent.exits import Exit
 from condor_annex.agent.imds import ImdsClient, ImdsUnavailable
 from condor_annex.agent.log import StepFailed, StepRecord
+from condor_annex.aws import error_code
 
 FLEET_TAG_TIMEOUT_SECONDS = 50 * 60
 """The reference waits this long for Spot Fleet to tag its instance, then powers it off."""
@@ -44,15 +45,11 @@ def aws_failure(error: Exception, what: str) -> StepFailed:
     if isinstance(error, NoCredentialsError):
         return StepFailed(Exit.IMDS_UNAVAILABLE, f"{what}: no instance credentials")
     if isinstance(error, ClientError):
-        code = error.response.get("Error", {}).get("Code", "")
+        code = error_code(error)
         if code in _ACCESS_DENIED:
             return StepFailed(Exit.ACCESS_DENIED, f"{what}: {code}")
         return StepFailed(Exit.AWS_ERROR, f"{what}: {code}")
     return StepFailed(Exit.AWS_ERROR, f"{what}: {type(error).__name__}")
-
-
-def error_code(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code", ""))
 
 
 # --- Back-off -------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from condor_annex.agent.imds import ImdsClient, ImdsNotFound, ImdsUnavailable
 from condor_annex.agent.log import StepFailed, StepRecord, emit, step
 from condor_annex.agent.root import Root
 from condor_annex.agent.tarball_unpack import Limits, TarballRefused, install, verify
+from condor_annex.aws import error_code
 
 POWEROFF_ENV = "CONDOR_ANNEX_POWEROFF_COMMAND"
 DEFAULT_POWEROFF_COMMAND = "shutdown -h now"
@@ -99,7 +100,7 @@ def _download(s3: Any, bucket: str, key: str, cap: int) -> bytes:
     try:
         response = s3.get_object(Bucket=bucket, Key=key)
     except ClientError as error:
-        code = discovery.error_code(error)
+        code = error_code(error)
         if code in ("NoSuchKey", "404", "NotFound"):
             raise StepFailed(Exit.TARBALL_MISSING, f"s3://{bucket}/{key} does not exist") from error
         if code == "AccessDenied":

@@ -78,7 +78,7 @@ def _clients(
     needed: tuple[contract.StackOutput, ...] = NEEDED_FOR_STATUS,
 ) -> AnnexClients:
     """Clients for the region in use, once the user config says a setup exists there."""
-    from condor_annex.create import require_setup
+    from condor_annex.annex_settings import require_setup
 
     region = args.region or settings.region or None
     require_setup(settings, needed, region or "")
@@ -106,13 +106,16 @@ def _path(value: Optional[str]) -> Optional[Path]:
 
 def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
     from condor_annex import cost, spot
-    from condor_annex.annex_settings import NEEDED_FOR_ON_DEMAND, NEEDED_FOR_SPOT_FLEET
+    from condor_annex.annex_settings import (
+        NEEDED_FOR_ON_DEMAND,
+        NEEDED_FOR_SPOT_FLEET,
+        require_setup,
+    )
     from condor_annex.create import (
         CreateHooks,
         CreateRequest,
         cost_preview,
         create_annex,
-        require_setup,
         spot_plan,
         validate_request,
     )

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from condor_annex import contract
+from condor_annex.contract import utc_iso
 from condor_annex.cost import CostPreview
 from condor_annex.create import CreateResult, ExtendResult
-from condor_annex.lease import utc_iso
 from condor_annex.off import OffResult
 from condor_annex.status import StatusReport
 

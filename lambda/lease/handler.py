@@ -6,9 +6,9 @@ every 15 minutes by an EventBridge rule; lists `leases/` in the config bucket). 
 `end_lease` and `sweep`, which take their boto3 clients and the current time, so tests call them
 in-process against the local AWS.
 
-An annex is identified by client tokens, never by tags (SPEC §2): an instance belongs to annex X
-when its client token, or its Spot Fleet's client token, is `X_<GUID>`. A Spot Fleet annex also
-owns the launch template named `contract.launch_template_name(X)`, deleted with the rest.
+What belongs to an annex and the order it is ended in are the annex model's
+(`condor_annex.annex`, bundled beside the contract): client token AND annex tag; anything
+matching only one of them is logged, never touched.
 """
 
 from __future__ import annotations
@@ -22,19 +22,11 @@ from typing import Any, Optional
 
 from botocore.exceptions import ClientError
 
-from condor_annex import contract
-from condor_annex.launch_templates import delete_launch_template
+from condor_annex import annex, contract
+from condor_annex.aws import is_not_found
 
 LOG = logging.getLogger(__name__)
 LOG.setLevel(logging.INFO)
-
-# Instances in these states still run (or will): terminate them. `shutting-down`/`terminated`
-# are already on their way out.
-_LIVE_INSTANCE_STATES = ("pending", "running", "stopping", "stopped")
-# Spot Fleet request states that may still own instances (EC2 API reference,
-# SpotFleetRequestConfig.SpotFleetRequestState); `cancelled_running` keeps its instances.
-_LIVE_FLEET_STATES = ("submitted", "active", "modifying", "cancelled_running")
-_TERMINATE_BATCH = 500
 
 
 @dataclass
@@ -49,6 +41,7 @@ class LeaseResult:
     cancelled_fleets: list[str] = field(default_factory=list)
     deleted_launch_template: Optional[str] = None
     deleted_schedule: Optional[str] = None
+    unowned: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -65,129 +58,15 @@ class LeaseResult:
         return {**asdict(self), "changed": self.changed}
 
 
-def _error_code(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code", ""))
-
-
 def _stored_record(s3: Any, bucket: str, annex_name: str) -> Optional[contract.LeaseRecord]:
     """The lease record the CLI last wrote, or None once it is gone (ended or never written)."""
     try:
         body = s3.get_object(Bucket=bucket, Key=contract.lease_key(annex_name))["Body"].read()
     except ClientError as error:
-        if _error_code(error) in ("NoSuchKey", "404", "NotFound"):
+        if is_not_found(error):
             return None
         raise
     return contract.LeaseRecord.from_json(body)
-
-
-def _delete_if_present(s3: Any, bucket: str, key: str) -> bool:
-    try:
-        s3.head_object(Bucket=bucket, Key=key)
-    except ClientError as error:
-        if _error_code(error) in ("NoSuchKey", "404", "NotFound"):
-            return False
-        raise
-    s3.delete_object(Bucket=bucket, Key=key)
-    return True
-
-
-def annex_instance_ids(ec2: Any, annex_name: str) -> list[str]:
-    """Live instances launched by the annex's own RunInstances request (its client token)."""
-    ids: list[str] = []
-    paginator = ec2.get_paginator("describe_instances")
-    filters = [
-        {"Name": "client-token", "Values": [contract.client_token_filter_value(annex_name)]},
-        {"Name": "instance-state-name", "Values": list(_LIVE_INSTANCE_STATES)},
-    ]
-    for page in paginator.paginate(Filters=filters):
-        for reservation in page.get("Reservations", []):
-            for instance in reservation.get("Instances", []):
-                # The filter is a wildcard (`big_*` also matches `big_data_<GUID>`): confirm.
-                if contract.token_belongs_to(instance.get("ClientToken"), annex_name):
-                    ids.append(instance["InstanceId"])
-    return ids
-
-
-def annex_fleet_ids(ec2: Any, annex_name: str) -> list[str]:
-    """Spot Fleet requests made with the annex's client token that may still own instances."""
-    ids: list[str] = []
-    paginator = ec2.get_paginator("describe_spot_fleet_requests")
-    for page in paginator.paginate():
-        for config in page.get("SpotFleetRequestConfigs", []):
-            token = config.get("SpotFleetRequestConfig", {}).get("ClientToken")
-            if (
-                contract.token_belongs_to(token, annex_name)
-                and config.get("SpotFleetRequestState") in _LIVE_FLEET_STATES
-            ):
-                ids.append(config["SpotFleetRequestId"])
-    return ids
-
-
-def fleet_instance_ids(ec2: Any, fleet_ids: list[str]) -> list[str]:
-    """Live instances Spot Fleet tagged as launched by one of `fleet_ids`."""
-    if not fleet_ids:
-        return []
-    ids: list[str] = []
-    paginator = ec2.get_paginator("describe_instances")
-    filters = [
-        {"Name": f"tag:{contract.SPOT_FLEET_REQUEST_ID_TAG}", "Values": list(fleet_ids)},
-        {"Name": "instance-state-name", "Values": list(_LIVE_INSTANCE_STATES)},
-    ]
-    for page in paginator.paginate(Filters=filters):
-        for reservation in page.get("Reservations", []):
-            ids.extend(i["InstanceId"] for i in reservation.get("Instances", []))
-    return ids
-
-
-def _terminate(ec2: Any, instance_ids: list[str], result: LeaseResult) -> None:
-    for start in range(0, len(instance_ids), _TERMINATE_BATCH):
-        batch = instance_ids[start : start + _TERMINATE_BATCH]
-        try:
-            ec2.terminate_instances(InstanceIds=batch)
-        except ClientError as error:
-            result.errors.append(f"TerminateInstances {batch}: {error}")
-        else:
-            result.terminated_instances.extend(batch)
-
-
-def _cancel_fleets(ec2: Any, fleet_ids: list[str], result: LeaseResult) -> None:
-    if not fleet_ids:
-        return
-    try:
-        # TerminateInstances=True: cancelling alone would leave the fleet's instances running.
-        answer = ec2.cancel_spot_fleet_requests(
-            SpotFleetRequestIds=fleet_ids, TerminateInstances=True
-        )
-    except ClientError as error:
-        result.errors.append(f"CancelSpotFleetRequests {fleet_ids}: {error}")
-        return
-    for ok in answer.get("SuccessfulFleetRequests", []):
-        result.cancelled_fleets.append(ok["SpotFleetRequestId"])
-    for failed in answer.get("UnsuccessfulFleetRequests", []):
-        result.errors.append(
-            f"CancelSpotFleetRequests {failed.get('SpotFleetRequestId')}: {failed.get('Error')}"
-        )
-
-
-def _delete_launch_template(ec2: Any, annex_name: str, result: LeaseResult) -> None:
-    """Delete the annex's launch template if it exists (a missing one is not an error)."""
-    name = contract.launch_template_name(annex_name)
-    try:
-        if delete_launch_template(ec2, name):
-            result.deleted_launch_template = name
-    except ClientError as error:
-        result.errors.append(f"launch template {name}: {error}")
-
-
-def _delete_schedule(scheduler: Any, annex_name: str) -> Optional[str]:
-    name = contract.schedule_name(annex_name)
-    try:
-        scheduler.delete_schedule(Name=name)
-    except ClientError as error:
-        if _error_code(error) == "ResourceNotFoundException":
-            return None
-        raise
-    return name
 
 
 def end_lease(
@@ -214,22 +93,22 @@ def end_lease(
         LOG.info("annex=%s lease=not-expired expires_at=%s", current.annex_name, current.expires_at)
         return result
 
-    annex = current.annex_name
-    fleet_ids = annex_fleet_ids(ec2, annex)
-    _cancel_fleets(ec2, fleet_ids, result)
-    # Cancelling terminates asynchronously; terminate the fleet's tagged instances now as well.
-    instance_ids = annex_instance_ids(ec2, annex)
-    instance_ids += [i for i in fleet_instance_ids(ec2, fleet_ids) if i not in instance_ids]
-    _terminate(ec2, instance_ids, result)
-    # After the fleet is cancelled: a deleted template would only stop it from replacing capacity.
-    _delete_launch_template(ec2, annex, result)
-
-    if _delete_if_present(s3, current.bucket, contract.config_key(annex)):
-        result.deleted_objects.append(contract.config_key(annex))
-    # Keep the lease record while something failed, so the sweep tries again.
-    if not result.errors and _delete_if_present(s3, current.bucket, contract.lease_key(annex)):
-        result.deleted_objects.append(contract.lease_key(annex))
-    result.deleted_schedule = _delete_schedule(scheduler, annex)
+    name = current.annex_name
+    ended = annex.end(
+        annex.find(ec2, name),
+        ec2=ec2,
+        s3=s3,
+        bucket=current.bucket,
+        scheduler=scheduler,
+        present_objects=annex.present_objects(s3, current.bucket, name),
+    )
+    result.cancelled_fleets = ended.cancelled_fleets
+    result.terminated_instances = ended.terminated_instances
+    result.deleted_launch_template = ended.deleted_launch_template
+    result.deleted_objects = ended.deleted_objects
+    result.deleted_schedule = contract.schedule_name(name) if ended.deleted_schedule else None
+    result.unowned = ended.unowned
+    result.errors = ended.errors
     LOG.info("lease-ended %s", json.dumps(result.to_dict(), sort_keys=True))
     return result
 

@@ -12,8 +12,8 @@ import pytest
 from condor_annex import contract, spot
 from condor_annex.cli.main import CliContext, main
 from condor_annex.cli.render import status_schema
+from condor_annex.contract import utc_iso
 from condor_annex.create import create_annex
-from condor_annex.lease import utc_iso
 from condor_annex.status import NEVER_JOINED_AFTER, annex_status
 from tests.integration import annex_env as _annex_env
 

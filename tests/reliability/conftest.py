@@ -21,6 +21,7 @@ from annex_sandbox.local_aws import FAKE_SECRET_ACCESS_KEY
 from condor_annex.annex_settings import AnnexClients
 from condor_annex.aws import make_client, make_session
 from condor_annex.cli.main import CliContext, main
+from tests.fixtures.reliability import Row
 from tests.integration import annex_env as _annex_env
 from tests.integration.annex_env import POOL_KEY, AnnexEnv
 
@@ -143,16 +144,27 @@ def env(shared_annex_env: AnnexEnv) -> AnnexEnv:
     return shared_annex_env
 
 
+def claim_refused(observed: Row, run: Run, code: int, *mentions: str) -> None:
+    """Claim the exit code and the one-line error (asserted by `assert_clear_error`)."""
+    observed.equal("exit {}", run.code, code)
+    observed.holds(clean(run.first_line), lambda: assert_clear_error(run, code, *mentions))
+
+
+def claim_left(observed: Row, left: dict[str, list[str]], **expected: list[str]) -> None:
+    """Claim what is left behind: exactly `expected` (kind -> names), nothing when empty."""
+    wanted = {kind: sorted(expected.get(kind, [])) for kind in left}
+    observed.check(describe_left(left), left == wanted, f"expected {wanted}, found {left}")
+
+
 def check_refused(
-    env: AnnexEnv, observed: Any, argv: list[str], code: int, *mentions: str, **kw: Any
+    env: AnnexEnv, observed: Row, argv: list[str], code: int, *mentions: str, **kw: Any
 ) -> Run:
     """Run a create/verb that must fail: clear one-line error, exit `code`, nothing left."""
     before = env.leftovers()
     run = cli(env, *argv, **kw)
     left = left_behind(env, before)
-    observed(clean(f"exit {run.code}; {run.first_line}; {describe_left(left)}"))
-    assert_clear_error(run, code, *mentions)
-    assert not any(left.values()), left
+    claim_refused(observed, run, code, *mentions)
+    claim_left(observed, left)
     return run
 
 

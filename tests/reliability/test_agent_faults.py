@@ -10,8 +10,9 @@ from __future__ import annotations
 import gzip
 import io
 import re
+import subprocess
+import sys
 import tarfile
-import time
 from typing import Any, Callable
 
 import pytest
@@ -19,8 +20,9 @@ import pytest
 from annex_sandbox.local_aws import FAKE_SECRET_ACCESS_KEY
 from condor_annex import contract
 from condor_annex.agent.exits import Exit
+from tests.fixtures.reliability import Row
 from tests.integration import test_agent_world as _world_fixtures
-from tests.integration.test_agent_world import ANNEX_CONFIG, TOKEN, AnnexWorld, tarball
+from tests.integration.test_agent_world import AGENT, ANNEX_CONFIG, TOKEN, AnnexWorld, tarball
 
 world = _world_fixtures.world
 AREA = "boot agent"
@@ -28,46 +30,66 @@ pytestmark = pytest.mark.xdist_group("reliability-agent")
 mark = pytest.mark.reliability
 
 
-def _summary(done: Any, world: AnnexWorld, elapsed: float) -> str:
-    errors = [line for line in done.stderr.splitlines() if "result=error" in line]
-    first = errors[0] if errors else "no error line"
-    written = (
-        sorted(p.name for p in world.config_dir.iterdir()) if world.config_dir.exists() else []
-    )
-    return (
-        f"exit {done.returncode} after {elapsed:.1f} s; {first[:160]}; powered off: "
-        f"{world.powered_off}; files written: {', '.join(written) or 'none'}"
-    )
+def _assert_no_secret(done: Any, world: AnnexWorld, *, credentials_served: bool = True) -> None:
+    """No token, no AWS secret key and no session token in the agent's output.
 
-
-def _assert_no_secret(done: Any, world: AnnexWorld) -> None:
+    The role credentials hunted for are the ones the metadata service really handed out; when
+    the agent got that far (`credentials_served`) their absence is itself a failure, so this
+    check can never pass by having nothing to look for.
+    """
     log = done.stdout + done.stderr
-    assert TOKEN.decode().strip() not in log
+    assert TOKEN.decode().strip() not in log, "the annex token is in the agent's output"
     assert FAKE_SECRET_ACCESS_KEY not in log
-    imds = world.imds.instance(world.instance_id)
-    creds = getattr(imds, "credentials", None)
-    for secret in (getattr(creds, "secret_access_key", None), getattr(creds, "token", None)):
-        if secret:
-            assert secret not in log
+    served = world.imds.served_credentials(world.instance_id)
+    if credentials_served:
+        assert served is not None, "the metadata service never handed out role credentials"
+    if served is not None:
+        assert served.secret_access_key not in log, "the role's secret key is in the output"
+        assert served.token not in log, "the role's session token is in the output"
     assert not re.search(r"SecretAccessKey|aws_secret|SessionToken\W*[:=]", log)
 
 
-def _run(world: AnnexWorld, *args: str, timeout: float = 60) -> tuple[Any, float]:
-    start = time.monotonic()
-    done = world.run_agent(*args, timeout=timeout)
-    return done, time.monotonic() - start
+def _claim_outcome(
+    observed: Row, done: Any, world: AnnexWorld, *, code: int, powered_off: bool
+) -> None:
+    observed.equal("exit {}", done.returncode, code)
+    errors = [line for line in done.stderr.splitlines() if "result=error" in line]
+    if code != 0:
+        first = errors[0] if errors else "no error line"
+        observed.check(re.sub(r" ms=\d+", "", first)[:160], bool(errors), done.stderr)
+    observed.equal("powered off: {}", world.powered_off, powered_off)
+
+
+def _claim_no_secret(
+    observed: Row, done: Any, world: AnnexWorld, *, credentials_served: bool = True
+) -> None:
+    observed.holds(
+        "no token or role credential in its output",
+        lambda: _assert_no_secret(done, world, credentials_served=credentials_served),
+    )
 
 
 def _fails(
-    world: AnnexWorld, observed: Any, code: Exit, step: str, *args: str, timeout: float = 60
+    world: AnnexWorld,
+    observed: Row,
+    code: Exit,
+    step: str,
+    *args: str,
+    timeout: float = 60,
+    credentials_served: bool = True,
 ) -> Any:
-    done, elapsed = _run(world, *args, timeout=timeout)
-    observed(_summary(done, world, elapsed))
-    assert done.returncode == code, done.stderr
-    assert f"step={step} result=error" in done.stderr
-    assert "step=poweroff result=ok" in done.stderr
-    assert world.powered_off
-    _assert_no_secret(done, world)
+    done = world.run_agent(*args, timeout=timeout)
+    _claim_outcome(observed, done, world, code=code, powered_off=True)
+    observed.check(
+        f"failed at step {step}, then powered off",
+        f"step={step} result=error" in done.stderr and "step=poweroff result=ok" in done.stderr,
+        done.stderr,
+    )
+    written = (
+        sorted(p.name for p in world.config_dir.iterdir()) if world.config_dir.exists() else []
+    )
+    observed.check(f"files written: {', '.join(written) or 'none'}", not written)
+    _claim_no_secret(observed, done, world, credentials_served=credentials_served)
     return done
 
 
@@ -85,7 +107,6 @@ def test_s3_outage_during_boot_exits_and_powers_off(world: AnnexWorld, observed:
     world.aws.throttle("s3", "GetObject", capacity=0, refill_per_second=0)
     done = _fails(world, observed, Exit.AWS_ERROR, "download", timeout=240)
     assert "SlowDown" in done.stderr
-    assert not world.config_dir.exists()
 
 
 _AGENT_APIS = [
@@ -115,17 +136,14 @@ def test_throttled_agent_api_is_absorbed(
     # The agent makes one call of each kind: empty the bucket so that very call is throttled.
     getattr(getattr(world, service), drain)()
     world.aws.clear_calls()
-    done, elapsed = _run(world)
-    throttled = len(world.aws.calls(service, operation)) - 1
+    done = world.run_agent()
+    throttled = len([c for c in world.aws.calls(service, operation) if c.throttled])
     world.aws.clear_throttles()
-    observed(
-        f"exit {done.returncode} after {elapsed:.1f} s; {operation} throttled {throttled}x "
-        f"and retried by botocore (adaptive); powered off: {world.powered_off}"
+    _claim_outcome(observed, done, world, code=0, powered_off=False)
+    observed.check(
+        f"{operation} throttled {throttled}x and retried by botocore (adaptive)", throttled >= 1
     )
-    assert done.returncode == 0, done.stderr
-    assert throttled >= 1
-    assert not world.powered_off
-    _assert_no_secret(done, world)
+    _claim_no_secret(observed, done, world)
 
 
 @mark(AREA, "instance role lacks IAM read (AccessDenied), IAM enforced")
@@ -165,16 +183,20 @@ def test_late_fleet_tag_is_waited_for(world: AnnexWorld, observed: Any) -> None:
     world.setup()
     world.upload("latetag")
     world.launch_spot_fleet("latetag", tags_in_metadata=False)
-    done, elapsed = _run(world)
+    done = world.run_agent()
     polls = re.search(r"tag_polls=(\d+)", done.stderr)
-    observed(
-        f"exit {done.returncode} after {elapsed:.1f} s; waited {polls.group(1) if polls else '?'} "
-        f"polls for {contract.SPOT_FLEET_REQUEST_ID_TAG}; powered off: {world.powered_off}"
+    _claim_outcome(observed, done, world, code=0, powered_off=False)
+    observed.check(
+        f"waited {polls.group(1) if polls else 'no'} polls for "
+        f"{contract.SPOT_FLEET_REQUEST_ID_TAG}",
+        polls is not None and int(polls.group(1)) >= 1,
+        done.stderr,
     )
-    assert done.returncode == 0, done.stderr
-    assert polls and int(polls.group(1)) >= 1
-    assert (world.config_dir / contract.TARBALL_CONFIG_FILE).exists()
-    _assert_no_secret(done, world)
+    observed.check(
+        f"{contract.TARBALL_CONFIG_FILE} installed",
+        (world.config_dir / contract.TARBALL_CONFIG_FILE).exists(),
+    )
+    _claim_no_secret(observed, done, world)
 
 
 @mark(AREA, "Spot Fleet tag never arrives (deadline 2 s instead of 50 min)")
@@ -184,7 +206,6 @@ def test_fleet_tag_never_arrives_powers_off(world: AnnexWorld, observed: Any) ->
     world.upload("notag")
     world.launch_spot_fleet("notag", tags_in_metadata=False)
     _fails(world, observed, Exit.FLEET_TAG_TIMEOUT, "annex-name", "--fleet-tag-timeout", "2")
-    assert not world.config_dir.exists()
 
 
 # --- Instance metadata --------------------------------------------------------------------------
@@ -196,11 +217,11 @@ def test_slow_imds_still_configures(world: AnnexWorld, observed: Any) -> None:
     world.upload("slowimds")
     world.launch_on_demand("slowimds")
     world.imds.set_latency(world.instance_id, 0.3)
-    done, elapsed = _run(world)
-    observed(f"exit {done.returncode} after {elapsed:.1f} s; powered off: {world.powered_off}")
-    assert done.returncode == 0, done.stderr
-    assert not world.powered_off
-    _assert_no_secret(done, world)
+    done = world.run_agent()
+    _claim_outcome(observed, done, world, code=0, powered_off=False)
+    answered = len(world.imds.requests(world.instance_id))
+    observed.check(f"{answered} metadata requests answered with the delay set", answered > 0)
+    _claim_no_secret(observed, done, world)
 
 
 @pytest.mark.parametrize(
@@ -222,10 +243,12 @@ def test_absent_imds_powers_off_within_its_deadline(
     world.launch_on_demand("noimds")
     world.imds.set_available(world.instance_id, False, mode=mode)
     try:
-        done = _fails(world, observed, Exit.IMDS_UNAVAILABLE, "imds", "--imds-timeout", "2")
+        done = _fails(
+            world, observed, Exit.IMDS_UNAVAILABLE, "imds", "--imds-timeout", "2",
+            credentials_served=False,
+        )  # fmt: skip
     finally:
         world.imds.set_available(world.instance_id, True)
-    assert not world.config_dir.exists()
     assert "deadline" in done.stderr or "metadata" in done.stderr
 
 
@@ -336,7 +359,56 @@ def test_hostile_tarball_is_refused_and_nothing_written(
     world.upload("hostile", build())
     world.launch_on_demand("hostile")
     _fails(world, observed, Exit.TARBALL_REFUSED, "verify")
-    assert not world.config_dir.exists()
     outside = sorted(p.name for p in world.root.parent.iterdir() if p.name != "root")
     assert outside == [world.poweroff_marker.name]
     assert not (world.root / "etc").exists() or not any((world.root / "etc").rglob("*evil*"))
+
+
+# --- Tests of the secret check itself -----------------------------------------------------------
+
+# The real agent with one fault added: it logs the role credentials its session resolved (the
+# mistake the check exists to catch), then boots as usual.
+_LEAKY_AGENT = """
+import sys
+from condor_annex import aws
+from condor_annex.agent import log, main
+
+real_make_session = aws.make_session
+
+def leaky_make_session(*args, **kwargs):
+    session = real_make_session(*args, **kwargs)
+    frozen = session.get_credentials().get_frozen_credentials()
+    log.emit("credentials", "ok", **{FIELD: getattr(frozen, FIELD)})
+    return session
+
+aws.make_session = leaky_make_session
+sys.exit(main.main())
+"""
+
+
+@pytest.mark.parametrize("field", ["secret_key", "token"])
+def test_secret_check_catches_an_agent_that_logs_its_role_credentials(
+    world: AnnexWorld, field: str
+) -> None:
+    world.setup()
+    world.upload("leaky")
+    world.launch_on_demand("leaky")
+    leaky = subprocess.run(
+        [sys.executable, "-c", _LEAKY_AGENT.replace("FIELD", repr(field)),
+         "--root", str(world.root), "--no-firewall", "--imds-timeout", "5"],
+        env=world.env(), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert leaky.returncode == 0, leaky.stderr  # otherwise a working agent
+    assert f"step=credentials result=ok {field}=" in leaky.stderr
+    assert AGENT.exists()  # the mutant runs the same installed package as the real console script
+    with pytest.raises(AssertionError, match=r"secret key|session token"):
+        _assert_no_secret(leaky, world)
+
+
+def test_secret_check_fails_when_no_credentials_were_served(world: AnnexWorld) -> None:
+    """An agent that never reached the metadata credentials cannot vouch for their absence."""
+    world.setup()
+    world.launch_on_demand("never")
+    quiet = subprocess.CompletedProcess(args=[], returncode=0, stdout="", stderr="")
+    with pytest.raises(AssertionError, match="never handed out"):
+        _assert_no_secret(quiet, world)

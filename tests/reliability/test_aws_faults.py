@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from typing import Any, Optional
 
 import pytest
 
+from condor_annex import contract, lease
 from condor_annex.annex_settings import AnnexClients
 from condor_annex.backoff import Backoff
 from condor_annex.errors import AwsThrottled, CredentialsError
+from tests.fixtures.reliability import Row
 from tests.integration.annex_env import AnnexEnv
 from tests.reliability.conftest import (
     Run,
-    assert_clear_error,
     assert_no_secret,
+    claim_left,
+    claim_refused,
     cli,
     clients_with,
-    describe_left,
     left_behind,
     od_args,
 )
@@ -61,7 +62,7 @@ def _credential_clients(
 
 
 def _credential_case(
-    env: AnnexEnv, observed: Any, clients: AnnexClients, secrets: tuple[str, ...]
+    env: AnnexEnv, observed: Row, clients: AnnexClients, secrets: tuple[str, ...], *mentions: str
 ) -> Run:
     before = env.leftovers()
     env.local.enforce_iam(True)
@@ -70,10 +71,11 @@ def _credential_case(
     finally:
         env.local.enforce_iam(False)
     left = left_behind(env, before)
-    observed(f"exit {run.code}; {run.first_line}; {describe_left(left)}")
-    assert_clear_error(run, CredentialsError.exit_code, "next:")
-    assert_no_secret(run.out, run.err, extra=secrets)
-    assert not any(left.values()), left
+    claim_refused(observed, run, CredentialsError.exit_code, "next:", *mentions)
+    observed.holds(
+        "no credential in the output", lambda: assert_no_secret(run.out, run.err, extra=secrets)
+    )
+    claim_left(observed, left)
     return run
 
 
@@ -88,8 +90,7 @@ def test_unknown_access_key_exits_4(
         AWS_ACCESS_KEY_ID="AKIADELETEDUSER00000",
         AWS_SECRET_ACCESS_KEY=secret,
     )
-    run = _credential_case(quiet_aws, observed, clients, (secret,))
-    assert "rejected the credentials" in run.err
+    _credential_case(quiet_aws, observed, clients, (secret,), "rejected the credentials")
 
 
 @mark(AREA_CREDENTIALS, "assumed-role session whose token is expired/revoked, IAM enforced")
@@ -146,9 +147,8 @@ def test_no_credentials_exits_4(
     before = quiet_aws.leftovers()
     run = cli(quiet_aws, *od_args(quiet_aws, "nocreds"), clients=clients)
     left = left_behind(quiet_aws, before)
-    observed(f"exit {run.code}; {run.first_line}; {describe_left(left)}")
-    assert_clear_error(run, CredentialsError.exit_code, "no usable AWS credentials", "next:")
-    assert not any(left.values()), left
+    claim_refused(observed, run, CredentialsError.exit_code, "no usable AWS credentials", "next:")
+    claim_left(observed, left)
 
 
 # --- Throttling that the adaptive retries absorb ------------------------------------------------
@@ -180,22 +180,19 @@ def test_throttled_service_is_absorbed_by_adaptive_retries(
     env.local.throttle(service, capacity=1, refill_per_second=refill)
     if drain:
         getattr(env.local.client(service), drain)()
-    start = time.monotonic()
     # connectivity_probe=None: the real Lambda Invoke, so Lambda throttling is exercised too.
     run = cli(env, *od_args(env, name), connectivity_probe=None)
     off = cli(env, "off", "-annex-name", name)
-    elapsed = time.monotonic() - start
     throttled = len([c for c in env.local.calls(service) if c.throttled])
     env.local.clear_throttles()
     left = left_behind(env, before)
-    observed(
-        f"create exit {run.code}, off exit {off.code} in {elapsed:.1f} s; {throttled} "
-        f"{service} calls answered with throttling and retried; {describe_left(left)}"
+    observed.check(f"create exit {run.code}", run.code == 0, run.err)
+    observed.check(f"off exit {off.code}", off.code == 0, off.err)
+    # the fault really happened: some calls were answered with throttling (and then retried)
+    observed.check(
+        f"{throttled} {service} calls answered with throttling and retried", throttled > 0
     )
-    assert run.code == 0, run.err
-    assert off.code == 0, off.err
-    assert throttled > 0  # the fault really happened
-    assert not any(left.values()), left
+    claim_left(observed, left)
     assert_no_secret(run.out, run.err, off.out, off.err)
 
 
@@ -212,22 +209,24 @@ def test_check_setup_under_throttling_succeeds(quiet_aws: AnnexEnv, observed: An
     )  # fmt: skip
     throttled = sorted({f"{c.service}:{c.operation}" for c in env.local.calls() if c.throttled})
     env.local.clear_throttles()
-    observed(f"exit {run.code}; throttled and retried: {', '.join(throttled)}")
-    assert run.code == 0, run.err
-    assert throttled
+    observed.check(f"exit {run.code}", run.code == 0, run.err)
+    observed.check(f"throttled and retried: {', '.join(throttled)}", bool(throttled))
 
 
 @mark(AREA_THROTTLING, "status while EC2 throttles (burst 1, refill 2/s)")
 def test_status_under_throttling_succeeds(quiet_aws: AnnexEnv, observed: Any) -> None:
     env = quiet_aws
     assert cli(env, *od_args(env, "thr-status")).code == 0
+    env.local.clear_calls()
     env.local.throttle("ec2", capacity=1, refill_per_second=2)
+    env.local.client("ec2").describe_regions()  # empties the bucket: status's own calls wait
     run = cli(env, "status", "-annex-name", "thr-status", "--json")
+    throttled = len([c for c in env.local.calls("ec2") if c.throttled])
     env.local.clear_throttles()
     off = cli(env, "off", "-annex-name", "thr-status")
-    observed(f"status exit {run.code} listing {run.out.count('instance_id')} instance")
-    assert run.code == 0, run.err
-    assert run.out.count('"instance_id"') == 1
+    observed.check(f"status exit {run.code}", run.code == 0, run.err)
+    observed.check(f"{throttled} EC2 calls answered with throttling and retried", throttled > 0)
+    observed.equal("listing {} instance", run.out.count('"instance_id"'), 1)
     assert off.code == 0
 
 
@@ -267,9 +266,8 @@ def test_permanent_throttling_exits_5_and_rolls_back(
     )
     env.local.clear_throttles()
     left = left_behind(env, before)
-    observed(f"exit {run.code}; {run.first_line}; {describe_left(left)}")
-    assert_clear_error(run, AwsThrottled.exit_code, "throttling", action, "next: wait")
-    assert not any(left.values()), left
+    claim_refused(observed, run, AwsThrottled.exit_code, "throttling", action, "next: wait")
+    claim_left(observed, left)
 
 
 @mark(AREA_THROTTLING, "Spot Fleet create, RequestSpotFleet throttled for good")
@@ -288,9 +286,8 @@ def test_permanent_spot_fleet_throttling_exits_5_and_rolls_back(
     )  # fmt: skip
     env.local.clear_throttles()
     left = left_behind(env, before)
-    observed(f"exit {run.code}; {run.first_line}; {describe_left(left)}")
-    assert_clear_error(run, AwsThrottled.exit_code, "throttling", "Spot Fleet")
-    assert not any(left.values()), left  # launch template included
+    claim_refused(observed, run, AwsThrottled.exit_code, "throttling", "Spot Fleet")
+    claim_left(observed, left)  # launch template included
 
 
 @mark(AREA_THROTTLING, "status, DescribeInstances throttled for good")
@@ -300,8 +297,7 @@ def test_status_permanently_throttled_exits_5(quiet_aws: AnnexEnv, observed: Any
     clients = clients_with(SHORT_RETRIES, region=env.local.region)
     run = cli(env, "status", clients=clients)
     env.local.clear_throttles()
-    observed(f"exit {run.code}; {run.first_line}")
-    assert_clear_error(run, AwsThrottled.exit_code, "throttling", "next: wait")
+    claim_refused(observed, run, AwsThrottled.exit_code, "throttling", "next: wait")
 
 
 @mark(AREA_THROTTLING, "off, TerminateInstances throttled for good; then off again")
@@ -316,16 +312,21 @@ def test_off_permanently_throttled_exits_5_and_a_rerun_finishes(
     run = cli(env, "off", "-annex-name", "stuck-off", clients=clients)
     env.local.clear_throttles()
     during = left_behind(env, before)
+    record = lease.read_lease_record(env.clients.s3, env.settings.config_bucket, "stuck-off")
     again = cli(env, "off", "-annex-name", "stuck-off")
     left = left_behind(env, before)
-    observed(
-        f"exit {run.code}; {run.first_line}; still there: {len(during['instances'])} instance, "
-        f"lease record kept so the sweep retries; second `off` exit {again.code}, "
-        f"{describe_left(left)}"
+    claim_refused(observed, run, AwsThrottled.exit_code, "throttling", "stuck-off")
+    observed.equal("still there: {} instance", len(during["instances"]), 1)
+    # what the sweep reads to retry: the record must still be there and still name the annex
+    observed.check(
+        "lease record kept (the sweep retries from it)",
+        contract.lease_key("stuck-off") in during["objects"]
+        and record is not None
+        and record.annex_name == "stuck-off",
+        (during, record),
     )
-    assert_clear_error(run, AwsThrottled.exit_code, "throttling", "stuck-off")
-    assert again.code == 0, again.err
-    assert not any(left.values()), left
+    observed.equal("second `off` exit {}", again.code, 0)
+    claim_left(observed, left)
 
 
 def test_expired_token_answer_is_a_credentials_error_naming_the_fix() -> None:

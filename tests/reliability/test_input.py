@@ -12,7 +12,7 @@ import pytest
 from condor_annex import contract
 from condor_annex.errors import InvalidInput
 from tests.integration.annex_env import AnnexEnv
-from tests.reliability.conftest import check_refused, cli, describe_left, left_behind, od_args
+from tests.reliability.conftest import check_refused, claim_left, cli, left_behind, od_args
 
 AREA = "input"
 BAD = InvalidInput.exit_code
@@ -58,15 +58,16 @@ def test_uppercase_annex_name_works_end_to_end_and_off_cleans_it(
     made = left_behind(env, before)
     off = cli(env, "off", "-annex-name", "BigRun2")
     left = left_behind(env, before)
-    observed(
-        f"exit {run.code}; made {len(made['instances'])} instance, schedule "
-        f"{contract.schedule_name('BigRun2')}; `off` exit {off.code}; {describe_left(left)}"
+    observed.equal("exit {}", run.code, 0)
+    observed.equal("made {} instance", len(made["instances"]), 1)
+    observed.check(
+        f"schedule {', '.join(made['schedules'])} and tarball {contract.config_key('BigRun2')}",
+        made["schedules"] == [contract.schedule_name("BigRun2")]
+        and contract.config_key("BigRun2") in made["objects"],
+        made,
     )
-    assert run.code == 0, run.err
-    assert made["schedules"] == [contract.schedule_name("BigRun2")]
-    assert contract.config_key("BigRun2") in made["objects"]
-    assert off.code == 0, off.err
-    assert not any(left.values()), left
+    observed.equal("`off` exit {}", off.code, 0)
+    claim_left(observed, left)
 
 
 @pytest.mark.parametrize(

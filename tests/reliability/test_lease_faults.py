@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -20,16 +19,17 @@ from typing import Any, Optional
 
 import pytest
 
-from condor_annex import contract, lease
+from condor_annex import annex, contract, lease
 from condor_annex.errors import InvalidInput
 from tests.fixtures.cdk import load_lambda_module
+from tests.fixtures.reliability import Row
 from tests.integration.annex_env import AnnexEnv
 from tests.reliability.conftest import (
     Run,
     assert_clear_error,
     assert_no_secret,
+    claim_left,
     cli,
-    describe_left,
     left_behind,
     od_args,
 )
@@ -38,7 +38,6 @@ AREA_KILL = "interrupted create"
 AREA_RACE = "concurrency"
 pytestmark = pytest.mark.xdist_group("reliability-lease")
 mark = pytest.mark.reliability
-CLI = Path(sys.executable).parent / "condor_annex"
 LATER = datetime.now(timezone.utc) + timedelta(days=30)
 """A moment after every lease these tests make (the longest is 50 minutes)."""
 
@@ -58,159 +57,143 @@ def _sweep(env: AnnexEnv) -> list[Any]:
     return results
 
 
-def _start_cli(env: AnnexEnv, name: str, log: Path) -> subprocess.Popen[bytes]:
-    argv = [str(CLI), *od_args(env, name), *env.cli_args()]
-    return subprocess.Popen(
-        argv, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=dict(os.environ)
-    )
+REPO = Path(__file__).resolve().parents[2]
 
 
-def _wait_for(what: str, probe: Callable[[], bool], proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while not probe():
-        if proc.poll() is not None:
-            raise AssertionError(f"the CLI finished (exit {proc.returncode}) before {what}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} never happened")
-        time.sleep(0.01)
+def _killed_at(env: AnnexEnv, name: str, step: str, state: str, log: Path) -> int:
+    """Run a create of `name` as its own process, SIGKILLed at the progress event step/state.
+
+    The process kills itself inside the progress callback (tests/reliability/kill_at.py): what
+    it leaves is exactly what the steps before that instant made, on every run.
+    """
+    argv = [sys.executable, "-m", "tests.reliability.kill_at", step, state]
+    with log.open("wb") as out:
+        done = subprocess.run(
+            [*argv, *od_args(env, name), *env.cli_args()],
+            stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ), cwd=REPO, timeout=120,
+        )  # fmt: skip
+    assert f"{step}: {state}" in log.read_text(), log.read_text()
+    return done.returncode
 
 
-def _has_object(env: AnnexEnv, key: str) -> Callable[[], bool]:
-    return lambda: key in env.objects()
+def _claim_killed(observed: Row, code: int, where: str) -> None:
+    observed.equal(f"SIGKILL {where} (exit {{}})", code, -signal.SIGKILL)
 
 
-def _kill(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
-
-
-@mark(AREA_KILL, "SIGKILL during the connectivity check (Lambda Invoke seen)")
-def test_kill_during_connectivity_leaves_nothing(
-    env: AnnexEnv, observed: Any, tmp_path: Path
+@mark(AREA_KILL, "SIGKILL right after the connectivity check (its Lambda Invoke answered)")
+def test_kill_after_connectivity_leaves_nothing(
+    env: AnnexEnv, observed: Row, tmp_path: Path
 ) -> None:
     before = env.leftovers()
     env.local.clear_calls()
-    proc = _start_cli(env, "kill-conn", tmp_path / "log")
-    _wait_for("the Lambda Invoke", lambda: bool(env.local.calls("lambda", "Invoke")), proc)
-    _kill(proc)
-    time.sleep(0.5)  # anything the dead process had in flight has landed by now
+    code = _killed_at(env, "kill-conn", "connectivity", "done", tmp_path / "log")
     left = left_behind(env, before)
-    observed(f"killed after Invoke; {describe_left(left)}")
-    assert not any(left.values()), left
+    _claim_killed(observed, code, "after the connectivity step")
+    invokes = len(env.local.calls("lambda", "Invoke"))
+    observed.check(f"{invokes} Lambda Invoke answered before it", invokes >= 1)
+    claim_left(observed, left)
     assert_no_secret((tmp_path / "log").read_text())
 
 
 @mark(AREA_KILL, "SIGKILL right after the tarball upload; cleaned by `off`")
-def test_kill_after_tarball_then_off_cleans(env: AnnexEnv, observed: Any, tmp_path: Path) -> None:
+def test_kill_after_tarball_then_off_cleans(env: AnnexEnv, observed: Row, tmp_path: Path) -> None:
     name = "kill-tar"
     before = env.leftovers()
-    proc = _start_cli(env, name, tmp_path / "log")
-    _wait_for("the tarball upload", _has_object(env, contract.config_key(name)), proc)
-    _kill(proc)
-    time.sleep(0.5)
+    code = _killed_at(env, name, "tarball", "done", tmp_path / "log")
     after_kill = left_behind(env, before)
     off = cli(env, "off", "-annex-name", name)
     left = left_behind(env, before)
-    observed(
-        f"killed after tarball; {describe_left(after_kill)} "
-        f"({', '.join(after_kill['objects'])}); no instance, so nothing runs up a bill; the "
-        f"bucket's 8-day lifecycle rule also expires the tarball; `off` exit {off.code}, "
-        f"{describe_left(left)}"
+    _claim_killed(observed, code, "after the tarball step")
+    claim_left(observed, after_kill, objects=[contract.config_key(name)])
+    observed.check(
+        f"only {', '.join(after_kill['objects'])}: no instance, so nothing runs up a bill",
+        after_kill["instances"] == [] and after_kill["fleets"] == [],
     )
-    assert after_kill["instances"] == [] and after_kill["fleets"] == []
-    assert contract.config_key(name) in after_kill["objects"]
+    observed.equal("`off` exit {}", off.code, 0)
+    claim_left(observed, left)
     assert_no_secret((tmp_path / "log").read_text())
-    assert off.code == 0, off.err
-    assert not any(left.values()), left
 
 
-@mark(AREA_KILL, "SIGKILL while the launch is throttled (lease exists); cleaned by the lease")
+@mark(AREA_KILL, "SIGKILL right after the lease step (before the launch); cleaned by the lease")
 def test_kill_after_lease_then_lease_function_cleans(
-    env: AnnexEnv, observed: Any, tmp_path: Path
+    env: AnnexEnv, observed: Row, tmp_path: Path
 ) -> None:
     name = "kill-lease"
     before = env.leftovers()
-    env.local.throttle("ec2", "RunInstances", capacity=0, refill_per_second=0)
-    try:
-        proc = _start_cli(env, name, tmp_path / "log")
-        _wait_for(
-            "the lease schedule",
-            lambda: contract.schedule_name(name) in env.schedules(),
-            proc,
-        )
-        _wait_for(
-            "a RunInstances attempt", lambda: bool(env.local.calls("ec2", "RunInstances")), proc
-        )
-        _kill(proc)
-    finally:
-        env.local.clear_throttles()
-    time.sleep(0.5)
+    code = _killed_at(env, name, "lease", "done", tmp_path / "log")
     after_kill = left_behind(env, before)
     record = lease.read_lease_record(env.clients.s3, env.settings.config_bucket, name)
-    assert record is not None
     # What the one-time schedule does at the expiry: run the lease function with the record.
     ended = _lease_module().end_lease(
         record, s3=env.clients.s3, ec2=env.clients.ec2, scheduler=env.clients.scheduler, now=LATER
     )
     left = left_behind(env, before)
-    observed(
-        f"killed during launch retries; {describe_left(after_kill)}; at the expiry the lease "
-        f"function deleted {len(ended.deleted_objects)} objects and the schedule; "
-        f"{describe_left(left)}"
+    _claim_killed(observed, code, "after the lease step")
+    claim_left(
+        observed,
+        after_kill,
+        objects=[contract.config_key(name), contract.lease_key(name)],
+        schedules=[contract.schedule_name(name)],
     )
-    assert after_kill["instances"] == []
-    assert after_kill["schedules"] == [contract.schedule_name(name)]
-    assert ended.errors == []
+    observed.equal(
+        "at the expiry the lease function deleted {} objects and the schedule",
+        len(ended.deleted_objects),
+        2,
+    )
+    observed.equal("with {} errors", len(ended.errors), 0)
+    claim_left(observed, left)
     assert_no_secret((tmp_path / "log").read_text())
-    assert not any(left.values()), left
 
 
 @mark(AREA_KILL, "SIGKILL once the instances exist; cleaned by the periodic sweep")
-def test_kill_after_launch_then_sweep_cleans(env: AnnexEnv, observed: Any, tmp_path: Path) -> None:
+def test_kill_after_launch_then_sweep_cleans(env: AnnexEnv, observed: Row, tmp_path: Path) -> None:
     name = "kill-launch"
     before = env.leftovers()
-    proc = _start_cli(env, name, tmp_path / "log")
-    _wait_for("the instances", lambda: bool(env.live_instances(name)), proc)
-    _kill(proc)
-    time.sleep(0.5)
+    code = _killed_at(env, name, "launch", "done", tmp_path / "log")
     after_kill = left_behind(env, before)
     # Belt and braces: the schedule may be gone (deleted by hand, or failed to fire).
-    lease.delete_schedule(env.clients.scheduler, name)
+    annex.delete_schedule(env.clients.scheduler, name)
     results = [r for r in _sweep(env) if r.annex_name == name]
     left = left_behind(env, before)
-    observed(
-        f"killed after launch; {describe_left(after_kill)}; with the schedule also gone, "
-        f"the sweep terminated {len(results[0].terminated_instances) if results else 0} "
-        f"instance(s); {describe_left(left)}"
+    _claim_killed(observed, code, "after the launch step")
+    observed.equal("{} instance running", len(after_kill["instances"]), 1)
+    claim_left(
+        observed,
+        after_kill,
+        instances=after_kill["instances"],
+        objects=[contract.config_key(name), contract.lease_key(name)],
+        schedules=[contract.schedule_name(name)],
     )
-    assert len(after_kill["instances"]) == 1
-    assert results and results[0].terminated_instances == after_kill["instances"]
+    terminated = results[0].terminated_instances if results else []
+    observed.check(
+        f"with the schedule also gone, the sweep terminated {len(terminated)} instance(s)",
+        terminated == after_kill["instances"],
+        (terminated, after_kill),
+    )
+    claim_left(observed, left)
     assert_no_secret((tmp_path / "log").read_text())
-    assert not any(left.values()), left
 
 
 @mark(AREA_KILL, "rerun of a create that was killed after its lease was recorded")
 def test_rerun_after_kill_is_refused_and_points_at_off(
-    env: AnnexEnv, observed: Any, tmp_path: Path
+    env: AnnexEnv, observed: Row, tmp_path: Path
 ) -> None:
     name = "kill-rerun"
     before = env.leftovers()
-    env.local.throttle("ec2", "RunInstances", capacity=0, refill_per_second=0)
-    try:
-        proc = _start_cli(env, name, tmp_path / "log")
-        _wait_for("the lease record", _has_object(env, contract.lease_key(name)), proc)
-        _kill(proc)
-    finally:
-        env.local.clear_throttles()
-    time.sleep(0.5)
+    code = _killed_at(env, name, "lease", "done", tmp_path / "log")
     rerun = cli(env, *od_args(env, name))
     off = cli(env, "off", "-annex-name", name)
     left = left_behind(env, before)
-    observed(
-        f"rerun exit {rerun.code}: {rerun.first_line}; `off` exit {off.code}; {describe_left(left)}"
+    _claim_killed(observed, code, "after the lease step")
+    observed.equal("rerun exit {}", rerun.code, InvalidInput.exit_code)
+    observed.holds(
+        rerun.first_line,
+        lambda: assert_clear_error(
+            rerun, InvalidInput.exit_code, "already exists", f"off -annex-name {name}"
+        ),
     )
-    assert_clear_error(rerun, InvalidInput.exit_code, "already exists", f"off -annex-name {name}")
-    assert off.code == 0 and not any(left.values()), (off.err, left)
+    observed.equal("`off` exit {}", off.code, 0)
+    claim_left(observed, left)
 
 
 # --- Concurrency ----------------------------------------------------------------------------------
@@ -259,20 +242,25 @@ def test_concurrent_creates_make_one_annex(env: AnnexEnv, observed: Any) -> None
     made = left_behind(env, before)
     codes = sorted(r.code for r in runs)
     loser = next((r for r in runs if r.code != 0), None)
-    observed(
-        f"exit codes {codes}; loser: {loser.first_line if loser else 'none'}; after both: "
-        f"{len(made['instances'])} instance, objects {made['objects']}, schedules "
-        f"{made['schedules']}"
-    )
     off = cli(env, "off", "-annex-name", name)
     left = left_behind(env, before)
-    assert codes[0] == 0 and codes[1] != 0
+    observed.equal("exit codes {}", codes, [0, InvalidInput.exit_code])
     assert loser is not None
-    assert_clear_error(loser, InvalidInput.exit_code, name, "already exists", "off -annex-name")
-    assert len(made["instances"]) == 1
-    assert sorted(made["objects"]) == sorted([contract.config_key(name), contract.lease_key(name)])
-    assert made["schedules"] == [contract.schedule_name(name)]
-    assert off.code == 0 and not any(left.values()), left
+    observed.holds(
+        f"loser: {loser.first_line}",
+        lambda: assert_clear_error(
+            loser, InvalidInput.exit_code, name, "already exists", "off -annex-name"
+        ),
+    )
+    observed.equal("after both: {} instance", len(made["instances"]), 1)
+    observed.equal(
+        "objects {}",
+        sorted(made["objects"]),
+        sorted([contract.config_key(name), contract.lease_key(name)]),
+    )
+    observed.equal("schedules {}", made["schedules"], [contract.schedule_name(name)])
+    observed.equal("`off` exit {}", off.code, 0)
+    claim_left(observed, left)
 
 
 @mark(AREA_RACE, "two `off` of the same Spot Fleet annex at once")
@@ -298,9 +286,8 @@ def test_concurrent_offs_both_succeed(env: AnnexEnv, observed: Any) -> None:
         t.join(timeout=60)
     left = left_behind(env, before)
     codes = [r.code if r else None for r in runs]
-    observed(f"exit codes {codes}; {describe_left(left)}")
-    assert codes == [0, 0], [r.err for r in runs if r]
-    assert not any(left.values()), left
+    observed.check(f"exit codes {codes}", codes == [0, 0], [r.err for r in runs if r])
+    claim_left(observed, left)
 
 
 @mark(AREA_RACE, "lease function run twice for the same annex (schedule retry)")
@@ -315,14 +302,14 @@ def test_lease_function_twice_is_idempotent(env: AnnexEnv, observed: Any) -> Non
     first = module.end_lease(record, now=LATER, **args)
     second = module.end_lease(record, now=LATER, **args)
     left = left_behind(env, before)
-    observed(
-        f"first run: {len(first.terminated_instances)} terminated, "
-        f"{len(first.deleted_objects)} objects and the schedule deleted; second run changed: "
-        f"{second.changed}, errors: {len(second.errors)}; {describe_left(left)}"
-    )
-    assert first.changed and not first.errors
-    assert not second.changed and not second.errors
-    assert not any(left.values()), left
+    observed.equal("first run: {} terminated", len(first.terminated_instances), 1)
+    observed.equal(
+        "{} objects and the schedule deleted", (len(first.deleted_objects), not first.errors),
+        (2, True),
+    )  # fmt: skip
+    observed.equal("second run changed: {}", second.changed, False)
+    observed.equal("errors: {}", len(second.errors), 0)
+    claim_left(observed, left)
 
 
 @mark(AREA_RACE, "lease function and sweep run at the same moment for the same annex")
@@ -362,13 +349,12 @@ def test_lease_function_and_sweep_concurrently(env: AnnexEnv, observed: Any) -> 
     left = left_behind(env, before)
     failures = {k: v for k, v in outcomes.items() if isinstance(v, Exception)}
     errors = [e for v in outcomes.values() if isinstance(v, list) for r in v for e in r.errors]
-    observed(f"exceptions: {len(failures)}; error entries: {len(errors)}; {describe_left(left)}")
-    assert not failures, failures
-    assert not errors, errors
-    assert not any(left.values()), left
+    observed.check(f"exceptions: {len(failures)}", not failures, failures)
+    observed.check(f"error entries: {len(errors)}", not errors, errors)
+    claim_left(observed, left)
 
 
-@mark(AREA_RACE, "forged lease event (annex name `../x`, another bucket) to the lease function")
+@mark(AREA_RACE, "forged lease event (annex name `../victim`) to the lease function")
 def test_forged_lease_event_is_refused(env: AnnexEnv, observed: Any) -> None:
     before = env.leftovers()
     assert cli(env, *od_args(env, "victim")).code == 0
@@ -384,6 +370,8 @@ def test_forged_lease_event_is_refused(env: AnnexEnv, observed: Any) -> None:
         _lease_module().handler(event)
     still = left_behind(env, before)
     off = cli(env, "off", "-annex-name", "victim")
-    observed(f"handler raised {type(refused.value).__name__}; victim untouched: {still == made}")
-    assert still == made
+    observed.check(
+        f"handler raised {type(refused.value).__name__}", isinstance(refused.value, ValueError)
+    )
+    observed.check("annex `victim` untouched (instance, objects, schedule)", still == made)
     assert off.code == 0

@@ -17,8 +17,8 @@ from tests.integration.annex_env import POOL_KEY, TRUST_DOMAIN, AnnexEnv, write_
 from tests.reliability.conftest import (
     assert_no_secret,
     check_refused,
+    claim_left,
     cli,
-    describe_left,
     left_behind,
     od_args,
 )
@@ -97,21 +97,24 @@ def test_create_output_holds_no_secret_and_tarball_token_is_private(
     for name in ("quiet", "quietjson"):
         cli(env, "off", "-annex-name", name)
     left = left_behind(env, before)
-    observed(
-        f"exits {text.code}/{doc.code}; outputs free of the token; tarball token member mode "
-        f"{stat.S_IMODE(member.mode):04o}, object encryption {head.get('ServerSideEncryption')}; "
-        f"{describe_left(left)}"
+    observed.check(
+        f"exits {text.code}/{doc.code}", text.code == 0 and doc.code == 0, (text.err, doc.err)
     )
-    assert text.code == 0 and doc.code == 0, (text.err, doc.err)
-    json.loads(doc.out)
-    assert TOKEN in inside  # the admin's token is what the annex gets
-    assert_no_secret(text.out, text.err, doc.out, doc.err, extra=(TOKEN,))
-    assert stat.S_IMODE(member.mode) == 0o600
-    assert head.get("ServerSideEncryption") in ("AES256", "aws:kms")
-    assert not any(left.values()), left
+    observed.holds("--json output is JSON", lambda: json.loads(doc.out))
+    observed.check("the tarball holds the admin's token", TOKEN in inside)
+    observed.holds(
+        "outputs free of the token",
+        lambda: assert_no_secret(text.out, text.err, doc.out, doc.err, extra=(TOKEN,)),
+    )
+    observed.equal("tarball token member mode {:04o}", stat.S_IMODE(member.mode), 0o600)
+    observed.check(
+        f"object encryption {head.get('ServerSideEncryption')}",
+        head.get("ServerSideEncryption") in ("AES256", "aws:kms"),
+    )
+    claim_left(observed, left)
 
 
-@mark(AREA, "create failing after the token was minted (launch refused): error holds no token")
+@mark(AREA, "create failing after the token was read (launch refused): error holds no token")
 def test_failure_after_token_does_not_print_it(
     env: AnnexEnv, observed: Any, tmp_path: Path
 ) -> None:
@@ -120,4 +123,5 @@ def test_failure_after_token_does_not_print_it(
         env, "failtok", "-token-file", str(path), "-aws-subnet-id", "subnet-00000000dead"
     )
     run = check_refused(env, observed, argv, InvalidInput.exit_code, "subnet-00000000dead")
-    assert TOKEN not in run.out + run.err
+    observed.check("failed after the token step", "  token: done" in run.err, run.err)
+    observed.check("error holds no token", TOKEN not in run.out + run.err)

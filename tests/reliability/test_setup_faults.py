@@ -16,8 +16,9 @@ from tests.integration.annex_env import TRUST_DOMAIN, AnnexEnv
 from tests.reliability.conftest import (
     assert_clear_error,
     check_refused,
+    claim_left,
+    claim_refused,
     cli,
-    describe_left,
     left_behind,
 )
 
@@ -108,13 +109,10 @@ def test_garbage_lines_are_ignored_and_create_works(
     off = cli(env, "off", "-annex-name", "garbage", "-config-file", str(config), "-yes",
               defaults=False)  # fmt: skip
     left = left_behind(env, before)
-    observed(
-        f"exit {run.code}; {len(made['instances'])} instance made from the valid macros; "
-        f"`off` exit {off.code}; {describe_left(left)}"
-    )
-    assert run.code == 0, run.err
-    assert len(made["instances"]) == 1
-    assert off.code == 0 and not any(left.values()), (off.err, left)
+    observed.equal("exit {}", run.code, 0)
+    observed.equal("{} instance made from the valid macros", len(made["instances"]), 1)
+    observed.equal("`off` exit {}", off.code, 0)
+    claim_left(observed, left)
 
 
 @mark(AREA, "user config edited by hand: bucket macro duplicated, last one wrong")
@@ -124,10 +122,10 @@ def test_duplicated_macro_last_definition_wins_like_htcondor(
     bogus = "annex-config-deleted-by-someone"
     text = _macros(env) + f"{contract.OUTPUT_CONFIG_BUCKET.macro} = {bogus}\n"
     config = _config(tmp_path, env, text)
-    run = check_refused(
-        env, observed, _args(env, config, "dup"), SETUP, bogus, "-check-setup", defaults=False
-    )
-    assert "does not exist" in run.err
+    check_refused(
+        env, observed, _args(env, config, "dup"), SETUP, bogus, "does not exist", "-check-setup",
+        defaults=False,
+    )  # fmt: skip
 
 
 @mark(AREA, "user config edited by hand: bucket macro duplicated, first one wrong")
@@ -141,21 +139,19 @@ def test_duplicated_macro_first_wrong_still_works(
     off = cli(env, "off", "-annex-name", "dupok", "-config-file", str(config), "-yes",
               defaults=False)  # fmt: skip
     left = left_behind(env, before)
-    observed(
-        f"exit {run.code} (last definition used); `off` exit {off.code}; {describe_left(left)}"
-    )
-    assert run.code == 0, run.err
-    assert off.code == 0 and not any(left.values()), left
+    observed.equal("exit {} (the last definition was used)", run.code, 0)
+    observed.equal("`off` exit {}", off.code, 0)
+    claim_left(observed, left)
 
 
 @mark(AREA, "security group macro names a group that was deleted")
 def test_deleted_security_group_rolls_back(env: AnnexEnv, observed: Any, tmp_path: Path) -> None:
     text = _macros(env, **{contract.OUTPUT_SECURITY_GROUP_IDS.macro: "sg-0123456789abcdef0"})
     config = _config(tmp_path, env, text)
-    run = check_refused(
-        env, observed, _args(env, config, "nosg"), 2, "sg-0123456789abcdef0", defaults=False
-    )
-    assert "launch" in run.err
+    check_refused(
+        env, observed, _args(env, config, "nosg"), 2, "sg-0123456789abcdef0", "launch",
+        defaults=False,
+    )  # fmt: skip
 
 
 @mark(AREA, "connectivity Lambda deleted behind our back (real Invoke)")
@@ -165,12 +161,11 @@ def test_connectivity_function_deleted(env: AnnexEnv, observed: Any) -> None:
     saved = awslambda.get_function(FunctionName=arn)
     awslambda.delete_function(FunctionName=arn)
     try:
-        run = check_refused(
+        check_refused(
             env, observed,
             ["-annex-name", "nolambda", "-count", "1", "-aws-on-demand-ami-id", env.ami_id],
-            SETUP, "-check-setup", connectivity_probe=None,
+            SETUP, "connectivity", "-check-setup", connectivity_probe=None,
         )  # fmt: skip
-        assert "connectivity" in run.err
     finally:
         _recreate_function(env, saved)
 
@@ -209,9 +204,7 @@ def test_check_setup_reports_deleted_lease_function(env: AnnexEnv, observed: Any
     try:
         run = cli(env, "-check-setup", "-config-file", str(env.config_file),
                   "-collector", env.collector.address, defaults=False)  # fmt: skip
-        observed(f"exit {run.code}; {run.first_line}")
-        assert_clear_error(run, SETUP, "does not exist", "-setup")
-        assert arn.rsplit(":", 1)[-1] in run.err
+        claim_refused(observed, run, SETUP, "does not exist", "-setup", arn.rsplit(":", 1)[-1])
     finally:
         _recreate_function(env, saved)
 
@@ -233,11 +226,12 @@ def test_deleted_stack_is_reported_by_create_and_check_setup(env: AnnexEnv, obse
     check = cli(env, "-check-setup", "-config-file", str(env.config_file),
                 "-collector", env.collector.address, defaults=False)  # fmt: skip
     instances = env.live_instances()
-    observed(
-        f"create exit {create.code}: {create.first_line}; -check-setup exit {check.code}: "
-        f"{check.first_line}; bucket deleted with the stack: {bucket_gone}; "
-        f"{len(instances)} instances left"
+    observed.equal("create exit {}", create.code, SETUP)
+    observed.holds(create.first_line, lambda: assert_clear_error(create, SETUP, "-setup"))
+    observed.equal("-check-setup exit {}", check.code, SETUP)
+    observed.holds(
+        check.first_line,
+        lambda: assert_clear_error(check, SETUP, "does not exist", "condor_annex -setup"),
     )
-    assert_clear_error(create, SETUP, "-setup")
-    assert_clear_error(check, SETUP, "does not exist", "condor_annex -setup")
-    assert instances == []
+    observed.check("the bucket was deleted with the stack", bucket_gone)
+    observed.equal("{} instances left", len(instances), 0)

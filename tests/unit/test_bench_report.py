@@ -50,3 +50,22 @@ def test_benchmarks_without_results_are_named_as_not_run(tmp_path: Path) -> None
     text = document.read_text()
     assert text.count(BEGIN) == 1 and text.count(END) == 1
     assert "### Scale: concurrent boots under the API throttles\n\nNot run" in text
+
+
+def test_publish_names_the_commit_and_keeps_the_raw_results_beside_the_page(
+    tmp_path: Path,
+) -> None:
+    results = _results(tmp_path)
+    run = json.loads((results / "run.json").read_text())
+    (results / "run.json").write_text(json.dumps({**run, "commit": "0123456789ab"}))
+    lease = json.loads((results / "lease.json").read_text())
+    lease["environment"]["commit"] = "0123456789ab"
+    (results / "lease.json").write_text(json.dumps(lease))
+    document = tmp_path / "PERFORMANCE.md"
+    publish(results, document)
+    text = document.read_text()
+    assert "on commit `0123456789ab`" in text
+    raw = json.loads((tmp_path / "PERFORMANCE.json").read_text())
+    assert raw["run"]["commit"] == "0123456789ab"
+    assert raw["results"]["lease"]["data"]["rows"][0]["function_s"] == 0.3
+    assert "computed, not measured" in text  # the old design's latency is labelled as such

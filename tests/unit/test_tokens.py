@@ -1,4 +1,12 @@
-"""IDTOKEN minting: the SPEC §2 recipe, byte for byte, and where annex tokens come from."""
+r"""IDTOKEN minting: the SPEC §2 recipe, a token written by the real HTCondor, and where annex
+tokens come from.
+
+Our tokens are not byte-identical to HTCondor's: `condor_token_create` writes the header
+`{"alg":"HS256","kid":"POOL"}` (ours adds `"typ":"JWT"`) and escapes `/` as `\/` in the claims.
+What must agree is the key derivation and the signature, so each side verifies the other's
+tokens: `REAL_TOKEN` below (from HTCondor's own tool) is verified by our code here, and tokens we
+mint are accepted by a real collector in tests/integration/test_tokens_htcondor.py.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +30,20 @@ NOW = datetime(2026, 11, 25, 13, 0, 0, tzinfo=timezone.utc)
 EXPIRES = NOW + timedelta(minutes=50)
 JTI = "0123456789abcdef0123456789abcdef"
 PINNED_TOKEN_SHA256 = "3b3aeb19611701e77b3ee7a7320868f4f86d69773489fdd90ab53836af307a82"
+
+# Written by HTCondor 25.13.2's own tool (tarball in ../shared/htcondor), the pool key file holding
+# `the pool password` scrambled with DE AD BE EF:
+#   condor_token_create -identity condor_pool@pool.example.org -key POOL -authz READ \
+#       -authz ADVERTISE_STARTD -authz ADVERTISE_MASTER -lifetime 3000      (TRUST_DOMAIN set)
+REAL_TOKEN = (
+    "eyJhbGciOiJIUzI1NiIsImtpZCI6IlBPT0wifQ."
+    "eyJleHAiOjE3OTYwOTAwMDQsImlhdCI6MTc5NjA4NzAwNCwiaXNzIjoicG9vbC5leGFtcGxlLm9yZyIsImp0aSI6ImFh"
+    "ZDg0YjBlN2FiNzFmYWMxNzBhMWE5ZmRhMTMyYzg1Iiwic2NvcGUiOiJjb25kb3I6XC9SRUFEIGNvbmRvcjpcL0FEVkVS"
+    "VElTRV9TVEFSVEQgY29uZG9yOlwvQURWRVJUSVNFX01BU1RFUiIsInN1YiI6ImNvbmRvcl9wb29sQHBvb2wuZXhhbXBs"
+    "ZS5vcmcifQ.LFqXditY6A95QddBdSYAEkAlBjriTWYyGkS7KYdYNM8"
+)
+REAL_TOKEN_KEY = b"the pool password"
+REAL_TOKEN_IAT = datetime.fromtimestamp(1796087004, tz=timezone.utc)
 
 KEYS = {
     "ascii": b"the pool password",
@@ -68,7 +90,7 @@ def _claims(token: str) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("kind", sorted(KEYS))
-def test_minted_token_matches_hand_computed_recipe_byte_for_byte(kind):
+def test_minted_token_matches_an_independent_computation_of_the_recipe(kind):
     key = KEYS[kind]
     minted = tokens.mint_idtoken(
         signing_key=key,
@@ -84,9 +106,9 @@ def test_minted_token_matches_hand_computed_recipe_byte_for_byte(kind):
     )
 
 
-def test_minted_token_for_a_fixed_key_is_a_known_vector():
-    # Pinned output for the ASCII key: catches a change in JSON layout or key derivation that a
-    # hand computation sharing the same mistake would miss.
+def test_minted_token_for_a_fixed_key_is_unchanged():
+    # A regression pin of our own output (not HTCondor's; see REAL_TOKEN for that): catches an
+    # unintended change of JSON layout or key derivation.
     minted = tokens.mint_idtoken(
         signing_key=b"the pool password",
         issuer="pool.example.org",
@@ -97,6 +119,45 @@ def test_minted_token_for_a_fixed_key_is_a_known_vector():
         jti=JTI,
     )
     assert hashlib.sha256(minted.encode()).hexdigest() == PINNED_TOKEN_SHA256
+
+
+def test_token_written_by_real_condor_token_create_verifies_with_our_code():
+    claims = tokens.verify_idtoken(REAL_TOKEN, signing_key=REAL_TOKEN_KEY, now=REAL_TOKEN_IAT)
+    assert claims["sub"] == "condor_pool@pool.example.org"
+    assert claims["iss"] == "pool.example.org"
+    assert claims["scope"] == " ".join(f"condor:/{a}" for a in contract.ANNEX_TOKEN_AUTHZ)
+    assert claims["exp"] - claims["iat"] == 3000
+
+
+def test_real_token_with_its_header_changed_is_rejected():
+    # The mutation "a token header changed": HTCondor signs the header bytes too.
+    header = _b64(b'{"alg":"HS256","typ":"JWT","kid":"POOL"}')
+    forged = ".".join([header, *REAL_TOKEN.split(".")[1:]])
+    with pytest.raises(tokens.TokenInvalid, match="signature"):
+        tokens.verify_idtoken(forged, signing_key=REAL_TOKEN_KEY, now=REAL_TOKEN_IAT)
+
+
+def test_real_token_with_another_key_is_rejected():
+    with pytest.raises(tokens.TokenInvalid, match="signature"):
+        tokens.verify_idtoken(REAL_TOKEN, signing_key=b"the pool passwore", now=REAL_TOKEN_IAT)
+
+
+def test_our_token_carries_the_same_claims_as_htcondors():
+    real = tokens.verify_idtoken(REAL_TOKEN, signing_key=REAL_TOKEN_KEY, now=REAL_TOKEN_IAT)
+    ours = tokens.verify_idtoken(
+        tokens.mint_idtoken(
+            signing_key=REAL_TOKEN_KEY,
+            issuer=str(real["iss"]),
+            subject=str(real["sub"]),
+            scopes=contract.ANNEX_TOKEN_AUTHZ,
+            expires_at=datetime.fromtimestamp(int(real["exp"]), tz=timezone.utc),
+            now=REAL_TOKEN_IAT,
+            jti=str(real["jti"]),
+        ),
+        signing_key=REAL_TOKEN_KEY,
+        now=REAL_TOKEN_IAT,
+    )
+    assert ours == real
 
 
 def test_derived_jwt_key_is_hkdf_of_the_doubled_key():
