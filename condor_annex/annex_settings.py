@@ -71,6 +71,8 @@ class Settings:
     stack_name: str = contract.STACK_NAME
     max_price_per_hour: str = ""
     """`ANNEX_DEFAULT_MAX_PRICE_PER_HOUR` as written (USD/hour); empty when no cap is set."""
+    aws_fleet: bool = False
+    """`ANNEX_DEFAULT_AWS_FLEET = True`: launch through EC2 Fleet by default."""
 
     @classmethod
     def from_macros(cls, macros: Mapping[str, str]) -> Settings:
@@ -88,6 +90,12 @@ class Settings:
             macros.get(contract.MACRO_STACK_NAME, "").strip() or contract.STACK_NAME
         )
         values["max_price_per_hour"] = macros.get(contract.MACRO_MAX_PRICE_PER_HOUR, "").strip()
+        # HTCondor booleans: True/False, case-insensitive (also yes/no, 1/0 in practice).
+        values["aws_fleet"] = macros.get(contract.MACRO_AWS_FLEET, "").strip().lower() in (
+            "true",
+            "yes",
+            "1",
+        )
         return cls(**values)
 
     @classmethod

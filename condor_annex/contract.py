@@ -99,6 +99,8 @@ MACRO_AWS_REGION = "ANNEX_DEFAULT_AWS_REGION"
 MACRO_STACK_NAME = "ANNEX_DEFAULT_STACK_NAME"
 # Macros the user sets once (not written by -setup).
 MACRO_MAX_PRICE_PER_HOUR = "ANNEX_DEFAULT_MAX_PRICE_PER_HOUR"
+MACRO_AWS_FLEET = "ANNEX_DEFAULT_AWS_FLEET"
+"""`True`: annexes launch through EC2 Fleet unless `-no-aws-fleet` is given."""
 """USD per hour no annex may exceed: refused before launch, carried into fleet requests."""
 
 # --- Configuration objects in the bucket --------------------------------------------------------

@@ -1165,6 +1165,9 @@ def _create_launch_template(
     )
     if request.key_name:
         data["KeyName"] = request.key_name
+    if request.kind == contract.FLEET_KIND_EC2_FLEET and request.market == "on-demand":
+        # As for RunInstances: the master's shutdown script powers off = terminates.
+        data["InstanceInitiatedShutdownBehavior"] = "terminate"
     # Launch template user data is base64 text (botocore does not encode it, unlike RunInstances);
     # a console-exported config already holds base64.
     if request.user_data is not None:

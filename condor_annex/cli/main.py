@@ -146,6 +146,9 @@ def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
         instance_type=instance_types[0] if instance_types else CreateRequest.instance_type,
         fallback_instance_types=tuple(instance_types[1:]),
         max_price_per_hour=max_price,
+        aws_fleet=settings.aws_fleet if args.aws_fleet is None else bool(args.aws_fleet),
+        ec2_fleet_type=args.ec2_fleet_type,
+        on_demand_allocation_strategy=args.on_demand_allocation_strategy,
         ami_id=args.ami_id,
         spot_instance_types=spot.parse_instance_types(args.spot_instance_types),
         spot_fleet_config_file=_path(args.spot_fleet_config_file),
@@ -180,11 +183,14 @@ def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
         ctx.stderr.write(render.render_preview(preview) + "\n")
         ctx.stderr.flush()
     if not args.yes:
-        size = (
-            f"{request.count} on-demand {request.instance_type} instance(s)"
-            if request.count is not None
-            else f"a Spot Fleet of {request.slots} slot(s)"
-        )
+        if request.kind == contract.FLEET_KIND_EC2_FLEET:
+            size = f"an EC2 Fleet ({request.fleet_type}) of {request.size} {request.market} " + (
+                "instance(s)" if request.market == "on-demand" else "slot(s)"
+            )
+        elif request.count is not None:
+            size = f"{request.count} on-demand {request.instance_type} instance(s)"
+        else:
+            size = f"a Spot Fleet of {request.slots} slot(s)"
         question = (
             f"Start {size} as annex {request.annex_name} for "
             f"{duration / 3600:.2f} h (idle shutdown after {idle / 60:.0f} min)?"

@@ -135,11 +135,16 @@ def render_preview(preview: CostPreview) -> str:
 
 
 def render_create(result: CreateResult) -> str:
-    what = (
-        f"{len(result.instance_ids)} on-demand instance(s): {', '.join(result.instance_ids)}"
-        if result.kind == contract.FLEET_KIND_ON_DEMAND
-        else f"Spot Fleet request {result.fleet_id}"
-    )
+    if result.kind == contract.FLEET_KIND_ON_DEMAND:
+        what = f"{len(result.instance_ids)} on-demand instance(s): {', '.join(result.instance_ids)}"
+    elif result.kind == contract.FLEET_KIND_EC2_FLEET:
+        what = f"EC2 Fleet {result.fleet_id}" + (
+            f" with {len(result.instance_ids)} instance(s): {', '.join(result.instance_ids)}"
+            if result.instance_ids
+            else ""
+        )
+    else:
+        what = f"Spot Fleet request {result.fleet_id}"
     lines = [
         f"Annex {result.annex_name} started: {what}.",
         f"Lease ends {utc_iso(result.expires_at)}; "

@@ -149,6 +149,15 @@ class AnnexEnv:
             f for f in fleets if f["SpotFleetRequestState"] in ("submitted", "active", "modifying")
         ]
 
+    def live_ec2_fleets(self) -> list[str]:
+        """EC2 Fleets that still own (or may launch) instances."""
+        fleets = self.clients.ec2.describe_fleets()["Fleets"]
+        return sorted(
+            f["FleetId"]
+            for f in fleets
+            if f["FleetState"] in ("submitted", "active", "modifying", "deleted_running")
+        )
+
     def objects(self) -> list[str]:
         listing = self.clients.s3.list_objects_v2(Bucket=self.settings.config_bucket)
         return sorted(o["Key"] for o in listing.get("Contents", []))
