@@ -140,7 +140,7 @@ def test_status_and_off_end_an_ec2_fleet_annex(env):
     assert len(annex.instances) == 2
     assert annex.cost_so_far_usd is not None
 
-    code, out, err = _cli(env, "off", "-annex-name", "ef_off")
+    code, _, err = _cli(env, "off", "-annex-name", "ef_off")
 
     assert code == 0, err
     assert annex.fleet_ids[0] not in env.live_ec2_fleets()
