@@ -23,6 +23,7 @@ from annex_sandbox.patches.ec2_fleet import (
     delete_fleets_ends_every_instance,
     ec2_fleet_idempotent_on_client_token,
     ec2_fleet_launches_from_templates_across_pools,
+    maintain_fleets_replace_lost_instances,
 )
 from annex_sandbox.patches.ec2_instances import (
     describe_instances_filters,
@@ -59,6 +60,7 @@ PATCHES: tuple[Callable[[], None], ...] = (
     ec2_fleet_launches_from_templates_across_pools,
     ec2_fleet_idempotent_on_client_token,
     delete_fleets_ends_every_instance,
+    maintain_fleets_replace_lost_instances,
     cloudformation_stack_outputs_from_change_sets,
     cloudformation_deletes_managed_policies,
     scheduler_update_replaces_every_field,

@@ -357,6 +357,8 @@ def delete_fleets_ends_every_instance() -> None:
                 continue
             previous = fleet.state
             fleet.target_capacity = 0
+            # Deleted first: a deleted maintain fleet replaces none of the instances it ends.
+            fleet.state = "deleted_terminating" if terminate_instances else "deleted_running"
             if terminate_instances:
                 ids = [
                     item["instance"].id
@@ -397,3 +399,57 @@ def delete_fleets_ends_every_instance() -> None:
 
     FleetsBackend.delete_fleets = delete_fleets  # type: ignore[method-assign]
     Fleets.delete_fleets = delete_fleets_response  # type: ignore[method-assign]
+
+
+def maintain_fleets_replace_lost_instances() -> None:
+    """A `maintain` fleet launches a replacement when one of its instances ends.
+
+    "EC2 Fleet request types" (Amazon EC2 User Guide,
+    https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/ec2-fleet-request-type.html): a maintain
+    fleet keeps its target capacity — it replaces Spot instances that are interrupted and
+    instances that are terminated — until it is deleted or expires. moto never replaces one.
+    A deleted fleet (DeleteFleets sets the state first) replaces nothing.
+    """
+    from moto.ec2.models.instances import InstanceBackend
+
+    original: Callable[..., Any] = InstanceBackend.terminate_instances
+
+    def terminate_instances(self: Any, instance_ids: list[str]) -> Any:
+        wanted = set(instance_ids)
+        # moto's Instance.terminate drops the instance from its fleet (and its capacity), so
+        # what each maintain fleet is about to lose is noted first.
+        losing = [
+            (fleet, [i for i in fleet.on_demand_instances if i["instance"].id in wanted])
+            for fleet in list(getattr(self, "fleets", {}).values())
+            if fleet.fleet_type == "maintain" and fleet.state == "active"
+        ]
+        result = original(self, instance_ids)
+        ended = {instance.id for instance, _ in result}
+        for fleet, items in losing:
+            lost: dict[str, float] = {}
+            for item in items:
+                if item["instance"].id not in ended:
+                    continue
+                market, pool = item["market"], item["pool"]
+                lost[market] = lost.get(market, 0.0) + pool.weight
+                price = _unit_price(fleet, pool, market)
+                if math.isfinite(price):
+                    key = f"_sandbox_spent_{market}"
+                    fleet.__dict__[key] = float(fleet.__dict__.get(key, 0.0)) - price
+            for market, units in lost.items():
+                _fill(fleet, units, market)
+        return result
+
+    def describe_fleet_instances(self: FleetsBackend, fleet_id: str) -> list[Any]:
+        """ActiveInstances: the fleet's instances that have not ended."""
+        fleet = self.get_fleet(fleet_id)
+        if fleet is None:
+            return []
+        return [
+            item
+            for item in fleet.on_demand_instances
+            if item["instance"].state not in ("terminated", "shutting-down")
+        ]
+
+    InstanceBackend.terminate_instances = terminate_instances  # type: ignore[method-assign]
+    FleetsBackend.describe_fleet_instances = describe_fleet_instances  # type: ignore[method-assign]

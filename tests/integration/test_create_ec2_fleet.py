@@ -228,3 +228,30 @@ def test_aws_fleet_default_comes_from_the_user_config(env):
     assert code == 0, err
     assert json.loads(out)["kind"] == contract.FLEET_KIND_EC2_FLEET
     assert json.loads(plain[1])["kind"] == contract.FLEET_KIND_ON_DEMAND
+
+
+def test_a_maintain_annex_is_refilled_after_an_interruption_and_off_ends_the_refill(env):
+    result = create_annex(
+        env.request(
+            "ef_refill",
+            slots=2,
+            aws_fleet=True,
+            spot_instance_types=spot.parse_instance_types(["m5.large"]),
+        ),
+        settings=env.settings,
+        clients=env.clients,
+        hooks=env.hooks(),
+    )
+    before = sorted(i["InstanceId"] for i in env.live_instances("ef_refill"))
+    assert len(before) == 2
+
+    # A Spot interruption terminates the instance; the maintain fleet replaces it.
+    env.clients.ec2.terminate_instances(InstanceIds=before[:1])
+
+    report = annex_status(settings=env.settings, clients=env.clients, annex_name="ef_refill")
+    running = sorted(i.instance_id for i in report.annexes[0].instances if i.state == "running")
+    assert len(running) == 2 and before[0] not in running
+    code, _, err = _cli(env, "off", "-annex-name", "ef_refill")
+    assert code == 0, err
+    assert env.live_instances("ef_refill") == []
+    assert result.fleet_id not in env.live_ec2_fleets()

@@ -232,3 +232,32 @@ def test_delete_fleets_reports_unknown_ids_and_instant_fleets_kept_running(world
     assert codes[instant] == "NoTerminateInstancesNotSupported"
     assert codes["fleet-00000000-0000-0000-0000-000000000000"] == "fleetIdDoesNotExist"
     assert answer["SuccessfulFleetDeletions"] == []
+
+
+def test_a_maintain_fleet_replaces_an_instance_that_ends(world):
+    """ "EC2 Fleet request types": a maintain fleet keeps its target capacity, replacing
+    interrupted or terminated instances; a deleted fleet replaces nothing."""
+    ec2 = world["ec2"]
+    fleet_id = ec2.create_fleet(**_request(world, fleet_type="maintain", capacity=2))["FleetId"]
+    first = _fleet_instance_ids(ec2, fleet_id)
+
+    ec2.terminate_instances(InstanceIds=first[:1])
+
+    now = _fleet_instance_ids(ec2, fleet_id)
+    assert len(now) == 2 and first[0] not in now and first[1] in now
+    (replacement,) = set(now) - set(first)
+    tags = {t["Key"]: t["Value"] for t in _instances(ec2, [replacement])[0]["Tags"]}
+    assert tags[EC2_FLEET_ID_TAG] == fleet_id
+
+    ec2.delete_fleets(FleetIds=[fleet_id], TerminateInstances=True)
+    assert _fleet_instance_ids(ec2, fleet_id) == []
+
+
+def test_an_instant_fleet_replaces_nothing(world):
+    ec2 = world["ec2"]
+    fleet_id = ec2.create_fleet(**_request(world, capacity=2))["FleetId"]
+    first = _fleet_instance_ids(ec2, fleet_id)
+
+    ec2.terminate_instances(InstanceIds=first[:1])
+
+    assert _fleet_instance_ids(ec2, fleet_id) == first[1:]
