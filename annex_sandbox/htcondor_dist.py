@@ -246,7 +246,11 @@ def _useradd(name: str, *, system: bool, home: bool) -> Ids:
         return Ids(entry.pw_uid, entry.pw_gid)
     except KeyError:
         pass
-    command = ["useradd", "--shell", "/usr/sbin/nologin" if system else "/bin/sh"]
+    # sbin may be missing from PATH (tests narrow it); useradd lives there.
+    useradd = shutil.which("useradd", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+    if useradd is None:
+        raise OSError(f"cannot create user {name!r}: useradd is not installed")
+    command = [useradd, "--shell", "/usr/sbin/nologin" if system else "/bin/sh"]
     command += ["--system"] if system else []
     command += ["--create-home"] if home else ["--no-create-home"]
     completed = subprocess.run(

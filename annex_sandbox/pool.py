@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from annex_sandbox.htcondor_dist import Distribution, Ids, condor_ids
+from annex_sandbox.htcondor_dist import Distribution, Ids, condor_ids, ensure_user
 
 SCRAMBLE = bytes((0xDE, 0xAD, 0xBE, 0xEF))
 IMAGE_CONFIG = Path(__file__).resolve().parents[1] / "image/condor/config.d/10-annex-image.config"
@@ -253,6 +253,46 @@ class CentralManager(Daemons):
                 return self
             time.sleep(0.2)
         raise TimeoutError("the central manager's collector and schedd did not come up")
+
+    def submit_as(self, user: str, workdir: Path, description: str) -> int:
+        """`condor_submit` as the ordinary `user` (FS authentication) from `workdir`; cluster id.
+
+        `workdir` is created, owned by the user, for the job's log and output files.
+        """
+        ids = ensure_user(user, home=True)
+        workdir.mkdir(parents=True, exist_ok=True)
+        _traversable(workdir.parent)
+        os.chown(workdir, ids.uid, ids.gid)
+        submit_file = workdir / "job.sub"
+        submit_file.write_text(description)
+        os.chown(submit_file, ids.uid, ids.gid)
+        result = subprocess.run(
+            [str(self.dist.program("condor_submit")), "-terse", str(submit_file)],
+            env={**self.env(), "HOME": str(workdir)},
+            cwd=workdir,
+            user=ids.uid,
+            group=ids.gid,
+            extra_groups=[],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"condor_submit as {user} failed: {result.stderr.strip()}")
+        return int(result.stdout.strip().split(".", 1)[0])
+
+    def job(self, cluster: int) -> Optional[dict[str, Any]]:
+        """The job's ad from the queue, else from the history; None when neither has it."""
+        for tool in ("condor_q", "condor_history"):
+            args = [str(cluster), "-json"] + (["-allusers"] if tool == "condor_q" else [])
+            result = self.tool(tool, *args, timeout=20)
+            text = result.stdout.strip()
+            if result.returncode == 0 and text:
+                ads: list[dict[str, Any]] = json.loads(text)
+                if ads:
+                    return ads[0]
+        return None
 
     def _daemons_listed(self) -> bool:
         result = self.tool("condor_status", "-schedd", "-af", "Name", timeout=10)

@@ -60,7 +60,7 @@ def run_setup_cli(aws: world.RemoteAws, home: Path) -> tuple[float, int, str]:
     env = {
         "PATH": os.environ.get("PATH", ""), "HOME": str(home),
         **aws.admin_env(),
-        # The CDK CLI must reach the emulator by name (SPEC §4: moto misreads 127.0.0.1 URLs).
+        # The CDK CLI must reach the emulator by name (docs/RULES.md, "Testing without AWS").
         "AWS_ENDPOINT_URL": aws.endpoint_url.replace("127.0.0.1", "localhost"),
         "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20",
     }  # fmt: skip

@@ -184,7 +184,7 @@ def old_tool_boot(
         while fleet is None:
             if time.monotonic() > give_up:
                 raise OldToolFailed("no fleet tag")
-            # The reference backs off exponentially between polls (SPEC §2).
+            # The reference backs off exponentially between polls (docs/RULES.md, "Annex identity").
             sleep(delay)
             delay = min(delay * 2, spot_poll_cap)
             described = aws("ec2", "describe_instances", {"InstanceIds": [instance_id]})

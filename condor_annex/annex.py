@@ -397,6 +397,19 @@ def find(
     return annex
 
 
+def launched_with(ec2: Any, client_token: str, kind: str) -> bool:
+    """True when a request with exactly `client_token` already launched something.
+
+    Not an ownership question: EC2 answers a repeated token with the earlier result instead of
+    launching, so before a launch nothing may carry the token at all (tag or not).
+    """
+    for fleet_kind in FLEET_KINDS:
+        if fleet_kind.name == kind:
+            return any(f.client_token == client_token for f in fleet_kind.list_fleets(ec2))
+    found = describe_instances(ec2, [{"Name": "client-token", "Values": [client_token]}])
+    return any(i.get("ClientToken") == client_token for i in found)
+
+
 def find_all(ec2: Any, *, states: Sequence[str] = LIVE_INSTANCE_STATES) -> dict[str, Annex]:
     """Every annex with something live in EC2, by name, in one pass by the annex tag key.
 

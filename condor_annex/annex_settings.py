@@ -1,13 +1,20 @@
-"""The setup's outputs as the CLI reads them back: `ANNEX_DEFAULT_*` macros → `Settings`.
+"""The setup's outputs and the user's defaults as the CLI reads them: `ANNEX_DEFAULT_*` → `Settings`.
 
 `-setup` writes every stack output into the user's HTCondor config as a macro (the mapping lives
 in `contract.STACK_OUTPUTS`); every other verb starts from this typed view of those macros.
+
+As in the old condor_annex, a macro may also be given per region, `<region>.ANNEX_DEFAULT_*`
+with the region's characters outside `[A-Za-z0-9_./]` turned into `_` (`us_east_1.`). The value
+used is: the command-line flag > the per-region macro > the plain macro > the built-in default.
+Setup outputs written without a prefix belong to the region in `ANNEX_DEFAULT_AWS_REGION`, so
+they never leak into another region (a second region's `-setup` writes per-region names).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -53,6 +60,69 @@ NEEDED_FOR_STATUS: tuple[contract.StackOutput, ...] = (contract.OUTPUT_CONFIG_BU
 
 
 @dataclass(frozen=True)
+class UserDefaults:
+    """The old condor_annex's per-user defaults (`ANNEX_DEFAULT_*`); None where unset."""
+
+    instance_type: Optional[str] = None
+    ami_id: Optional[str] = None
+    key_name: Optional[str] = None
+    lease_duration: Optional[str] = None
+    """Seconds (a bare number, as the old tool read it) or a duration with a unit."""
+    unclaimed_timeout: Optional[str] = None
+    """Seconds, as `lease_duration`."""
+    spot_fleet_config_file: Optional[str] = None
+
+
+USER_DEFAULT_MACROS: dict[str, str] = {
+    "instance_type": "ANNEX_DEFAULT_ODI_INSTANCE_TYPE",
+    "ami_id": "ANNEX_DEFAULT_ODI_IMAGE_ID",
+    "key_name": "ANNEX_DEFAULT_ODI_KEY_NAME",
+    "lease_duration": "ANNEX_DEFAULT_LEASE_DURATION",
+    "unclaimed_timeout": "ANNEX_DEFAULT_UNCLAIMED_TIMEOUT",
+    "spot_fleet_config_file": "ANNEX_DEFAULT_SFR_CONFIG_FILE",
+}
+"""Which UserDefaults field each macro sets (docs/MIGRATION.md is checked against this)."""
+if set(USER_DEFAULT_MACROS) != {f.name for f in fields(UserDefaults)}:  # pragma: no cover
+    raise RuntimeError("annex_settings.USER_DEFAULT_MACROS is out of step with UserDefaults")
+
+SETUP_MACROS: tuple[str, ...] = (
+    *(o.macro for o in contract.STACK_OUTPUTS),
+    contract.MACRO_STACK_NAME,
+)
+"""Macros that describe one region's setup."""
+
+
+def region_prefix(region: str) -> str:
+    """The old tool's per-region macro prefix (upper case, as macro names are case-blind)."""
+    return re.sub(r"[^A-Za-z0-9_./]", "_", region).upper()
+
+
+def regional_name(macro: str, region: str) -> str:
+    return f"{region_prefix(region)}.{macro}"
+
+
+def regional_macros(macros: Mapping[str, str], region: Optional[str]) -> dict[str, str]:
+    """The plain `ANNEX_DEFAULT_*` view of `macros` for `region` (per-region values win).
+
+    Plain setup macros describe the setup of the recorded region (`ANNEX_DEFAULT_AWS_REGION`):
+    for any other region only its per-region setup macros count, so a region without a setup
+    of its own reads as "no setup" rather than borrowing another region's bucket.
+    """
+    upper = {k.upper(): v for k, v in macros.items()}
+    recorded = upper.get(contract.MACRO_AWS_REGION, "").strip()
+    view = {k: v for k, v in upper.items() if "." not in k}
+    if region and recorded and region != recorded:
+        for name in SETUP_MACROS:
+            view.pop(name, None)
+    if region:
+        prefix = region_prefix(region) + "."
+        for name, value in upper.items():
+            if name.startswith(prefix):
+                view[name[len(prefix) :]] = value
+    return view
+
+
+@dataclass(frozen=True)
 class Settings:
     """Typed setup outputs; empty strings / tuples where the user config lacks a macro."""
 
@@ -73,10 +143,17 @@ class Settings:
     """`ANNEX_DEFAULT_MAX_PRICE_PER_HOUR` as written (USD/hour); empty when no cap is set."""
     aws_fleet: bool = False
     """`ANNEX_DEFAULT_AWS_FLEET = True`: launch through EC2 Fleet by default."""
+    defaults: UserDefaults = field(default_factory=UserDefaults)
 
     @classmethod
-    def from_macros(cls, macros: Mapping[str, str]) -> Settings:
-        """Build from `ANNEX_DEFAULT_*` macro values (unknown macros are ignored)."""
+    def from_macros(cls, macros: Mapping[str, str], region: Optional[str] = None) -> Settings:
+        """Build from `ANNEX_DEFAULT_*` macro values for `region` (default: the recorded one).
+
+        Unknown macros are ignored; per-region forms win over plain ones (`regional_macros`).
+        """
+        recorded = {k.upper(): v for k, v in macros.items()}.get(contract.MACRO_AWS_REGION, "")
+        region = (region or recorded).strip() or None
+        macros = regional_macros(macros, region)
         values: dict[str, Any] = {}
         for output in contract.STACK_OUTPUTS:
             raw = macros.get(output.macro, "").strip()
@@ -85,7 +162,7 @@ class Settings:
                 values[name] = tuple(s.strip() for s in raw.split(",") if s.strip())
             else:
                 values[name] = raw
-        values["region"] = macros.get(contract.MACRO_AWS_REGION, "").strip()
+        values["region"] = region or ""
         values["stack_name"] = (
             macros.get(contract.MACRO_STACK_NAME, "").strip() or contract.STACK_NAME
         )
@@ -95,6 +172,12 @@ class Settings:
             "true",
             "yes",
             "1",
+        )
+        values["defaults"] = UserDefaults(
+            **{
+                name: (macros.get(macro, "").strip() or None)
+                for name, macro in USER_DEFAULT_MACROS.items()
+            }
         )
         return cls(**values)
 
@@ -142,13 +225,14 @@ def settings_field_names() -> list[str]:
     return [f.name for f in fields(Settings)]
 
 
-def load_settings(config_file: Optional[Path] = None) -> Settings:
-    """Read the user's config file (or `config_file`) into Settings."""
+def load_settings(config_file: Optional[Path] = None, region: Optional[str] = None) -> Settings:
+    """Read the user's config file (or `config_file`) into Settings for `region` (default: the
+    recorded `ANNEX_DEFAULT_AWS_REGION`)."""
     from condor_annex import user_config  # part A's module; imported late to keep this light
 
     path = config_file if config_file is not None else user_config.user_config_path()
     macros = user_config.read_annex_macros(path) if path.exists() else {}
-    return Settings.from_macros(macros)
+    return Settings.from_macros(macros, region)
 
 
 @dataclass

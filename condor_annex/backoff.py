@@ -3,15 +3,16 @@
 "Exponential Backoff And Jitter" (AWS Architecture Blog): full jitter, `sleep = uniform(0,
 min(cap, base * 2**attempt))`, spreads retries of many clients best. Botocore's adaptive retry
 mode already handles throttling of single calls; this helper is for waiting on a *state* (a
-schedule to appear, instances to reach a state) where botocore has no waiter.
-The boot agent carries its own stdlib-only copy of this logic.
+schedule to appear, instances to reach a state) where botocore has no waiter. Standard
+library only: the boot agent waits for the Spot Fleet tag with it too (`equal_jitter`, so waits
+still grow and a thousand instances do not poll twice a second each).
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Optional, TypeVar
 
@@ -32,6 +33,8 @@ class Backoff:
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
     rng: random.Random = field(default_factory=random.Random)
+    equal_jitter: bool = False
+    """"Equal jitter": each delay is at least half its ceiling (fewer polls, still spread)."""
 
     def delays(self) -> list[float]:
         """The delays this back-off would use, as if every wait took no time (for tests/docs)."""
@@ -45,8 +48,16 @@ class Backoff:
             attempt += 1
         return out
 
+    def schedule(self) -> Iterator[float]:
+        """The delays between attempts, without end (for callers that keep their own clock)."""
+        attempt = 0
+        while True:
+            yield self._delay(attempt)
+            attempt += 1
+
     def _delay(self, attempt: int) -> float:
-        return self.rng.uniform(0, min(self.cap, self.base * (2 ** min(attempt, 30))))
+        ceiling = min(self.cap, self.base * (2 ** min(attempt, 30)))
+        return self.rng.uniform(ceiling / 2 if self.equal_jitter else 0, ceiling)
 
     def wait_for(self, probe: Callable[[], Optional[T]], what: str = "condition") -> T:
         """Call `probe` until it returns something other than None; raise at the deadline."""

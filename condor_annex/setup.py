@@ -28,6 +28,7 @@ import boto3
 import botocore.exceptions
 
 from condor_annex import annex, contract
+from condor_annex.annex_settings import SETUP_MACROS, regional_macros, regional_name
 from condor_annex.aws import error_code, make_client, make_session
 from condor_annex.collector import CONNECTIVITY_TIMEOUT_SECONDS, parse_collector
 from condor_annex.errors import (
@@ -405,13 +406,9 @@ def run_setup(
             f"stack {stack_name} lacks the outputs {', '.join(missing)}",
             next_step="update the setup code and re-run `condor_annex -setup`",
         )
-    macros = {o.macro: outputs[o.key] for o in contract.STACK_OUTPUTS}
-    macros[contract.MACRO_AWS_REGION] = region
-    macros[contract.MACRO_STACK_NAME] = stack_name
-    before = read_annex_macros(config_path)
-    write_annex_macros(config_path, macros)
-    progress(f"wrote {len(macros)} ANNEX_DEFAULT_* macros to {config_path}")
-    changed = stack_changed or any(before.get(k) != v for k, v in macros.items())
+    written, macros_changed = record_setup(config_path, region, stack_name, outputs)
+    progress(f"wrote {written} ANNEX_DEFAULT_* macros to {config_path}")
+    changed = stack_changed or macros_changed
     return SetupResult(
         stack_name=stack_name,
         region=region,
@@ -419,6 +416,30 @@ def run_setup(
         config_file=config_path,
         changed=changed,
     )
+
+
+def record_setup(
+    config_path: Path, region: str, stack_name: str, outputs: Mapping[str, str]
+) -> tuple[int, bool]:
+    """Write a region's setup into the user config: (macros written, whether any changed).
+
+    The first region recorded gets the plain names plus `ANNEX_DEFAULT_AWS_REGION`; a setup in
+    another region is recorded under the old tool's per-region names (`us_west_2.ANNEX_...`)
+    and leaves the first untouched (`-aws-region` selects it; see annex_settings).
+    """
+    macros = {o.macro: outputs[o.key] for o in contract.STACK_OUTPUTS}
+    macros[contract.MACRO_AWS_REGION] = region
+    macros[contract.MACRO_STACK_NAME] = stack_name
+    before = read_annex_macros(config_path)
+    recorded = before.get(contract.MACRO_AWS_REGION)
+    if recorded and recorded != region:
+        macros = {
+            regional_name(name, region): value
+            for name, value in macros.items()
+            if name != contract.MACRO_AWS_REGION
+        }
+    write_annex_macros(config_path, macros)
+    return len(macros), any(before.get(k) != v for k, v in macros.items())
 
 
 # --- -check-setup -------------------------------------------------------------------------------
@@ -481,7 +502,8 @@ def check_setup(
         )
         result.ok = False
         return result
-    region = macros.get(contract.MACRO_AWS_REGION) or session.region_name
+    region = session.region_name or macros.get(contract.MACRO_AWS_REGION)
+    macros = regional_macros(macros, region)
     stack_name = macros.get(contract.MACRO_STACK_NAME) or contract.STACK_NAME
     flag = f" -aws-region {region}" if region else ""
     rerun = f"re-run `condor_annex -setup{flag}` (it rewrites the macros in place)"
@@ -659,7 +681,10 @@ def destroy_setup(
     """Remove the setup stack and its macros; refuses while any annex is running or leased."""
     project = _project(project_dir)
     action = "destroy the condor_annex setup"
-    macros = read_annex_macros(config_file)
+    recorded_macros = read_annex_macros(config_file)
+    recorded_region = recorded_macros.get(contract.MACRO_AWS_REGION)
+    per_region = bool(recorded_region) and recorded_region != region
+    macros = regional_macros(recorded_macros, region)
     stack: Optional[dict[str, Any]] = None
     vpc_id: Optional[str] = macros.get(contract.OUTPUT_VPC_ID.macro)
 
@@ -724,7 +749,9 @@ def destroy_setup(
             )
     else:
         progress(f"stack {stack_name} does not exist in {region}; removing the macros only")
-    names = [o.macro for o in contract.STACK_OUTPUTS]
-    names += [contract.MACRO_AWS_REGION, contract.MACRO_STACK_NAME]
+    if per_region:
+        names = [regional_name(name, region) for name in SETUP_MACROS]
+    else:
+        names = [*SETUP_MACROS, contract.MACRO_AWS_REGION]
     remove_annex_macros(config_file, names)
     progress(f"removed the ANNEX_DEFAULT_* macros from {config_file}")

@@ -100,6 +100,8 @@ class SpotPlan:
     overrides: list[dict[str, Any]]
     template_data: dict[str, Any] = field(default_factory=dict)
     fleet_options: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    """What of the file was replaced by the setup's own settings (shown to the user)."""
 
     @property
     def instance_types(self) -> list[str]:
@@ -194,8 +196,9 @@ def load_spot_fleet_config(
 ) -> SpotPlan:
     """Read and validate a Spot Fleet config file (console export or a bare config).
 
-    The file is refused, with the reason, when it is too big, not JSON, uses launch templates,
-    or names a fleet role, instance profile or security group other than the setup's.
+    The file is refused, with the reason, when it is too big, not JSON, or uses launch
+    templates. A fleet role, instance profile or security groups of its own (as the old
+    condor_annex's files name) are replaced by the setup's, with a note.
     """
     try:
         size = path.stat().st_size
@@ -209,12 +212,41 @@ def load_spot_fleet_config(
             f"{MAX_CONFIG_FILE_BYTES} are accepted"
         )
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(
+            f"cannot read the Spot Fleet config file {path}: {exc.strerror}"
+        ) from None
+    return parse_spot_fleet_config(
+        raw,
+        source=str(path),
+        fleet_role_arn=fleet_role_arn,
+        instance_profile_arn=instance_profile_arn,
+        security_group_ids=security_group_ids,
+    )
+
+
+def parse_spot_fleet_config(
+    raw: bytes,
+    *,
+    source: str,
+    fleet_role_arn: str,
+    instance_profile_arn: str,
+    security_group_ids: Sequence[str],
+) -> SpotPlan:
+    """`load_spot_fleet_config` for bytes already read (e.g. from stdin)."""
+    if len(raw) > MAX_CONFIG_FILE_BYTES:
+        raise InvalidInput(
+            f"the Spot Fleet config {source} has {len(raw)} bytes; at most "
+            f"{MAX_CONFIG_FILE_BYTES} are accepted"
+        )
+    try:
+        data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInput(f"the Spot Fleet config file {path} is not JSON: {exc}") from None
+        raise InvalidInput(f"the Spot Fleet config {source} is not JSON: {exc}") from None
     return plan_from_config(
         data,
-        source=str(path),
+        source=source,
         fleet_role_arn=fleet_role_arn,
         instance_profile_arn=instance_profile_arn,
         security_group_ids=security_group_ids,
@@ -252,12 +284,10 @@ def plan_from_config(
     )
     if unknown:
         raise bad(f"unknown key(s) {', '.join(unknown)}")
+    notes: list[str] = []
     role = data.get("IamFleetRole")
     if role and role != fleet_role_arn:
-        raise bad(
-            f"IamFleetRole {role} is not the setup's Spot Fleet role {fleet_role_arn}",
-            "remove IamFleetRole from the file; condor_annex uses the setup's role",
-        )
+        notes.append(f"{source}: IamFleetRole {role} replaced by the setup's {fleet_role_arn}")
     specs = data.get("LaunchSpecifications")
     if not isinstance(specs, list) or not specs:
         raise bad("LaunchSpecifications must be a non-empty list")
@@ -282,25 +312,27 @@ def plan_from_config(
                 f"{where} has key(s) condor_annex does not accept: {', '.join(unknown)}",
                 "remove them (network interfaces and instance requirements are not supported)",
             )
+        # The instances must carry the setup's profile (the agent finds the config bucket
+        # through it) and groups (they open the pool's port only): the file's own are replaced.
         profile = spec.get("IamInstanceProfile") or {}
-        profile_arn = profile.get("Arn") if isinstance(profile, Mapping) else None
-        if profile and profile_arn != instance_profile_arn:
-            raise bad(
-                f"{where}.IamInstanceProfile is not the setup's instance profile "
-                f"{instance_profile_arn}",
-                "remove IamInstanceProfile from the file; condor_annex uses the setup's profile",
+        profile_name = (
+            profile.get("Arn") or profile.get("Name") if isinstance(profile, Mapping) else profile
+        )
+        if profile and profile_name != instance_profile_arn:
+            notes.append(
+                f"{source}: {where}.IamInstanceProfile {profile_name} replaced by the setup's "
+                f"{instance_profile_arn}"
             )
         groups = spec.get("SecurityGroups") or []
         foreign = sorted(
-            str(g.get("GroupId"))
+            str(g.get("GroupId") or g.get("GroupName")) if isinstance(g, Mapping) else str(g)
             for g in groups
-            if isinstance(g, Mapping) and g.get("GroupId") not in security_group_ids
+            if not isinstance(g, Mapping) or g.get("GroupId") not in security_group_ids
         )
         if foreign:
-            raise bad(
-                f"{where}.SecurityGroups {', '.join(foreign)} are not the setup's "
-                f"({', '.join(security_group_ids)})",
-                "remove SecurityGroups from the file; condor_annex uses the setup's groups",
+            notes.append(
+                f"{source}: {where}.SecurityGroups {', '.join(foreign)} replaced by the setup's "
+                f"{', '.join(security_group_ids)}"
             )
         itype = spec.get("InstanceType")
         if not isinstance(itype, str) or not _INSTANCE_TYPE_RE.match(itype):
@@ -335,7 +367,7 @@ def plan_from_config(
         raise bad(exc.message) from None
     if "Monitoring" in shared:
         shared["Monitoring"] = {"Enabled": bool((shared["Monitoring"] or {}).get("Enabled"))}
-    return SpotPlan(overrides=overrides, template_data=shared, fleet_options=options)
+    return SpotPlan(overrides=overrides, template_data=shared, fleet_options=options, notes=notes)
 
 
 def build_spot_fleet_request_config(

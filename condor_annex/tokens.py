@@ -1,4 +1,4 @@
-"""HTCondor IDTOKENs for annex execute nodes (SPEC §2 "Security tokens").
+"""HTCondor IDTOKENs for annex execute nodes (docs/RULES.md, "Security tokens").
 
 An annex token lets an execute node READ from the pool and advertise its startd and master
 (`contract.ANNEX_TOKEN_AUTHZ`), and it expires with the annex's lease. Sources, in order:

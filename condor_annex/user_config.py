@@ -141,17 +141,23 @@ def _read_lines(path: Path) -> list[str]:
         return []
 
 
+def is_annex_macro(name: str) -> bool:
+    """`ANNEX_DEFAULT_*`, or its per-region form `<region>.ANNEX_DEFAULT_*` (e.g. `us_east_1.`)."""
+    return name.upper().rsplit(".", 1)[-1].startswith(MACRO_PREFIX) and name.count(".") <= 1
+
+
 def read_annex_macros(path: Path) -> dict[str, str]:
-    """Every `ANNEX_DEFAULT_*` macro in `path` (upper-case names; the last definition wins)."""
+    """Every `ANNEX_DEFAULT_*` macro in `path`, per-region forms included (upper-case names; the
+    last definition wins)."""
     macros: dict[str, str] = {}
     for logical in _logical_lines(_read_lines(path)):
-        if logical.name and logical.name.startswith(MACRO_PREFIX):
+        if logical.name and is_annex_macro(logical.name):
             macros[logical.name] = logical.value
     return macros
 
 
 def _check_macro(name: str, value: str) -> None:
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+    if not re.fullmatch(r"(?:[A-Za-z0-9_]+\.)?[A-Za-z_][A-Za-z0-9_]*", name):
         raise ValueError(f"{name!r} is not an HTCondor macro name")
     if any(c in value for c in "\r\n") or value.endswith("\\"):
         raise ValueError(f"the value for {name} would span lines: {value!r}")

@@ -1,6 +1,6 @@
 """The role and instance profile every annex instance runs with.
 
-The boot agent discovers the config bucket by reading this role's policies (SPEC §2): the
+The boot agent discovers the config bucket by reading this role's policies (docs/RULES.md, "Configuration transport"): the
 inline policy named `contract.INSTANCE_ROLE_POLICY_NAME` holds exactly one statement, `s3:GetObject`
 on `arn:aws:s3:::<bucket>/config-*.tar.gz`. A second inline policy grants the introspection the
 agent needs, IAM reads scoped to this role and this profile only.

@@ -1,6 +1,6 @@
 """The "annex operator" managed policy: day-to-day `condor_annex` use without admin rights.
 
-SPEC §5: launch only annex-tagged instances and fleets with this setup's instance profile,
+docs/RULES.md, "Least privilege for day-to-day use": launch only annex-tagged instances and fleets with this setup's instance profile,
 terminate and cancel only annex-tagged ones, create, launch from and delete only annex-tagged
 launch templates (each Spot Fleet annex has its own, `contract.launch_template_name`, because a
 Spot Fleet launch specification cannot require IMDSv2), pass exactly the instance and Spot Fleet roles

@@ -1,6 +1,6 @@
 """Who am I? The annex name (from client tokens) and the config bucket (from the role's policies).
 
-Follows the seed's rules (SPEC §2) while spending the fewest AWS calls: an on-demand instance
+Follows the rules of docs/RULES.md, "Annex identity" while spending the fewest AWS calls: an on-demand instance
 needs one DescribeInstances and one GetRolePolicy.
 """
 
@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import random
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -23,6 +22,7 @@ from condor_annex.agent.exits import Exit
 from condor_annex.agent.imds import ImdsClient, ImdsUnavailable
 from condor_annex.agent.log import StepFailed, StepRecord
 from condor_annex.aws import error_code
+from condor_annex.backoff import Backoff
 
 FLEET_TAG_TIMEOUT_SECONDS = 50 * 60
 """The reference waits this long for Spot Fleet to tag its instance, then powers it off."""
@@ -55,21 +55,11 @@ def aws_failure(error: Exception, what: str) -> StepFailed:
 # --- Back-off -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Jittered exponential back-off: about `initial`, then doubling up to `cap` seconds."""
-
-    initial: float = 1.0
-    cap: float = 60.0
-    factor: float = 2.0
-
-    def delays(self, rng: Optional[random.Random] = None) -> Iterator[float]:
-        rng = rng or random.Random()  # noqa: S311 - jitter, not crypto
-        ceiling = self.initial
-        while True:
-            # "Equal jitter": at least half the ceiling, so waits still grow.
-            yield rng.uniform(ceiling / 2, ceiling)
-            ceiling = min(ceiling * self.factor, self.cap)
+def fleet_tag_backoff() -> Backoff:
+    """About 1 s at first, doubling to a minute; the waiter keeps its own deadline."""
+    return Backoff(
+        deadline_seconds=FLEET_TAG_TIMEOUT_SECONDS, base=1.0, cap=60.0, equal_jitter=True
+    )
 
 
 # --- Annex name -----------------------------------------------------------------------------------
@@ -133,7 +123,7 @@ class FleetTagWaiter:
     imds: ImdsClient
     instance_id: str
     timeout: float = FLEET_TAG_TIMEOUT_SECONDS
-    backoff: Backoff = field(default_factory=Backoff)
+    backoff: Backoff = field(default_factory=lambda: fleet_tag_backoff())
     clock: Clock = field(default_factory=Clock)
     polls: int = 0
     source: str = ""
@@ -161,7 +151,7 @@ class FleetTagWaiter:
         except ImdsUnavailable:
             use_imds = False
         self.source = "imds-tags" if use_imds else "describe-instances"
-        for delay in self.backoff.delays():
+        for delay in self.backoff.schedule():
             remaining = give_up - self.clock.now()
             if remaining <= 0:
                 break
@@ -230,7 +220,7 @@ def annex_name(
         imds,
         instance_id,
         timeout=fleet_tag_timeout,
-        backoff=backoff or Backoff(),
+        backoff=backoff or fleet_tag_backoff(),
         clock=clock or Clock(),
     )
     try:

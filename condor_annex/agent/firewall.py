@@ -1,7 +1,7 @@
 """Fence the instance metadata service off from every non-root process.
 
 Jobs must not borrow the instance's credentials or fetch their own copy of the pool tokens
-(SPEC §2). OUTPUT rejects non-root owners (the `owner` match exists only on OUTPUT); FORWARD
+(docs/RULES.md, "Metadata firewall"). OUTPUT rejects non-root owners (the `owner` match exists only on OUTPUT); FORWARD
 rejects everything bound for the metadata addresses, so containers on a bridge are fenced too.
 IPv6 (`fd00:ec2::254`, Nitro instances) gets the same rules where ip6tables exists.
 """

@@ -1,4 +1,4 @@
-"""`condor-annex-ec2 check-image`: which annex image requirements (SPEC §2) a root filesystem meets.
+"""`condor-annex-ec2 check-image`: which annex image requirements (docs/RULES.md, "Image requirements") a root filesystem meets.
 
 Reads files only (no HTCondor, no systemd): the units under the root's systemd directories and
 the HTCondor configuration in `/etc/condor/condor_config` plus `/etc/condor/config.d/*`. The

@@ -1,6 +1,6 @@
 """`condor-annex-ec2`: configure an annex instance at boot, before HTCondor starts.
 
-Steps, in the seed's order (SPEC §2), each logged as one `step=... result=... ms=...` line:
+Steps, in the order of docs/RULES.md, each logged as one `step=... result=... ms=...` line:
 metadata session → annex name → config bucket → download → verify → unpack → instance macros →
 firewall. Any permanent failure logs why, powers the instance off (so no straggler keeps
 billing) and exits with the failure class's code (see `exits.Exit` and docs/AGENT.md).
@@ -325,7 +325,7 @@ def _firewall_main(argv: Sequence[str]) -> int:
 def _check_image_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="condor-annex-ec2 check-image",
-        description="Report which annex image requirements (SPEC §2) a root filesystem meets.",
+        description="Report which annex image requirements (docs/RULES.md) a root filesystem meets.",
     )
     _add_common(parser)
     args = parser.parse_args(argv)

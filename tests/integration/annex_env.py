@@ -28,7 +28,8 @@ import pytest
 from annex_sandbox.local_aws import LocalAws
 from condor_annex import contract
 from condor_annex.annex_settings import AnnexClients, Settings
-from condor_annex.create import CreateHooks, CreateRequest
+from condor_annex.create import CreateHooks
+from condor_annex.create_request import CreateRequest
 from condor_annex.user_config import write_annex_macros
 from tests.fixtures.cdk import deploy_setup
 

@@ -1,4 +1,4 @@
-"""AWS calls the agent spends per path, counted with a botocore `before-call` hook (SPEC §5)."""
+"""AWS calls the agent spends per path, counted with a botocore `before-call` hook (docs/RULES.md, "Fewest boot-time AWS calls")."""
 
 from __future__ import annotations
 

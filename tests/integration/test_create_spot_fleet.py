@@ -10,7 +10,6 @@ import pytest
 
 from condor_annex import contract, spot
 from condor_annex.create import create_annex
-from condor_annex.errors import InvalidInput
 from tests.integration import annex_env as _annex_env
 
 shared_annex_env = _annex_env.shared_annex_env  # the fixture, shared by this module
@@ -179,23 +178,37 @@ def test_spot_fleet_from_a_console_export_file_uses_the_setup_settings(made, tmp
     assert config["ClientToken"] == result.client_token
 
 
-def test_spot_fleet_file_naming_another_role_is_refused_and_leaves_nothing(made, tmp_path):
+def test_old_tool_spot_fleet_file_gets_the_setup_role_profile_and_groups(made, tmp_path):
     env, _ = made
     path = tmp_path / "fleet.json"
     path.write_text(
         json.dumps(
             {
                 "IamFleetRole": "arn:aws:iam::123456789012:role/someone-elses",
-                "LaunchSpecifications": [{"ImageId": env.ami_id, "InstanceType": "m5.large"}],
+                "AllocationStrategy": "lowestPrice",
+                "SpotPrice": "0.10",
+                "TargetCapacity": 4,
+                "Type": "request",
+                "LaunchSpecifications": [
+                    {
+                        "ImageId": env.ami_id,
+                        "InstanceType": "m5.large",
+                        "IamInstanceProfile": {"Arn": "arn:aws:iam::1:instance-profile/old"},
+                        "SecurityGroups": [{"GroupId": "sg-0ldt00l"}],
+                    }
+                ],
             }
         )
     )
-    before = env.leftovers()
-    with pytest.raises(InvalidInput, match="IamFleetRole"):
-        create_annex(
-            env.request("refused", slots=2, ami_id=None, spot_fleet_config_file=path),
-            settings=env.settings,
-            clients=env.clients,
-            hooks=env.hooks(),
-        )
-    assert env.leftovers() == before
+    result = create_annex(
+        env.request("oldfile", slots=2, ami_id=None, spot_fleet_config_file=path),
+        settings=env.settings,
+        clients=env.clients,
+        hooks=env.hooks(now=lambda: NOW),
+    )
+    config = _fleet(env, result.fleet_id)["SpotFleetRequestConfig"]
+    assert config["IamFleetRole"] == env.settings.spot_fleet_role_arn
+    notes = " ".join(result.notes)
+    assert "role/someone-elses replaced by the setup's" in notes
+    assert "instance-profile/old replaced by the setup's" in notes
+    assert "sg-0ldt00l replaced by the setup's" in notes

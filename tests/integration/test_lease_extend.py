@@ -9,8 +9,9 @@ import pytest
 
 from condor_annex import contract, lease
 from condor_annex.cli.main import CliContext, main
-from condor_annex.create import create_annex, extend_lease
+from condor_annex.create import create_annex
 from condor_annex.errors import InvalidInput
+from condor_annex.extend import extend_lease
 from tests.integration import annex_env as _annex_env
 
 shared_annex_env = _annex_env.shared_annex_env  # the fixture, shared by this module

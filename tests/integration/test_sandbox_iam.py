@@ -14,7 +14,7 @@ BUCKET = "annex-config"
 
 @pytest.fixture
 def instance_role(aws) -> dict[str, Any]:
-    """An instance-like role (the SPEC §2 policy shape) and credentials of a user who may assume it."""
+    """An instance-like role (the policy shape of docs/RULES.md, "Configuration transport") and credentials of a user who may assume it."""
     iam, s3 = aws.client("iam"), aws.client("s3")
     s3.create_bucket(Bucket=BUCKET)
     s3.put_object(Bucket=BUCKET, Key="config-a1.tar.gz", Body=b"tarball")

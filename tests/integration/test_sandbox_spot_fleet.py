@@ -144,7 +144,7 @@ def test_spot_fleet_instances_get_the_launch_specification_profile_and_tags(aws,
 
 
 def test_spot_fleet_instances_carry_a_fleet_generated_client_token(aws, profile_arn):
-    """Fleet instances carry the fleet's own token, not the request's (SPEC §2)."""
+    """Fleet instances carry the fleet's own token, not the request's (docs/RULES.md, "Annex identity")."""
     ec2 = aws.client("ec2")
     token = new_client_token("sf")
     fleet_id = ec2.request_spot_fleet(SpotFleetRequestConfig=_config(token, profile_arn))[

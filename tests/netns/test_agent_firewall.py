@@ -1,4 +1,4 @@
-"""The metadata firewall, proven for real inside a network namespace (SPEC §4).
+"""The metadata firewall, proven for real inside a network namespace (docs/RULES.md, "Metadata firewall").
 
 169.254.169.254 (and fd00:ec2::254 where IPv6 works) sit on the namespace's loopback with an
 HTTP server behind them; after `condor-annex-ec2 firewall`, root still gets HTTP 200 and the

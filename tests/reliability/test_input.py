@@ -38,6 +38,7 @@ def _case(case: str, *values: Any) -> Any:
         _case("annex name: leading digit", "1annex", "not allowed"),
         _case("annex name: trailing underscore (ambiguous token)", "annex_", "not allowed"),
         _case("annex name: path traversal `../x`", "../x", "not allowed"),
+        _case("annex name: trailing newline `A\\n`", "A\n", "not allowed"),
     ],
 )
 def test_bad_annex_name_is_refused_before_any_aws_call(
@@ -171,24 +172,65 @@ def test_spot_config_missing_file(env: AnnexEnv, observed: Any, tmp_path: Path) 
     check_refused(env, observed, argv, BAD, "cannot read the Spot Fleet config file")
 
 
-@mark(AREA, "Spot Fleet config: foreign IamFleetRole (another account's admin role)")
+def _check_replaced(env: AnnexEnv, observed: Any, name: str, path: Path, *mentions: str) -> None:
+    """An old condor_annex Spot Fleet file naming its own role/profile/groups: the setup's are
+    used instead (said in a note), and `off` leaves nothing behind."""
+    before = env.leftovers()
+    run = cli(env, *_spot(env, name, path))
+    made = left_behind(env, before)
+    fleet_roles = [
+        f["SpotFleetRequestConfig"]["IamFleetRole"]
+        for f in env.clients.ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"]
+        if f["SpotFleetRequestConfig"].get("ClientToken", "").startswith(f"{name}_")
+    ]
+    template = env.clients.ec2.describe_launch_template_versions(
+        LaunchTemplateName=contract.launch_template_name(name)
+    )["LaunchTemplateVersions"][0]["LaunchTemplateData"]
+    off = cli(env, "off", "-annex-name", name)
+    left = left_behind(env, before)
+    text = run.out + run.err
+    observed.equal("exit {}", run.code, 0)
+    observed.check("launched", bool(made["instances"]), made)
+    observed.check(
+        "the file's value is named in a note `... replaced by the setup's ...`",
+        all(m in text for m in mentions) and "replaced by the setup's" in text,
+        text,
+    )
+    observed.equal("fleet role {}", fleet_roles, [env.settings.spot_fleet_role_arn])
+    observed.equal(
+        "launch template profile {}",
+        template["IamInstanceProfile"],
+        {"Arn": env.settings.instance_profile_arn},
+    )
+    observed.equal(
+        "launch template groups {}",
+        template["SecurityGroupIds"],
+        list(env.settings.security_group_ids),
+    )
+    observed.equal("`off` exit {}", off.code, 0)
+    claim_left(observed, left)
+
+
+@mark(AREA, "Spot Fleet config: foreign IamFleetRole (another account's admin role) is replaced")
 def test_spot_config_foreign_fleet_role(env: AnnexEnv, observed: Any, tmp_path: Path) -> None:
     data = {
         "IamFleetRole": "arn:aws:iam::999999999999:role/Admin",
         "LaunchSpecifications": [_spec(env)],
     }
     path = _write(tmp_path, data)
-    check_refused(env, observed, _spot(env, "role", path), BAD, "IamFleetRole", "next: remove")
+    _check_replaced(
+        env, observed, "role", path, "IamFleetRole arn:aws:iam::999999999999:role/Admin"
+    )
 
 
-@mark(AREA, "Spot Fleet config: foreign instance profile (an admin profile)")
+@mark(AREA, "Spot Fleet config: foreign instance profile (an admin profile) is replaced")
 def test_spot_config_foreign_instance_profile(env: AnnexEnv, observed: Any, tmp_path: Path) -> None:
     profile = {"Arn": f"arn:aws:iam::{env.local.account_id}:instance-profile/Admin"}
     path = _write(tmp_path, {"LaunchSpecifications": [_spec(env, IamInstanceProfile=profile)]})
-    check_refused(env, observed, _spot(env, "prof", path), BAD, "IamInstanceProfile", "next:")
+    _check_replaced(env, observed, "prof", path, "instance-profile/Admin")
 
 
-@mark(AREA, "Spot Fleet config: security group open to 0.0.0.0/0 from another VPC")
+@mark(AREA, "Spot Fleet config: security group open to 0.0.0.0/0 from another VPC is replaced")
 def test_spot_config_foreign_open_security_group(
     env: AnnexEnv, observed: Any, tmp_path: Path
 ) -> None:
@@ -201,7 +243,7 @@ def test_spot_config_foreign_open_security_group(
     spec = _spec(env, SecurityGroups=[{"GroupId": group}])
     path = _write(tmp_path, {"LaunchSpecifications": [spec]})
     try:
-        check_refused(env, observed, _spot(env, "opensg", path), BAD, group, "next: remove")
+        _check_replaced(env, observed, "opensg", path, group)
     finally:
         ec2.delete_security_group(GroupId=group)
         ec2.delete_vpc(VpcId=vpc)

@@ -1,4 +1,4 @@
-"""The annex operator policy (SPEC §5): day-to-day use, limited by tag, profile and role."""
+"""The annex operator policy (docs/RULES.md, "Least privilege for day-to-day use"): day-to-day use, limited by tag, profile and role."""
 
 from __future__ import annotations
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import random
 import urllib.parse
+from dataclasses import replace
 
 from condor_annex import contract
-from condor_annex.agent.discovery import Backoff, buckets_in_policy, profile_name_from_arn
+from condor_annex.agent.discovery import buckets_in_policy, fleet_tag_backoff, profile_name_from_arn
 
 BUCKET = "annex-config-123"
 RESOURCE = contract.config_object_arn_pattern(BUCKET)
@@ -47,7 +48,7 @@ def test_resource_with_other_key_pattern_is_ignored() -> None:
 
 
 def test_backoff_starts_short_grows_and_is_capped() -> None:
-    delays = Backoff(initial=1.0, cap=60.0).delays(random.Random(7))  # noqa: S311 - jitter test
+    delays = replace(fleet_tag_backoff(), rng=random.Random(7)).schedule()  # noqa: S311 - jitter test
     first = [next(delays) for _ in range(12)]
     assert 0.5 <= first[0] <= 1.0
     assert first[3] > first[0]
@@ -56,8 +57,8 @@ def test_backoff_starts_short_grows_and_is_capped() -> None:
 
 
 def test_backoff_is_jittered() -> None:
-    a = Backoff().delays(random.Random(1))  # noqa: S311
-    b = Backoff().delays(random.Random(2))  # noqa: S311
+    a = replace(fleet_tag_backoff(), rng=random.Random(1)).schedule()  # noqa: S311
+    b = replace(fleet_tag_backoff(), rng=random.Random(2)).schedule()  # noqa: S311
     assert [next(a) for _ in range(5)] != [next(b) for _ in range(5)]
 
 

@@ -11,7 +11,7 @@ import pytest
 from condor_annex import contract
 from condor_annex.annex_settings import Settings
 from condor_annex.cli.main import CliContext, main
-from condor_annex.create import CreateRequest, validate_request
+from condor_annex.create_request import CreateRequest, validate_request
 from condor_annex.errors import InvalidInput, SetupIncomplete, SetupMissing
 
 

@@ -102,18 +102,50 @@ def test_matching_role_profile_and_groups_are_accepted():
     assert plan.instance_types == ["m5.large"]
 
 
+def test_old_tool_role_profile_and_groups_are_replaced_with_a_note_each():
+    plan = _plan(
+        {
+            "IamFleetRole": "arn:aws:iam::1:role/x",
+            "LaunchSpecifications": [
+                _spec(
+                    IamInstanceProfile={"Arn": "arn:x"},
+                    SecurityGroups=[{"GroupId": "sg-open"}, {"GroupId": "sg-0123"}],
+                )
+            ],
+        }
+    )
+    assert len(plan.notes) == 3
+    assert "IamFleetRole arn:aws:iam::1:role/x replaced by the setup's " + ROLE in plan.notes[0]
+    assert "IamInstanceProfile arn:x replaced" in plan.notes[1]
+    assert "SecurityGroups sg-open replaced" in plan.notes[2]
+    # Neither reaches the launch template or the overrides: the setup's are added there.
+    assert "IamInstanceProfile" not in plan.template_data
+    assert all("SecurityGroups" not in o for o in plan.overrides)
+
+
+def test_config_from_stdin_bytes_is_parsed_like_a_file():
+    raw = json.dumps({"LaunchSpecifications": [_spec()]}).encode()
+    plan = spot.parse_spot_fleet_config(
+        raw,
+        source="<stdin>",
+        fleet_role_arn=ROLE,
+        instance_profile_arn=PROFILE,
+        security_group_ids=GROUPS,
+    )
+    assert plan.instance_types == ["m5.large"]
+    with pytest.raises(InvalidInput, match="<stdin> is not JSON"):
+        spot.parse_spot_fleet_config(
+            b"{",
+            source="<stdin>",
+            fleet_role_arn=ROLE,
+            instance_profile_arn=PROFILE,
+            security_group_ids=GROUPS,
+        )
+
+
 @pytest.mark.parametrize(
     ("data", "named"),
     [
-        (
-            {"IamFleetRole": "arn:aws:iam::1:role/x", "LaunchSpecifications": [_spec()]},
-            "IamFleetRole",
-        ),
-        (
-            {"LaunchSpecifications": [_spec(IamInstanceProfile={"Arn": "arn:x"})]},
-            "IamInstanceProfile",
-        ),
-        ({"LaunchSpecifications": [_spec(SecurityGroups=[{"GroupId": "sg-open"}])]}, "sg-open"),
         ({"LaunchTemplateConfigs": [{"LaunchTemplateSpecification": {}}]}, "LaunchTemplateConfigs"),
         ({"LaunchSpecifications": []}, "LaunchSpecifications"),
         ({"LaunchSpecifications": [_spec(), _spec(ImageId="ami-2")]}, "ImageId"),

@@ -1,4 +1,4 @@
-r"""IDTOKEN minting: the SPEC §2 recipe, a token written by the real HTCondor, and where annex
+r"""IDTOKEN minting: the recipe of docs/RULES.md, "Security tokens", a token written by the real HTCondor, and where annex
 tokens come from.
 
 Our tokens are not byte-identical to HTCondor's: `condor_token_create` writes the header
