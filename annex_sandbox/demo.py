@@ -198,12 +198,11 @@ class Demo:
             captured.append(line)
             if show:
                 self.console.detail(line)
-        if "-annex-name" in args and any(line.startswith("Cost preview") for line in captured):
+        lines = [line.strip() for line in captured if line.strip()]
+        if "-annex-name" in args and any(line.startswith("Cost preview") for line in lines):
             name = args[args.index("-annex-name") + 1]
-            start = next(i for i, line in enumerate(captured) if line.startswith("Cost preview"))
-            self.outcomes.previews[name] = [
-                line.rstrip("\n") for line in captured[start:] if line.strip()
-            ][:8]
+            start = next(i for i, line in enumerate(lines) if line.startswith("Cost preview"))
+            self.outcomes.previews[name] = lines[start : start + 8]
         return process.wait(), "".join(captured)
 
     def expect(self, condition: bool, message: str) -> None:

@@ -135,7 +135,8 @@ def render_preview(preview: CostPreview) -> str:
         lines.append("PRICE UNKNOWN: " + "; ".join(preview.unknown))
     if preview.max_price_per_hour is not None:
         lines.append(f"Cap: {_usd(preview.max_price_per_hour)} per hour")
-    return "\n".join(lines)
+    # Indented like progress lines: on stderr only an error line starts in column one.
+    return "\n".join("  " + line for line in "\n".join(lines).splitlines())
 
 
 def render_create(result: CreateResult) -> str:

@@ -103,7 +103,22 @@ _READ_ONLY_EC2 = {
     "DescribeLaunchTemplates",
     "DescribeSubnets",
     "DescribeSecurityGroups",
+    "DescribeSpotPriceHistory",
+    "DescribeFleets",
+    "DescribeFleetInstances",
 }
+
+
+_TEMPLATE_TAGS_BEFORE_DELETION: dict[str, dict[str, str]] = {}
+"""Launch template id → its tags, noted by a test before the run that deletes it (IAM decides
+DeleteLaunchTemplate on the tags the template had; afterwards it cannot be described)."""
+
+
+def _note_launch_template_tags(env: AnnexEnv) -> None:
+    for template in env.clients.ec2.describe_launch_templates().get("LaunchTemplates", []):
+        _TEMPLATE_TAGS_BEFORE_DELETION[template["LaunchTemplateId"]] = {
+            t["Key"]: t["Value"] for t in template.get("Tags", [])
+        }
 
 
 def authorizations(env: AnnexEnv, service: str, op: str, p: dict[str, Any]) -> list[Request]:
@@ -168,8 +183,14 @@ def authorizations(env: AnnexEnv, service: str, op: str, p: dict[str, Any]) -> l
                 ),
             ]
         if op == "DeleteLaunchTemplate":
+            template_id = p["LaunchTemplateId"]
+            tags = _TEMPLATE_TAGS_BEFORE_DELETION.get(template_id, {})
             return [
-                Request("ec2:DeleteLaunchTemplate", ec2(f"launch-template/{p['LaunchTemplateId']}"))
+                Request(
+                    "ec2:DeleteLaunchTemplate",
+                    ec2(f"launch-template/{template_id}"),
+                    {f"aws:ResourceTag/{k}": v for k, v in tags.items()},
+                )
             ]
         if op == "RequestSpotFleet":
             config = p["SpotFleetRequestConfig"]
@@ -181,6 +202,18 @@ def authorizations(env: AnnexEnv, service: str, op: str, p: dict[str, Any]) -> l
                     config["IamFleetRole"],
                     {"iam:PassedToService": "spotfleet.amazonaws.com"},
                 ),
+            ]
+        if op == "CreateFleet":
+            return _create_fleet_authorizations(env, p, ec2)
+        if op == "DeleteFleets":
+            fleets = env.clients.ec2.describe_fleets(FleetIds=p["FleetIds"])["Fleets"]
+            return [
+                Request(
+                    "ec2:DeleteFleets",
+                    ec2(f"fleet/{fleet['FleetId']}"),
+                    {f"aws:ResourceTag/{t['Key']}": t["Value"] for t in fleet.get("Tags", [])},
+                )
+                for fleet in fleets
             ]
         if op == "CancelSpotFleetRequests":
             fleets = env.clients.ec2.describe_spot_fleet_requests(
@@ -228,9 +261,65 @@ def authorizations(env: AnnexEnv, service: str, op: str, p: dict[str, Any]) -> l
                 )
             )
         return out
+    if service == "pricing" and op == "GetProducts":
+        return [Request("pricing:GetProducts", "*")]
     if service == "lambda" and op == "Invoke":
         return [Request("lambda:InvokeFunction", p["FunctionName"])]
     raise AssertionError(f"no IAM mapping for {service}:{op}: add it")
+
+
+def _create_fleet_authorizations(env: AnnexEnv, p: dict[str, Any], ec2: Any) -> list[Request]:
+    """CreateFleet (Service Authorization Reference, "ec2:CreateFleet"): the fleet with its
+    request tags, the launch template with its resource tags, the subnets; an `instant` fleet
+    launches with the caller's own RunInstances permissions ("EC2 Fleet prerequisites")."""
+    (config,) = p["LaunchTemplateConfigs"]
+    spec = config["LaunchTemplateSpecification"]
+    template_id = spec["LaunchTemplateId"]
+    template = env.clients.ec2.describe_launch_templates(LaunchTemplateIds=[template_id])[
+        "LaunchTemplates"
+    ][0]
+    template_tags = {f"aws:ResourceTag/{t['Key']}": t["Value"] for t in template.get("Tags", [])}
+    data = env.clients.ec2.describe_launch_template_versions(
+        LaunchTemplateId=template_id, Versions=[spec["Version"]]
+    )["LaunchTemplateVersions"][0]["LaunchTemplateData"]
+    subnets = sorted({o.get("SubnetId", "subnet-default") for o in config.get("Overrides") or [{}]})
+    launch_template = ec2(f"launch-template/{template_id}")
+    fleet_tags = _tags(p.get("TagSpecifications", []), "fleet")
+    out = [
+        Request("ec2:CreateFleet", ec2("fleet/*"), _request_tags(fleet_tags)),
+        Request("ec2:CreateFleet", launch_template, template_tags),
+        Request("ec2:CreateTags", ec2("fleet/*"), {"ec2:CreateAction": "CreateFleet"}),
+        *(Request("ec2:CreateFleet", ec2(f"subnet/{s}")) for s in subnets),
+    ]
+    if p.get("Type") == "instant":
+        instance_tags = _tags(data.get("TagSpecifications", []), "instance")
+        volume_tags = _tags(data.get("TagSpecifications", []), "volume")
+        profile = data.get("IamInstanceProfile", {}).get("Arn", "")
+        out += [
+            Request(
+                "ec2:RunInstances",
+                ec2("instance/*"),
+                {**_request_tags(instance_tags), "ec2:InstanceProfile": profile},
+            ),
+            Request("ec2:RunInstances", ec2("volume/*"), _request_tags(volume_tags)),
+            Request("ec2:RunInstances", launch_template, template_tags),
+            Request(
+                "ec2:RunInstances",
+                f"arn:aws:ec2:{env.local.region}::image/{data['ImageId']}",
+            ),
+            Request("ec2:RunInstances", ec2("network-interface/*")),
+            *(Request("ec2:RunInstances", ec2(f"subnet/{s}")) for s in subnets),
+            *(
+                Request("ec2:RunInstances", ec2(f"security-group/{g}"))
+                for g in data.get("SecurityGroupIds", [])
+            ),
+            Request(
+                "iam:PassRole",
+                env.settings.instance_role_arn,
+                {"iam:PassedToService": "ec2.amazonaws.com"},
+            ),
+        ]
+    return out
 
 
 def _judge(env: AnnexEnv, calls: list[tuple[str, str, dict[str, Any]]]) -> tuple[int, list[str]]:
@@ -294,6 +383,40 @@ def test_operator_policy_allows_spot_fleet_create(env: AnnexEnv, observed: Any) 
     finally:
         cli(env, "off", "-annex-name", "op-spot")
     assert refused == []
+
+
+@mark(AREA, "operator policy: every request of an EC2 Fleet create (instant and maintain) and off")
+@pytest.mark.parametrize("fleet_type", ["instant", "maintain"])
+def test_operator_policy_allows_ec2_fleet_create_and_off(
+    env: AnnexEnv, observed: Any, fleet_type: str
+) -> None:
+    name = f"op-fleet-{fleet_type}"
+    argv = ["-annex-name", name, "-count", "1", "-aws-ami-id", env.ami_id, "-aws-fleet",
+            "-aws-fleet-type", fleet_type, "-max-price-per-hour", "5"]  # fmt: skip
+    try:
+        _, refused = _run_as_admin_and_judge(env, observed, "EC2 Fleet create", *argv)
+        _note_launch_template_tags(env)
+        _, refused_off = _run_as_admin_and_judge(
+            env, observed, "EC2 Fleet off", "off", "-annex-name", name
+        )
+    finally:
+        cli(env, "off", "-annex-name", name)
+    assert refused == []
+    assert refused_off == []
+
+
+@mark(AREA, "operator policy: delete an EC2 Fleet that has no annex tag")
+def test_operator_cannot_delete_untagged_ec2_fleets(env: AnnexEnv, observed: Any) -> None:
+    arn = f"arn:aws:ec2:{env.local.region}:{env.local.account_id}:fleet/fleet-1234"
+    documents = operator_documents(env)
+    untagged = evaluate(documents, Request("ec2:DeleteFleets", arn))
+    tagged = evaluate(
+        documents,
+        Request("ec2:DeleteFleets", arn, {f"aws:ResourceTag/{contract.TAG_ANNEX_NAME}": "a"}),
+    )
+    observed(f"policy_eval: untagged {untagged}, annex-tagged {tagged}")
+    assert untagged != ALLOW
+    assert tagged == ALLOW
 
 
 @mark(AREA, "operator policy: terminate an instance that has no annex tag")

@@ -7,7 +7,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pytest
-
 from botocore.exceptions import EndpointConnectionError
 
 from condor_annex import contract
@@ -116,7 +115,7 @@ def test_declined_confirmation_starts_nothing(tmp_path):
             "-max-price-per-hour",
             "5",
             "-aws-fleet",
-        ],  # fmt: skip
+        ],
         CliContext(
             stdout=out,
             stderr=err_io,
