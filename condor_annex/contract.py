@@ -228,7 +228,8 @@ def validate_annex_name(name: str) -> str:
             f"annex name {name!r} has {len(name)} characters; at most {ANNEX_NAME_MAX_LENGTH} fit "
             f"in an EC2 client token with its GUID"
         )
-    if not _ANNEX_NAME_RE.match(name):
+    # fullmatch: `$` alone would accept a trailing newline ("A\n").
+    if not _ANNEX_NAME_RE.fullmatch(name):
         raise InvalidAnnexName(
             f"annex name {name!r} is not allowed: use ASCII letters, digits, '-' and '_', "
             "starting with a letter and ending with a letter or digit"

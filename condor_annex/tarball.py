@@ -38,6 +38,7 @@ from condor_annex.errors import InvalidInput
 
 CONFIG_FILE_MODE = 0o644
 TOKEN_FILE_MODE = 0o600
+IS_ANNEX_ATTRIBUTE = "IsAnnex"
 CONFIG_DIR_MEMBER_PREFIX = "60-"
 """A -config-dir file `x.config` travels as `60-x.config`: after `50-annex.config` in config.d."""
 MAX_CONFIG_DIR_FILES = 64
@@ -134,7 +135,8 @@ def render_annex_config(cfg: AnnexConfig) -> str:
     name_attr = contract.ANNEX_NAME_ATTRIBUTE
     owner_attr = contract.ANNEX_OWNER_ATTRIBUTE
     lease_attr = contract.ANNEX_LEASE_EXPIRY_ATTRIBUTE
-    advertised = f"{name_attr} {owner_attr} {lease_attr}"
+    # IsAnnex: what HTCondor's own `condor_status -annex` and `condor_off -annex` look for.
+    advertised = f"{name_attr} {owner_attr} {lease_attr} {IS_ANNEX_ATTRIBUTE}"
     owner = classad_string(cfg.owner)
     opted_in = (
         f"((TARGET.{contract.JOB_TARGET_ANNEX_ATTRIBUTE} =?= MY.{name_attr}) || "
@@ -168,6 +170,7 @@ def render_annex_config(cfg: AnnexConfig) -> str:
         "# The lease expiry this annex was launched with (Unix seconds). Extending the lease moves",
         "# the AWS-side schedule only, so nothing on the node acts on this value.",
         f"{lease_attr} = {int(cfg.lease_expires_at.timestamp())}",
+        f"{IS_ANNEX_ATTRIBUTE} = True",
         f"STARTD_ATTRS = $(STARTD_ATTRS) {advertised}",
         f"MASTER_ATTRS = $(MASTER_ATTRS) {advertised}",
         "",

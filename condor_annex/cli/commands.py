@@ -217,6 +217,8 @@ def run_extend(args: argparse.Namespace, ctx: CliContext) -> int:
 def run_status(args: argparse.Namespace, ctx: CliContext) -> int:
     from condor_annex.status import annex_status, htcondor_pool_view
 
+    if args.passthrough:
+        return _condor_status(args, ctx)
     settings = settings_of(args)
     pool_view = ctx.pool_view
     if pool_view is None:
@@ -228,28 +230,92 @@ def run_status(args: argparse.Namespace, ctx: CliContext) -> int:
         annex_name=args.annex_name,
         pool_view=pool_view,
     )
-    ctx.stdout.write((render.to_json(report) if args.json else render.render_status(report)) + "\n")
+    if args.classad:
+        text = render.render_classads(report)
+    else:
+        text = render.to_json(report) if args.json else render.render_status(report)
+    ctx.stdout.write(text + "\n")
     return EXIT_OK
 
 
+def _condor_status(args: argparse.Namespace, ctx: CliContext) -> int:
+    """`status -- ARGS`: condor_status over the annex's daemons, with the caller's ARGS (a
+    constraint, -af, -long, ...); its output and exit status are ours."""
+    collector = collector_of(args, ctx)
+    if not collector:
+        raise InvalidInput(
+            "no collector is known to pass the query to",
+            next_step="pass -collector HOST[:PORT] or set COLLECTOR_HOST in the HTCondor config",
+        )
+    attribute = contract.ANNEX_NAME_ATTRIBUTE
+    constraint = (
+        f'{attribute} == "{args.annex_name}"' if args.annex_name else f"{attribute} =!= undefined"
+    )
+    argv = ["-pool", collector, "-constraint", constraint, *args.passthrough]
+    code, out, err = (ctx.run_condor_status or _run_condor_status)(argv)
+    ctx.stdout.write(out)
+    ctx.stderr.write(err)
+    return code
+
+
+def _run_condor_status(argv: list[str]) -> tuple[int, str, str]:
+    import shutil
+    import subprocess
+
+    program = shutil.which("condor_status")
+    if program is None:
+        raise InvalidInput(
+            "condor_status is not on PATH", next_step="install HTCondor's tools or fix PATH"
+        )
+    done = subprocess.run([program, *argv], capture_output=True, text=True, check=False)
+    return done.returncode, done.stdout, done.stderr
+
+
 def run_off(args: argparse.Namespace, ctx: CliContext) -> int:
-    from condor_annex.off import annex_off, htcondor_pool_shutdown
+    from condor_annex.off import (
+        DEFAULT_DRAIN_TIMEOUT_SECONDS,
+        annex_off,
+        htcondor_pool_remaining,
+        htcondor_pool_shutdown,
+    )
 
     settings = settings_of(args)
-    if not args.yes and not confirm(
-        ctx, f"Terminate every instance of annex {args.annex_name} now?"
-    ):
+    drain = (
+        cli_parser.parse_duration(args.drain_timeout, default_unit="m")
+        if args.drain_timeout is not None
+        else DEFAULT_DRAIN_TIMEOUT_SECONDS
+    )
+    mode = args.off_mode or cli_parser.OFF_MODES[0]
+    question = (
+        f"Shut annex {args.annex_name} down ({mode}) and terminate its instances once its "
+        f"daemons have left the pool (at most {drain / 60:.0f} min)?"
+        if drain
+        else f"Terminate every instance of annex {args.annex_name} now?"
+    )
+    if not args.yes and not confirm(ctx, question):
         ctx.stderr.write(render.render_declined("nothing was changed"))
         return EXIT_DECLINED
-    shutdown = ctx.pool_shutdown
-    if shutdown is None:
+    shutdown, remaining = ctx.pool_shutdown, ctx.pool_remaining
+    if shutdown is None or remaining is None:
         collector = collector_of(args, ctx)
-        shutdown = htcondor_pool_shutdown(collector) if collector else None
+        if shutdown is None and collector:
+            shutdown = htcondor_pool_shutdown(collector, mode)
+        if remaining is None and collector:
+            remaining = htcondor_pool_remaining(collector)
+    if drain and not args.json:
+        ctx.stderr.write(
+            f"condor_annex: draining annex {args.annex_name} for at most {drain / 60:.0f} min "
+            "(its lease is moved to that deadline too)\n"
+        )
+        ctx.stderr.flush()
     result = annex_off(
         args.annex_name,
         settings=settings,
         clients=clients_for(args, ctx, settings),
         pool_shutdown=shutdown,
+        pool_remaining=remaining,
+        drain_timeout=drain,
+        clock=ctx.drain_clock,
     )
     ctx.stdout.write((render.to_json(result) if args.json else render.render_off(result)) + "\n")
     return EXIT_OK

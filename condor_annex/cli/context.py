@@ -33,6 +33,12 @@ class CliContext:
     """A `create.CreateHooks`; its progress callback is filled in by the CLI when unset."""
     pool_view: Optional[Callable[[], set[str]]] = None
     pool_shutdown: Optional[Callable[[str], int]] = None
+    pool_remaining: Optional[Callable[[str], int]] = None
+    """For off's drain: how many of the annex's daemons the pool still lists."""
+    drain_clock: Optional[Any] = None
+    """An `off.DrainClock` (tests make time pass without waiting)."""
+    run_condor_status: Optional[Callable[[list[str]], tuple[int, str, str]]] = None
+    """For `status -- ARGS`: run condor_status with these arguments (default: the real one)."""
     confirm: Optional[Callable[[str], bool]] = None
     collector_lookup: Optional[Callable[[], Optional[str]]] = None
     setup_connectivity_probe: Optional[Callable[[dict[str, Any]], dict[str, Any]]] = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -18,6 +19,10 @@ from condor_annex.errors import InvalidInput
 VERB_STATUS = "status"
 VERB_OFF = "off"
 VERBS = (VERB_STATUS, VERB_OFF)
+OFF_MODES = ("peaceful", "graceful", "fast")
+"""condor_off's shutdown modes `off` passes on; peaceful (running jobs finish) first."""
+PASSTHROUGH = "--"
+"""`status -- ARGS`: ARGS go to condor_status."""
 
 _DURATION_RE = re.compile(r"^\s*(?P<number>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>[smhd]?)\s*$", re.I)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -74,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="deploy the setup: [ACCESS_KEY_FILE [SECRET_KEY_FILE]]",
     )
     setup.add_argument(*_twin("check-setup"), action="store_true", help="check the setup")
+    setup.set_defaults(check_image=None)
     setup.add_argument(
         *_twin("destroy-setup"), action="store_true", help="remove the setup (no annex may run)"
     )
@@ -155,6 +161,34 @@ def build_parser() -> argparse.ArgumentParser:
     annex.add_argument(*_twin("trust-domain"), dest="trust_domain")
     annex.add_argument(*_twin("collector"), help="HOST[:PORT] (default: COLLECTOR_HOST)")
 
+    status = p.add_argument_group("status and off")
+    status.add_argument(
+        *_twin("status"), dest="status_flag", action="store_true", help="the same as `status`"
+    )
+    status.add_argument(
+        *_twin("classad"),
+        *_twin("classads"),
+        dest="classad",
+        action="store_true",
+        help="status: print the annex's instances as ClassAds",
+    )
+    status.add_argument(
+        *_twin("drain-timeout"),
+        dest="drain_timeout",
+        metavar="DURATION",
+        help="off: wait this long for jobs to finish before terminating (default 30m; a bare "
+        "number is minutes; 0 terminates now)",
+    )
+    off_mode = status.add_mutually_exclusive_group()
+    for mode in OFF_MODES:
+        off_mode.add_argument(
+            *_twin(mode),
+            dest="off_mode",
+            action="store_const",
+            const=mode,
+            help=f"off: condor_off -{mode} (default -{OFF_MODES[0]})",
+        )
+
     general = p.add_argument_group("general")
     general.add_argument(*_twin("aws-region"), dest="region")
     general.add_argument(*_twin("aws-profile"), dest="profile")
@@ -166,7 +200,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     """Parse and cross-check the flags; raises InvalidInput on any usage error."""
-    args = build_parser().parse_args(argv)
+    words = list(argv) if argv is not None else sys.argv[1:]
+    passthrough: list[str] = []
+    if PASSTHROUGH in words:
+        at = words.index(PASSTHROUGH)
+        words, passthrough = words[:at], words[at + 1 :]
+    args = build_parser().parse_args(words)
+    args.passthrough = passthrough
+    if args.status_flag:
+        if args.verb not in (None, VERB_STATUS):
+            raise InvalidInput("give -status or off, not both")
+        args.verb = VERB_STATUS
+    if passthrough and args.verb != VERB_STATUS:
+        raise InvalidInput(
+            f"arguments after `{PASSTHROUGH}` go to condor_status: only `status` takes them"
+        )
+    if args.classad and args.verb != VERB_STATUS:
+        raise InvalidInput("-classad goes with status")
+    if (args.drain_timeout is not None or args.off_mode) and args.verb != VERB_OFF:
+        raise InvalidInput("-drain-timeout, -peaceful, -graceful and -fast go with off")
     if args.setup is not None and len(args.setup) > 2:
         raise InvalidInput("-setup takes at most ACCESS_KEY_FILE and SECRET_KEY_FILE")
     modes = [
@@ -174,9 +226,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         args.check_setup,
         args.destroy_setup,
         args.verb is not None,
+        args.check_image is not None,
     ]
     if sum(modes) > 1:
-        raise InvalidInput("give one of -setup, -check-setup, -destroy-setup, status or off")
+        raise InvalidInput(
+            "give one of -setup, -check-setup, -destroy-setup, -check-image, status or off"
+        )
     if args.count is not None and args.slots is not None:
         raise InvalidInput("give -count (on-demand) or -slots (Spot Fleet), not both")
     if args.verb == VERB_OFF and not args.annex_name:
@@ -197,6 +252,8 @@ def mode_of(args: argparse.Namespace) -> str:
         return "check-setup"
     if args.destroy_setup:
         return "destroy-setup"
+    if args.check_image is not None:
+        return "check-image"
     if args.verb:
         return str(args.verb)
     if args.count is None and args.slots is None:

@@ -185,7 +185,10 @@ def render_off(result: OffResult) -> str:
         parts.append("removed " + ", ".join(removed))
     lines = [f"Annex {result.annex_name}: " + "; ".join(parts) + "."]
     if result.peaceful_requests is not None:
-        lines.append(f"Asked {result.peaceful_requests} daemon(s) to shut down peacefully first.")
+        lines.append(f"Asked {result.peaceful_requests} daemon(s) to shut down first.")
+    if result.drained is not None:
+        how = "every daemon had left the pool" if result.drained else "the drain timed out"
+        lines.append(f"Drained for {result.drain_seconds:.0f} s: {how}.")
     lines.extend(f"note: {n}" for n in result.notes)
     return "\n".join(lines)
 
@@ -220,3 +223,43 @@ def render_check_setup(check: CheckResult) -> str:
 
 def render_destroyed(stack_name: str, config_file: Path) -> str:
     return f"Setup {stack_name} removed; its macros were taken out of {config_file}."
+
+
+def _classad_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{text}"'
+
+
+def render_classads(report: StatusReport) -> str:
+    """`-classad`: one `AnnexInstance` ad per instance, in HTCondor's long ClassAd form (the
+    attribute names of the old condor_annex's ads), separated by blank lines; `condor_status
+    -ads FILE` reads them back."""
+    ads = []
+    for annex in report.annexes:
+        for instance in annex.instances:
+            attributes: dict[str, object] = {
+                "MyType": "AnnexInstance",
+                "Name": instance.instance_id,
+                "EC2InstanceID": instance.instance_id,
+                "AnnexName": annex.annex_name,
+                "State": instance.state,
+                "GridJobStatus": instance.state,
+                "InstanceType": instance.instance_type,
+                "LaunchTime": instance.launch_time,
+                "Market": instance.market,
+            }
+            optional: dict[str, object] = {
+                "AnnexOwner": annex.owner,
+                "AnnexLeaseExpiresAt": annex.lease_expires_at,
+                "SpotFleetRequestID": instance.fleet_id,
+                "PrivateIP": instance.private_ip,
+                "PublicIP": instance.public_ip,
+                "InPool": instance.joined_pool,
+            }
+            attributes.update({k: v for k, v in optional.items() if v is not None})
+            ads.append("\n".join(f"{k} = {_classad_value(v)}" for k, v in attributes.items()))
+    return "\n\n".join(ads)

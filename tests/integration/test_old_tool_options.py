@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -208,3 +209,66 @@ def test_spot_fleet_config_from_stdin_and_from_the_default_file_macro(
     assert code == 0, err
     assert "Spot Fleet request sfr-" in out
     assert str(path) in out  # the note names the file the default came from
+
+
+def test_status_classad_prints_one_ad_per_instance_that_condor_status_reads(
+    minimal_annex_env: AnnexEnv, htcondor_install: Any, tmp_path: Path
+) -> None:
+    env = minimal_annex_env
+    code, _, err = _cli(env, "-count", "2", "-annex-name", "ads", "-aws-ami-id", env.ami_id)
+    assert code == 0, err
+    ids = sorted(i["InstanceId"] for i in env.live_instances("ads"))
+    code, out, err = _cli(env, "-annex-name", "ads", "-status", "-classad")
+    assert code == 0, err
+    ads = list(classad2.parseAds(out))
+    assert sorted(str(ad["EC2InstanceID"]) for ad in ads) == ids
+    assert {str(ad["MyType"]) for ad in ads} == {"AnnexInstance"}
+    assert {str(ad["AnnexName"]) for ad in ads} == {"ads"}
+    # HTCondor's own condor_status reads them as ads, as the old tool's `status` fed it.
+    (tmp_path / "ads").write_text(out)
+    (tmp_path / "condor_config").write_text("")
+    read = subprocess.run(
+        [str(htcondor_install.program("condor_status")), "-ads", str(tmp_path / "ads"),
+         "-af", "EC2InstanceID", "State"],
+        env={"CONDOR_CONFIG": str(tmp_path / "condor_config"), "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert read.returncode == 0, read.stderr
+    assert sorted(line.split()[0] for line in read.stdout.splitlines()) == ids
+
+
+def test_status_passes_arguments_after_double_dash_to_condor_status(
+    minimal_annex_env: AnnexEnv,
+) -> None:
+    env = minimal_annex_env
+    calls: list[list[str]] = []
+
+    def condor_status(argv: list[str]) -> tuple[int, str, str]:
+        calls.append(argv)
+        return 3, "slot1@node i-0abc\n", ""
+
+    out, err = io.StringIO(), io.StringIO()
+    ctx = CliContext(
+        stdout=out,
+        stderr=err,
+        clients=lambda region, profile: env.clients,
+        run_condor_status=condor_status,
+    )
+    code = main(
+        ["-annex-name", "ads", "status", *env.cli_args(), "--", "-af", "Name", "-compact"], ctx
+    )
+    assert code == 3  # condor_status's own exit status
+    assert out.getvalue() == "slot1@node i-0abc\n"
+    assert calls == [
+        [
+            "-pool",
+            env.collector.address,
+            "-constraint",
+            f'{contract.ANNEX_NAME_ATTRIBUTE} == "ads"',
+            "-af",
+            "Name",
+            "-compact",
+        ]
+    ]
+    code, _, err_text = _cli(env, "-annex-name", "ads", "-count", "1", "--", "-af")
+    assert code == InvalidInput.exit_code and "only `status` takes them" in err_text

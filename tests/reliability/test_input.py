@@ -38,6 +38,7 @@ def _case(case: str, *values: Any) -> Any:
         _case("annex name: leading digit", "1annex", "not allowed"),
         _case("annex name: trailing underscore (ambiguous token)", "annex_", "not allowed"),
         _case("annex name: path traversal `../x`", "../x", "not allowed"),
+        _case("annex name: trailing newline `A\\n`", "A\n", "not allowed"),
     ],
 )
 def test_bad_annex_name_is_refused_before_any_aws_call(
