@@ -23,7 +23,9 @@ from annex_sandbox.imds import ImdsServer, instance_from_ec2
 from annex_sandbox.local_aws import LocalAws
 from condor_annex import contract
 
-pytestmark = pytest.mark.cdk
+# Two pip installs, a CDK synth with cdk-nag (twice: deploy and destroy) and a boot: minutes on
+# a loaded machine, so past the suite's default per-test timeout.
+pytestmark = [pytest.mark.cdk, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parents[2]
 README_SECTION = "## Using it with a real AWS account"
