@@ -154,11 +154,6 @@ def validate_request(request: CreateRequest) -> None:
             or request.spot_fleet_config_data is not None
         ):
             raise InvalidInput("Spot Fleet options need -slots, not -count")
-        if request.ami_id is None:
-            raise InvalidInput(
-                "an on-demand annex needs an AMI",
-                next_step="pass -aws-on-demand-ami-id ami-... (an annex-compatible image)",
-            )
     else:
         has_file = (
             bool(request.spot_fleet_config_file) or request.spot_fleet_config_data is not None
