@@ -335,9 +335,8 @@ def _check(run: _Run) -> None:
         ami = st.call("look up the default image", lambda: images.default_image(clients.ssm, arch))
     run.ami = ami
     st.call("find the config bucket", lambda: check_bucket(clients, settings))
-    st.call("look up the AMI", lambda: check_image(clients.ec2, ami))
-    image = st.call("look up the AMI", lambda: images.describe_image(clients.ec2, ami))
-    run.user_data = _user_data_for(request, plan, images.kind_of(image or {}), run.notes, ami)
+    image = st.call("look up the AMI", lambda: check_image(clients.ec2, ami))
+    run.user_data = _user_data_for(request, plan, images.kind_of(image), run.notes, ami)
     st.call("look up the instance types", lambda: check_instance_types(clients.ec2, types))
     if run.preview is None:
         run.preview = cost_preview(request, clients, plan=plan, cache_dir=run.hooks.price_cache_dir)

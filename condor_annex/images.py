@@ -127,6 +127,12 @@ def first_boot_script(image_dir: Path = IMAGE_DIR) -> str:
     `ROOT=DIR DRY_RUN=1` (environment) writes the files under DIR and skips every package,
     systemctl and agent step: how the tests exercise it on a machine without dnf or systemd.
     """
+    if not (image_dir / "systemd").is_dir():
+        raise InvalidInput(
+            f"the image files for a stock image's first boot are missing ({image_dir})",
+            next_step="pass an annex-ready image with -aws-on-demand-ami-id, or install "
+            "condor_annex from a checkout",
+        )
     files = [
         (
             "/etc/condor/config.d/10-annex-image.config",

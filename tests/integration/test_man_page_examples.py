@@ -72,7 +72,7 @@ def test_first_example_starts_one_instance_of_the_default_image_made_ready_at_bo
 
 def test_second_example_hundred_gpu_instances_for_two_owners(minimal_annex_env: AnnexEnv) -> None:
     env = minimal_annex_env
-    code, out, err = _cli(
+    code, _, err = _cli(
         env, "-count", "100", "-annex-name", "MySecondAnnex",
         "-aws-on-demand-instance-type", "g4dn.xlarge", "-owner", "big, little",
     )  # fmt: skip
