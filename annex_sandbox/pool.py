@@ -373,6 +373,8 @@ class ExecuteNode(Daemons):
             f"LOCAL_DIR = {local_dir}",
             *(f"{n.upper()} = $(LOCAL_DIR)/{n}" for n in STATE_DIRS),
             f"CONDOR_IDS = {ids.condor_ids}",
+            # What the HTCondor package installs on the image (00-htcondor-9.0.config).
+            "use SECURITY : RECOMMENDED_V9_0",
             "NETWORK_INTERFACE = 127.0.0.1",
             "BIND_ALL_INTERFACES = False",
             "USE_SHARED_PORT = True",

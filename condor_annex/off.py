@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from condor_annex import annex, contract
 from condor_annex.annex_settings import NEEDED_FOR_STATUS, AnnexClients, Settings, require_setup
-from condor_annex.errors import InvalidInput, translate_aws_error
+from condor_annex.errors import AnnexError, InvalidInput, translate_aws_error
 
 PoolShutdown = Callable[[str], int]
 """Ask the pool to turn the annex's daemons off (peacefully by default); returns how many."""
@@ -208,26 +210,48 @@ def _end_lease_by(
 
 
 def _annex_constraint(annex_name: str) -> str:
-    return f'{contract.ANNEX_NAME_ATTRIBUTE} == "{annex_name}"'
+    # `=?=`: ClassAd `==` ignores case on strings, so `==` would also match annex "A" for "a".
+    return f'{contract.ANNEX_NAME_ATTRIBUTE} =?= "{annex_name}"'
 
 
-def htcondor_pool_shutdown(collector: str, mode: str = "peaceful") -> PoolShutdown:
-    """Ask each master of the annex (ads with AnnexName == name) to shut down: `peaceful`
-    (jobs finish), `graceful` (jobs are vacated within their retirement time) or `fast`."""
+SHUTDOWN_MODES = ("peaceful", "graceful", "fast")
+
+
+def htcondor_pool_shutdown(
+    collector: str,
+    mode: str = "peaceful",
+    runner: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run,
+) -> PoolShutdown:
+    """Ask each master of the annex to shut down, through the pool's collector: `peaceful`
+    (jobs finish), `graceful` (jobs are vacated within their retirement time) or `fast`.
+
+    `condor_off -<mode> -master -pool COLLECTOR -constraint ...` rather than the bindings'
+    `send_command`: an annex node has no pool signing key, so it cannot verify a token a client
+    presents; the command gets in only with the remote-administration capability the master
+    registered with the collector, which condor_off fetches for a pool administrator (measured
+    with the real daemons: tests/pool/test_pool_off.py).
+    """
+    if mode not in SHUTDOWN_MODES:
+        raise ValueError(f"shutdown mode must be one of {SHUTDOWN_MODES}, not {mode!r}")
 
     def shutdown(annex_name: str) -> int:
         import htcondor2
 
-        command = {
-            "peaceful": htcondor2.DaemonCommand.OffPeaceful,
-            "graceful": htcondor2.DaemonCommand.OffGraceful,
-            "fast": htcondor2.DaemonCommand.OffFast,
-        }[mode]
-        coll = htcondor2.Collector(collector)
-        ads = coll.query(htcondor2.AdType.Master, constraint=_annex_constraint(annex_name))
-        for ad in ads:
-            htcondor2.send_command(ad, command)
-        return len(ads)
+        constraint = _annex_constraint(annex_name)
+        masters = htcondor2.Collector(collector).query(
+            htcondor2.AdType.Master, constraint=constraint, projection=["Name"]
+        )
+        if not masters:
+            return 0
+        tool = shutil.which("condor_off")
+        if tool is None:
+            raise AnnexError("condor_off is not on PATH", next_step="install the HTCondor tools")
+        command = [tool, f"-{mode}", "-master", "-pool", collector, "-constraint", constraint]
+        result = runner(command, capture_output=True, text=True, timeout=60, check=False)
+        if result.returncode != 0:
+            reason = (result.stderr or result.stdout or "no message").strip().splitlines()[-1]
+            raise AnnexError(f"condor_off exited {result.returncode}: {reason}")
+        return len(masters)
 
     return shutdown
 
