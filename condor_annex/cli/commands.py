@@ -249,7 +249,7 @@ def _condor_status(args: argparse.Namespace, ctx: CliContext) -> int:
         )
     attribute = contract.ANNEX_NAME_ATTRIBUTE
     constraint = (
-        f'{attribute} == "{args.annex_name}"' if args.annex_name else f"{attribute} =!= undefined"
+        f'{attribute} =?= "{args.annex_name}"' if args.annex_name else f"{attribute} =!= undefined"
     )
     argv = ["-pool", collector, "-constraint", constraint, *args.passthrough]
     code, out, err = (ctx.run_condor_status or _run_condor_status)(argv)
