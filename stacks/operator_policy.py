@@ -66,9 +66,12 @@ class OperatorPolicy(Construct):
                 sid="LaunchAnnexInstancesTagged",
                 actions=["ec2:RunInstances"],
                 resources=[ec2_arn("instance/*")],
+                # Guard rails the operator cannot bypass: the annex tag, the setup's instance
+                # profile and IMDSv2 required (ec2:MetadataHttpTokens, SAR "RunInstances").
                 conditions={
                     **request_tagged,
                     "ArnEquals": {"ec2:InstanceProfile": instance_profile_arn},
+                    "StringEquals": {"ec2:MetadataHttpTokens": "required"},
                 },
             ),
             iam.PolicyStatement(
@@ -115,6 +118,20 @@ class OperatorPolicy(Construct):
                 actions=["ec2:RequestSpotFleet"],
                 resources=[ec2_arn("spot-fleet-request/*")],
                 conditions=request_tagged,
+            ),
+            # RequestSpotFleet also authorizes the launch template, subnets, images, security
+            # groups and key pairs the request names (optional resource types in the Service
+            # Authorization Reference): the annex's own template, the user's chosen resources.
+            iam.PolicyStatement(
+                sid="RequestFleetsFromAnnexLaunchTemplates",
+                actions=["ec2:RequestSpotFleet"],
+                resources=[LAUNCH_TEMPLATES],
+                conditions=resource_tagged,
+            ),
+            iam.PolicyStatement(
+                sid="RequestFleetsWithExistingResources",
+                actions=["ec2:RequestSpotFleet"],
+                resources=EXISTING_LAUNCH_RESOURCES,
             ),
             iam.PolicyStatement(
                 sid="TagAtLaunchOnly",
