@@ -226,6 +226,13 @@ class OperatorPolicy(Construct):
                 actions=["lambda:InvokeFunction", "lambda:GetFunction"],
                 resources=[f.function_arn for f in functions],
             ),
+            # -check-setup confirms the instance profile exists (iam:GetInstanceProfile acts on
+            # the `instance-profile` resource, Service Authorization Reference).
+            iam.PolicyStatement(
+                sid="ReadSetupInstanceProfile",
+                actions=["iam:GetInstanceProfile"],
+                resources=[instance_profile_arn],
+            ),
             iam.PolicyStatement(
                 sid="ReadSetupStack",
                 actions=["cloudformation:DescribeStacks"],
