@@ -31,6 +31,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
+from annex_sandbox.local_aws import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY
 from annex_sandbox.pool import install_image_config
 from condor_annex import annex, contract
 
@@ -168,8 +169,9 @@ class Demo:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env.update(
             AWS_ENDPOINT_URL=self.endpoint.replace("127.0.0.1", "localhost"),
-            AWS_ACCESS_KEY_ID="demo-access-key",
-            AWS_SECRET_ACCESS_KEY="demo-secret-key",  # noqa: S106 - the emulator accepts any
+            # The local AWS's account root: its IAM engine allows it everything, as AWS does.
+            AWS_ACCESS_KEY_ID=FAKE_ACCESS_KEY_ID,
+            AWS_SECRET_ACCESS_KEY=FAKE_SECRET_ACCESS_KEY,
             AWS_DEFAULT_REGION=REGION,
             AWS_REGION=REGION,
             HOME=str(self.workdir),
@@ -188,8 +190,8 @@ class Demo:
             service,
             endpoint_url=self.endpoint,
             region_name=REGION,
-            aws_access_key_id="demo-access-key",
-            aws_secret_access_key="demo-secret-key",  # noqa: S106 - the emulator accepts any
+            aws_access_key_id=FAKE_ACCESS_KEY_ID,
+            aws_secret_access_key=FAKE_SECRET_ACCESS_KEY,
         )
 
     def condor_annex(self, *args: str, show: bool = True) -> tuple[int, str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 import threading
 import time
@@ -27,6 +28,8 @@ from typing import Any, Optional
 import boto3
 import botocore.loaders
 import botocore.session
+
+_log = logging.getLogger(__name__)
 
 CONTROL_PREFIX = "/_sandbox/"
 FAKE_ACCESS_KEY_ID = "AKIASANDBOXEXAMPLE00"
@@ -271,11 +274,33 @@ def throttling_response(service: str, operation: str) -> tuple[str, list[tuple[s
 # --- Shared state of one server ------------------------------------------------------------------
 
 
-class SandboxState:
-    """Call log, throttles, IAM enforcement and the fleet tag delay of the running server."""
+IAM_ENGINE_ENV = "ANNEX_SANDBOX_IAM_ENGINE"
+"""Set to `0` to run the local AWS without the IAM engine (benchmarks measuring something else)."""
 
-    def __init__(self, fleet_tag_delay: float = DEFAULT_FLEET_TAG_DELAY) -> None:
+
+def iam_engine_default() -> bool:
+    """The engine decides every request unless `ANNEX_SANDBOX_IAM_ENGINE=0`."""
+    import os
+
+    return os.environ.get(IAM_ENGINE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+class SandboxState:
+    """Call log, throttles, the IAM engine and the fleet tag delay of the running server."""
+
+    def __init__(
+        self,
+        fleet_tag_delay: float = DEFAULT_FLEET_TAG_DELAY,
+        *,
+        iam_engine: Optional[bool] = None,
+        account_id: str = DEFAULT_ACCOUNT_ID,
+    ) -> None:
+        from annex_sandbox.authz import Authorizer
+
         self.default_fleet_tag_delay = fleet_tag_delay
+        self.iam_engine_default = iam_engine_default() if iam_engine is None else iam_engine
+        self.iam_engine = self.iam_engine_default
+        self.authorizer = Authorizer(account_id, frozenset({FAKE_ACCESS_KEY_ID}))
         self._lock = threading.Lock()
         self._calls: list[ApiCall] = []
         self._buckets: dict[tuple[str, Optional[str]], TokenBucket] = {}
@@ -305,19 +330,21 @@ class SandboxState:
         moto_api_backend.reset()
         if self.schedule_clock is not None:
             self.schedule_clock.reset()
-        self.enforce_iam(False)
+        self.enforce_iam(self.iam_engine_default)
+        self.authorizer.world.invalidate()
+        self.authorizer.decisions.clear()
         self.set_fleet_tag_delay(self.default_fleet_tag_delay)
         with self._lock:
             self._calls.clear()
             self._buckets.clear()
 
     def enforce_iam(self, enabled: bool = True) -> None:
-        """moto checks signatures and policies from the next request on (or stops checking)."""
-        from moto import settings
-        from moto.core.authorization import ActionAuthenticatorMixin
+        """The IAM engine decides every request from the next one on (or stops deciding).
 
-        settings.INITIAL_NO_AUTH_ACTION_COUNT = 0 if enabled else float("inf")
-        ActionAuthenticatorMixin.request_count = 0
+        moto's own enforcement stays off: it checks resources only for S3 and ignores
+        conditions; the engine (annex_sandbox/authz) evaluates what AWS evaluates.
+        """
+        self.iam_engine = enabled
 
     def set_fleet_tag_delay(self, seconds: float) -> None:
         from annex_sandbox.patches.spot_fleet import FLEET_TAG_CLOCK
@@ -369,6 +396,24 @@ class SandboxState:
         with self._lock:
             self._calls.clear()
 
+    def add_root_access_key(self, access_key_id: str) -> None:
+        """Treat `access_key_id` as one of the account root's access keys (allowed everything).
+
+        AWS accounts' root users may have access keys; tests that sign with a key of their own
+        (keys read from files) register it here instead of creating an IAM user.
+        """
+        world = self.authorizer.world
+        world.root_access_keys = world.root_access_keys | {access_key_id}
+        world.invalidate()
+
+    def authz_report(self) -> dict[str, Any]:
+        """What the IAM engine decided for callers other than the root, and what is unmapped."""
+        authorizer = self.authorizer
+        return {
+            "decisions": [list(d) for d in authorizer.decisions],
+            "unmapped": dict(authorizer.unmapped),
+        }
+
 
 class SandboxMiddleware:
     """WSGI middleware: control endpoints, call log and throttling in front of moto."""
@@ -388,6 +433,20 @@ class SandboxMiddleware:
             status, headers, body = throttling_response(service, operation)
             start_response(status, [*headers, ("Content-Length", str(len(body)))])
             return [body]
+        if self.state.iam_engine:
+            protocol = _rest_routes(service)[0]
+            try:
+                refused = self.state.authorizer.authorize(environ, service, operation, protocol)
+            except Exception as error:
+                # Never let a request through undecided: answer 500 and say why.
+                _log.exception("IAM engine failed on %s:%s", service, operation)
+                reason = json.dumps({"error": f"IAM engine: {type(error).__name__}: {error}"})
+                start_response("500 Internal Server Error", [("Content-Type", "application/json")])
+                return [reason.encode()]
+            if refused is not None:
+                status, headers, body = refused
+                start_response(status, [*headers, ("Content-Length", str(len(body)))])
+                return [body]
         if service == "pricing":
             # moto has no Price List Query API: answered here from the fixture prices.
             from annex_sandbox.pricing import pricing_response
@@ -440,6 +499,8 @@ class SandboxMiddleware:
                 ]
             elif (method, command) == ("DELETE", "calls"):
                 state.clear_calls()
+            elif (method, command) == ("GET", "authz"):
+                result = state.authz_report()
             else:
                 start_response("404 Not Found", [("Content-Type", "application/json")])
                 return [json.dumps({"error": f"no control operation {method} {command}"}).encode()]
@@ -463,12 +524,14 @@ class LocalAws:
         host: str = "127.0.0.1",
         port: int = 0,
         fleet_tag_delay: float = DEFAULT_FLEET_TAG_DELAY,
+        iam_engine: Optional[bool] = None,
     ) -> None:
+        """`iam_engine`: None follows `ANNEX_SANDBOX_IAM_ENGINE` (on unless it is `0`)."""
         self.region = region
         self.host = host
         self.port = port
         self.account_id = DEFAULT_ACCOUNT_ID
-        self.state = SandboxState(fleet_tag_delay)
+        self.state = SandboxState(fleet_tag_delay, iam_engine=iam_engine)
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -495,6 +558,10 @@ class LocalAws:
         # Lambda Invoke runs Python handlers; their own AWS calls come back here.
         lambda_runtime.install(self.endpoint_url)
         self.state.schedule_clock = ScheduleClock().start()
+        if self.state.iam_engine_default:
+            threading.Thread(
+                target=self.state.authorizer.engine.warm, name="iam-engine-start", daemon=True
+            ).start()
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="local-aws", daemon=True
         )
@@ -515,6 +582,7 @@ class LocalAws:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        self.state.authorizer.close()
 
     def __enter__(self) -> LocalAws:
         return self.start()
@@ -577,6 +645,9 @@ class LocalAws:
 
     def enforce_iam(self, enabled: bool = True) -> None:
         self.state.enforce_iam(enabled)
+
+    def add_root_access_key(self, access_key_id: str) -> None:
+        self.state.add_root_access_key(access_key_id)
 
     def throttle(
         self,

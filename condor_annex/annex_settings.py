@@ -16,11 +16,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from condor_annex import contract
 from condor_annex.aws import make_client, make_session
 from condor_annex.errors import SetupIncomplete, SetupMissing
+
+if TYPE_CHECKING:
+    from condor_annex.target import AwsTarget
 
 PRICING_API_REGION = "us-east-1"
 """The Price List Query API is served from us-east-1 (also eu-central-1 and ap-south-1) and
@@ -88,6 +91,7 @@ if set(USER_DEFAULT_MACROS) != {f.name for f in fields(UserDefaults)}:  # pragma
 SETUP_MACROS: tuple[str, ...] = (
     *(o.macro for o in contract.STACK_OUTPUTS),
     contract.MACRO_STACK_NAME,
+    contract.MACRO_AWS_ACCOUNT_ID,
 )
 """Macros that describe one region's setup."""
 
@@ -139,6 +143,8 @@ class Settings:
     operator_policy_arn: str = ""
     region: str = ""
     stack_name: str = contract.STACK_NAME
+    account_id: str = ""
+    """The account `-setup` deployed into (empty in configs written before it was recorded)."""
     max_price_per_hour: str = ""
     """`ANNEX_DEFAULT_MAX_PRICE_PER_HOUR` as written (USD/hour); empty when no cap is set."""
     defaults: UserDefaults = field(default_factory=UserDefaults)
@@ -161,6 +167,7 @@ class Settings:
             else:
                 values[name] = raw
         values["region"] = region or ""
+        values["account_id"] = macros.get(contract.MACRO_AWS_ACCOUNT_ID, "").strip()
         values["stack_name"] = (
             macros.get(contract.MACRO_STACK_NAME, "").strip() or contract.STACK_NAME
         )
@@ -201,7 +208,9 @@ def require_setup(
     where = f" -aws-region {region}" if region else ""
     if settings.empty:
         raise SetupMissing(
-            "no condor_annex setup is recorded in your HTCondor user config",
+            "no condor_annex setup is recorded"
+            + (f" for {region}" if region else "")
+            + " in your HTCondor user config",
             next_step=f"run `condor_annex -setup{where}`",
         )
     missing = settings.missing(needed)
@@ -236,6 +245,8 @@ class AnnexClients:
     scheduler: Any
     lambda_: Any
     region: str = ""
+    account_id: str = ""
+
     pricing: Any = None
     """The Price List Query API (served from us-east-1 for every region); None: prices unknown."""
     ec2_launch: Any = None
@@ -251,13 +262,22 @@ class AnnexClients:
     def from_session(
         cls, region: Optional[str] = None, profile: Optional[str] = None
     ) -> AnnexClients:
-        session = make_session(region=region or None, profile=profile)
+        return cls._from(make_session(region=region or None, profile=profile), "")
+
+    @classmethod
+    def from_target(cls, target: AwsTarget) -> AnnexClients:
+        """Every client from the one session `target` resolved (same account, same region)."""
+        return cls._from(target.session, target.account_id)
+
+    @classmethod
+    def _from(cls, session: Any, account_id: str) -> AnnexClients:
         return cls(
             ec2=make_client(session, "ec2"),
             s3=make_client(session, "s3"),
             scheduler=make_client(session, "scheduler"),
             lambda_=make_client(session, "lambda"),
             region=session.region_name or "",
+            account_id=account_id,
             pricing=make_client(session, "pricing", region_name=PRICING_API_REGION),
             ec2_launch=make_client(session, "ec2", max_attempts=1),
         )

@@ -97,6 +97,8 @@ OUTPUT_KEY_BY_MACRO: dict[str, str] = {o.macro: o.key for o in STACK_OUTPUTS}
 # Macros the CLI writes that do not come from a stack output.
 MACRO_AWS_REGION = "ANNEX_DEFAULT_AWS_REGION"
 MACRO_STACK_NAME = "ANNEX_DEFAULT_STACK_NAME"
+MACRO_AWS_ACCOUNT_ID = "ANNEX_DEFAULT_AWS_ACCOUNT_ID"
+"""The account `-setup` deployed into; destructive verbs refuse credentials of another account."""
 # Macros the user sets once (not written by -setup).
 MACRO_MAX_PRICE_PER_HOUR = "ANNEX_DEFAULT_MAX_PRICE_PER_HOUR"
 """USD per hour no annex may exceed: refused before launch, carried into fleet requests."""
@@ -144,7 +146,7 @@ def bucket_from_policy_resource(resource: str) -> Optional[str]:
     The agent scans its role's policies with this: a resource such as
     `arn:aws:s3:::my-bucket/config-*.tar.gz` yields `my-bucket`; anything else yields None.
     """
-    match = _S3_OBJECT_ARN.match(resource)
+    match = _S3_OBJECT_ARN.fullmatch(resource)
     if match is None or match.group("key") != CONFIG_KEY_PATTERN:
         return None
     return match.group("bucket")
@@ -249,7 +251,7 @@ def annex_name_from_client_token(token: str) -> Optional[str]:
     Spot Fleet instances carry the fleet's own generated token (no underscore): None.
     """
     name, sep, guid = token.rpartition("_")
-    if not sep or not _GUID_RE.match(guid):
+    if not sep or not _GUID_RE.fullmatch(guid):
         return None
     try:
         return validate_annex_name(name)

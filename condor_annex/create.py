@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from condor_annex import annex, contract, cost, lease, spot
+from condor_annex import annex, contract, cost, interrupts, lease, spot
 from condor_annex.annex_settings import (
     NEEDED_FOR_ON_DEMAND,
     NEEDED_FOR_SPOT_FLEET,
@@ -34,13 +34,20 @@ from condor_annex.aws import error_code, is_retryable
 from condor_annex.backoff import Backoff
 from condor_annex.collector import local_tcp_probe, parse_collector
 from condor_annex.create_request import CreateRequest, annex_tags, on_demand_pools, validate_request
-from condor_annex.errors import AnnexError, InvalidInput, SetupIncomplete, translate_aws_error
+from condor_annex.errors import (
+    AnnexError,
+    InvalidInput,
+    SetupIncomplete,
+    VerbInterrupted,
+    translate_aws_error,
+)
 from condor_annex.preflight import (
     Probe,
     check_bucket,
     check_connectivity,
     check_image,
     check_instance_types,
+    check_spot_plan,
     cost_preview,
     existing_annex_summary,
     lambda_connectivity_probe,
@@ -150,11 +157,17 @@ class _Undo:
 
     def run(self) -> None:
         while self._actions:
-            what, action = self._actions.pop()
+            what, action = self._actions[-1]
             try:
                 action()
             except Exception as exc:  # keep undoing the rest; report what is left
                 self.errors.append(f"{what}: {type(exc).__name__}: {exc}")
+            self._actions.pop()
+
+    @property
+    def remaining(self) -> list[str]:
+        """The undo steps not done (the one under way first), for a forced exit's message."""
+        return [what for what, _ in reversed(self._actions)]
 
 
 def create_annex(
@@ -177,7 +190,29 @@ def create_annex(
     try:
         return _create_steps(_Run(request, settings, clients, hooks, undo, stepper, preview))
     except BaseException as exc:
-        undo.run()
+        try:
+            # A second signal is acknowledged and the rollback goes on; a third stops it.
+            with interrupts.shielded():
+                undo.run()
+        except interrupts.ForcedExit as forced:
+            left = "; ".join(undo.remaining) or "nothing"
+            raise VerbInterrupted(
+                f"create of annex {request.annex_name} interrupted by {forced.signal_name} "
+                f"during its rollback; left behind (not undone): {left}",
+                next_step=f"remove them with `condor_annex off -annex-name {request.annex_name}`",
+            ) from exc
+        if isinstance(exc, KeyboardInterrupt):
+            signal_name = getattr(exc, "signal_name", "SIGINT")
+            if undo.errors:
+                raise VerbInterrupted(
+                    f"create of annex {request.annex_name} interrupted by {signal_name}; the "
+                    f"rollback is incomplete: {'; '.join(undo.errors)}",
+                    next_step=f"run `condor_annex off -annex-name {request.annex_name}`",
+                ) from exc
+            raise VerbInterrupted(
+                f"create of annex {request.annex_name} interrupted by {signal_name}; "
+                "everything it had made was rolled back"
+            ) from exc
         error = exc
         if isinstance(exc, (ClientError, BotoCoreError)):
             error = translate_aws_error(
@@ -315,6 +350,8 @@ def _check(run: _Run) -> None:
     )
     parse_collector(request.collector)
     run.plan = plan = spot_plan(request, settings)
+    if plan is not None:
+        check_spot_plan(request, settings, plan, clients.ec2.meta.service_model)
     ami = request.ami_id or (spot.image_id_of(plan) if plan else None)
     if ami is None:
         raise InvalidInput(

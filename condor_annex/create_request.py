@@ -9,11 +9,14 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Optional
 
-from condor_annex import contract, spot
+from condor_annex import contract, inputs, spot
+from condor_annex.collector import parse_collector
 from condor_annex.errors import InvalidInput
+from condor_annex.files import read_input_bytes
 
 DEFAULT_INSTANCE_TYPE = "m5.large"
 MAX_COUNT = 1000
@@ -125,7 +128,7 @@ def validate_request(request: CreateRequest) -> None:
     for key, value in request.tags:
         if not key or len(key) > 128 or len(value) > 256:
             raise InvalidInput(f"tag {key!r}: keys need 1-128 characters and values at most 256")
-        if not _METADATA_TAG_KEY.match(key) or key in (".", ".."):
+        if not _METADATA_TAG_KEY.fullmatch(key) or key in (".", ".."):
             # Instance metadata tags are enabled on every annex instance; EC2 then refuses tag
             # keys outside this alphabet (EC2 User Guide, "View tags for your EC2 instances
             # using instance metadata").
@@ -170,6 +173,33 @@ def validate_request(request: CreateRequest) -> None:
             )
     if not request.owner or len(request.owner) > 256:
         raise InvalidInput("-owner must be 1 to 256 characters", next_step="pass -owner USER")
+    _validate_inputs(request)
+
+
+def _validate_inputs(request: CreateRequest) -> None:
+    """The collector, START, fleet size and the files named, checked before anything is made."""
+    parse_collector(request.collector)
+    if request.start_expression is not None:
+        inputs.check_start_expression(request.start_expression)
+    if request.slots is not None and request.spot_instance_types:
+        inputs.check_fleet_size(
+            request.slots, [t.weight for t in request.spot_instance_types], MAX_COUNT
+        )
+    if request.signing_key_file is not None:
+        read_input_bytes(
+            request.signing_key_file,
+            flag="-pool-signing-key-file",
+            what="pool signing key",
+            max_bytes=64 * 1024,
+        )
+    if request.token_file is not None:
+        now = datetime.now(timezone.utc)
+        inputs.check_token_file(
+            request.token_file,
+            lease_expires_at=now + timedelta(seconds=request.duration_seconds),
+            now=now,
+            trust_domain=request.trust_domain,
+        )
 
 
 def validate_duration(seconds: int) -> None:

@@ -16,6 +16,7 @@ Exit codes (documented for scripts that wrap condor_annex):
 | 5    | AwsThrottled        | AWS kept throttling after the adaptive retries             |
 | 6    | CapacityError       | EC2 capacity or account quota                              |
 | 7    | ConnectivityFailed  | AWS cannot reach the pool's collector                      |
+| 130  | VerbInterrupted     | SIGINT, SIGTERM or SIGHUP; create rolled back (or says what is left) |
 """
 
 from __future__ import annotations
@@ -92,6 +93,12 @@ class ConnectivityFailed(AnnexError):
     """Instances in AWS would not be able to reach the pool's collector."""
 
     exit_code = 7
+
+
+class VerbInterrupted(AnnexError):
+    """SIGINT, SIGTERM or SIGHUP stopped a verb; the message names the verb and what was left."""
+
+    exit_code = 130
 
 
 # --- botocore → AnnexError ----------------------------------------------------------------------

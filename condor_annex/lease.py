@@ -15,6 +15,12 @@ from botocore.exceptions import ClientError
 
 from condor_annex import contract
 from condor_annex.aws import is_not_found
+from condor_annex.errors import AnnexError
+
+
+class CorruptLeaseRecord(AnnexError):
+    """A lease record exists but is not a lease record this tool can read."""
+
 
 SSE_ALGORITHM = "AES256"
 """Server-side encryption requested on every object the CLI writes (the bucket enforces it too)."""
@@ -65,7 +71,21 @@ def read_lease_record(s3: Any, bucket: str, annex_name: str) -> Optional[contrac
         if is_not_found(exc):
             return None
         raise
-    return contract.LeaseRecord.from_json(body)
+    try:
+        record = contract.LeaseRecord.from_json(body)
+    except (ValueError, TypeError, KeyError, contract.InvalidAnnexName) as exc:
+        raise CorruptLeaseRecord(
+            f"the lease record of annex {annex_name} (s3://{bucket}/"
+            f"{contract.lease_key(annex_name)}) cannot be read: {type(exc).__name__}",
+            next_step=f"end the annex with `condor_annex off -annex-name {annex_name}` (it "
+            "removes the record)",
+        ) from None
+    if record.annex_name != annex_name:
+        raise CorruptLeaseRecord(
+            f"the lease record of annex {annex_name} names another annex ({record.annex_name})",
+            next_step=f"end the annex with `condor_annex off -annex-name {annex_name}`",
+        )
+    return record
 
 
 def list_lease_records(s3: Any, bucket: str) -> list[contract.LeaseRecord]:

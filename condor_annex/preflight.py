@@ -14,11 +14,11 @@ from typing import Any, Optional
 
 from botocore.exceptions import ClientError
 
-from condor_annex import annex, contract, cost, lease, spot
+from condor_annex import annex, contract, cost, inputs, lease, spot
 from condor_annex.annex_settings import AnnexClients, Settings
 from condor_annex.aws import error_code
 from condor_annex.collector import CONNECTIVITY_TIMEOUT_SECONDS
-from condor_annex.create_request import CreateRequest
+from condor_annex.create_request import MAX_COUNT, CreateRequest, annex_tags
 from condor_annex.errors import ConnectivityFailed, InvalidInput, SetupMissing
 
 Probe = Callable[[str, int], dict[str, Any]]
@@ -120,6 +120,42 @@ def existing_annex_summary(
         parts.append("its launch template")
     parts.extend(u.describe() for u in found.unowned)
     return ", ".join(parts) or None
+
+
+def check_spot_plan(
+    request: CreateRequest, settings: Settings, plan: spot.SpotPlan, service_model: Any
+) -> None:
+    """The Spot Fleet request and launch template this plan becomes, checked against the EC2
+    API's own shapes (botocore's service model) and the instance cap; no request is sent."""
+    weights = [float(o.get("WeightedCapacity", 1)) for o in plan.overrides]
+    inputs.check_fleet_size(int(request.slots or 0), weights, MAX_COUNT)
+    source = (
+        f"-aws-spot-fleet-config-file {request.spot_fleet_config_file}"
+        if request.spot_fleet_config_file is not None
+        else "the Spot Fleet request"
+    )
+    config = spot.build_spot_fleet_request_config(
+        plan,
+        launch_template_id="lt-0123456789abcdef0",
+        launch_template_version="1",
+        client_token=contract.new_client_token(request.annex_name),
+        slots=int(request.slots or 0),
+        fleet_role_arn=settings.spot_fleet_role_arn or "arn:aws:iam::123456789012:role/x",
+        valid_until="2030-01-01T00:00:00Z",
+        tags=annex_tags(request),
+        subnet_ids=request.subnet_ids,
+    )
+    inputs.check_against_model(
+        service_model, "RequestSpotFleet", {"SpotFleetRequestConfig": config}, source=source
+    )
+    template = {k: v for k, v in plan.template_data.items() if k != "UserData"}
+    template.setdefault("ImageId", request.ami_id or "ami-00000000")
+    inputs.check_against_model(
+        service_model,
+        "CreateLaunchTemplate",
+        {"LaunchTemplateName": "check", "LaunchTemplateData": template},
+        source=source,
+    )
 
 
 def spot_plan(request: CreateRequest, settings: Settings) -> Optional[spot.SpotPlan]:

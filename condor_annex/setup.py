@@ -29,7 +29,7 @@ import botocore.exceptions
 
 from condor_annex import annex, contract
 from condor_annex.annex_settings import SETUP_MACROS, regional_macros, regional_name
-from condor_annex.aws import error_code, make_client, make_session
+from condor_annex.aws import error_code, make_client
 from condor_annex.collector import CONNECTIVITY_TIMEOUT_SECONDS, parse_collector
 from condor_annex.errors import (
     AnnexError,
@@ -40,8 +40,16 @@ from condor_annex.errors import (
     SetupMissing,
     translate_aws_error,
 )
+from condor_annex.target import (
+    AwsTarget,
+    caller_identity,
+    check_recorded,
+    session_for,
+    validate_region,
+)
 from condor_annex.tokens import check_private_file
 from condor_annex.user_config import (
+    check_user_config_writable,
     condor_params,
     read_annex_macros,
     remove_annex_macros,
@@ -227,47 +235,70 @@ def _read_key_file(path: Path, what: str) -> str:
     return value
 
 
-def _cdk_env(
-    base: Mapping[str, str],
-    region: str,
-    credentials_files: Optional[tuple[Path, Optional[Path]]],
-) -> tuple[dict[str, str], Optional[tuple[str, str]]]:
-    env = dict(base)
-    env["AWS_REGION"] = region
-    env["AWS_DEFAULT_REGION"] = region
+def _cdk_env(base: Mapping[str, str], target: AwsTarget) -> dict[str, str]:
+    """The CDK CLI's environment: `target`'s credentials (or profile) and region, nothing else's."""
+    env = target.cdk_environment(base)
     env.setdefault("CDK_DISABLE_VERSION_CHECK", "1")
     env.setdefault("CI", "true")  # no interactive prompts, plain progress output
     env["NO_COLOR"] = "1"
-    keys: Optional[tuple[str, str]] = None
-    if credentials_files is not None:
-        access_file, secret_file = credentials_files
-        if secret_file is None:
-            secret_file = access_file.parent / REFERENCE_SECRET_KEY_FILE
-        keys = (
-            _read_key_file(access_file, "access key file"),
-            _read_key_file(secret_file, "secret key file"),
-        )
-        # Only these keys: a profile or session token from the environment must not mix in.
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
-            env.pop(name, None)
-        env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"] = keys
-    return env, keys
+    return env
 
 
-def _session_for(region: str, env: Mapping[str, str], keys: Optional[tuple[str, str]]) -> Any:
-    """A boto3 session seeing the same account as the CDK process will."""
+def _key_file_credentials(
+    credentials_files: Optional[tuple[Path, Optional[Path]]],
+) -> Optional[tuple[str, str]]:
+    if credentials_files is None:
+        return None
+    access_file, secret_file = credentials_files
+    if secret_file is None:
+        secret_file = access_file.parent / REFERENCE_SECRET_KEY_FILE
+    return (
+        _read_key_file(access_file, "access key file"),
+        _read_key_file(secret_file, "secret key file"),
+    )
+
+
+def _session_for(
+    region: str,
+    env: Mapping[str, str],
+    keys: Optional[tuple[str, str]],
+    profile: Optional[str],
+) -> tuple[Any, Optional[str]]:
+    """The one session of this verb and the profile it uses (None: explicit credentials).
+
+    Key files win, then `-aws-profile`, then the environment's credentials or profile.
+    """
     if keys is not None:
-        return boto3.Session(
+        session = boto3.Session(
             aws_access_key_id=keys[0], aws_secret_access_key=keys[1], region_name=region
         )
+        return session, None
+    if profile:
+        return session_for(region, profile), profile
     if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
-        return boto3.Session(
+        session = boto3.Session(
             aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
             aws_session_token=env.get("AWS_SESSION_TOKEN"),
             region_name=region,
         )
-    return make_session(region=region, profile=env.get("AWS_PROFILE"))
+        return session, None
+    env_profile = env.get("AWS_PROFILE") or None
+    return session_for(region, env_profile), env_profile
+
+
+def _resolve(
+    session: Any, profile: Optional[str], region: str, env: Mapping[str, str], action: str
+) -> AwsTarget:
+    endpoint = env.get("AWS_ENDPOINT_URL_STS") or env.get("AWS_ENDPOINT_URL")
+    identity = caller_identity(session, action=action, endpoint_url=endpoint)
+    return AwsTarget(
+        session=session,
+        account_id=identity["Account"],
+        region=region,
+        profile=profile,
+        arn=identity.get("Arn", ""),
+    )
 
 
 def _client(session: Any, service: str, env: Mapping[str, str], region: str) -> Any:
@@ -314,6 +345,7 @@ def run_setup(
     env: Optional[Mapping[str, str]] = None,
     progress: Progress = lambda s: None,
     credentials_files: Optional[tuple[Path, Optional[Path]]] = None,
+    profile: Optional[str] = None,
 ) -> SetupResult:
     """Deploy (or update) the setup stack, then record its outputs in the user config file."""
     if not region:
@@ -323,13 +355,29 @@ def run_setup(
             "no pool address ranges given: the security group would admit nobody to port 9618",
             next_step="pass -pool-cidr CIDR (the collector's and submit hosts' public ranges)",
         )
+    validate_region(region)
     project = _project(project_dir)
     base_env = dict(os.environ if env is None else env)
-    cdk_env, keys = _cdk_env(base_env, region, credentials_files)
+    keys = _key_file_credentials(credentials_files)
     config_path = Path(config_file) if config_file is not None else user_config_path(base_env)
-    session = _session_for(region, cdk_env, keys)
-
+    # The user config must be readable and writable before minutes of deploying, not after.
+    check_user_config_writable(config_path)
+    recorded = read_annex_macros(config_path)
+    session, profile = _session_for(region, base_env, keys, profile)
     action = "deploy the condor_annex setup"
+    target = _resolve(session, profile, region, base_env, action)
+    # A re-run may update this region's setup, never swap it for another account's.
+    check_recorded(
+        target,
+        account_id=regional_macros(recorded, region).get(contract.MACRO_AWS_ACCOUNT_ID, ""),
+        region="",
+        config_file=str(config_path),
+        action=action,
+    )
+    cdk_env = _cdk_env(base_env, target)
+    progress(f"deploying into {target.describe()}")
+    account = target.account_id
+
     try:
         cfn = _client(session, "cloudformation", cdk_env, region)
         if vpc_id is None:
@@ -339,9 +387,6 @@ def run_setup(
         needs_bootstrap = (
             bootstrap is None or str(bootstrap["StackStatus"]) not in _USABLE_BOOTSTRAP_STATES
         )
-        account = None
-        if needs_bootstrap:
-            account = _client(session, "sts", cdk_env, region).get_caller_identity()["Account"]
     except botocore.exceptions.BotoCoreError as exc:
         raise translate_aws_error(exc, action=action, region=region) from exc
     except botocore.exceptions.ClientError as exc:
@@ -406,7 +451,21 @@ def run_setup(
             f"stack {stack_name} lacks the outputs {', '.join(missing)}",
             next_step="update the setup code and re-run `condor_annex -setup`",
         )
-    written, macros_changed = record_setup(config_path, region, stack_name, outputs)
+    try:
+        deployed = _stack(cfn, stack_name)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise translate_aws_error(exc, action=action, region=region) from exc
+    # The CDK CLI ran with this target's credentials; the stack it made must be in its account.
+    stack_account = str((deployed or {}).get("StackId", "")).split(":")[4:5]
+    if deployed is None or stack_account != [account]:
+        raise SetupIncomplete(
+            f"the CDK CLI reported success but stack {stack_name} is not in {target.describe()}",
+            next_step="check the AWS profile and credentials the CDK CLI sees, then re-run "
+            "`condor_annex -setup`",
+        )
+    written, macros_changed = record_setup(
+        config_path, region, stack_name, outputs, account_id=account
+    )
     progress(f"wrote {written} ANNEX_DEFAULT_* macros to {config_path}")
     changed = stack_changed or macros_changed
     return SetupResult(
@@ -419,7 +478,12 @@ def run_setup(
 
 
 def record_setup(
-    config_path: Path, region: str, stack_name: str, outputs: Mapping[str, str]
+    config_path: Path,
+    region: str,
+    stack_name: str,
+    outputs: Mapping[str, str],
+    *,
+    account_id: str = "",
 ) -> tuple[int, bool]:
     """Write a region's setup into the user config: (macros written, whether any changed).
 
@@ -430,6 +494,8 @@ def record_setup(
     macros = {o.macro: outputs[o.key] for o in contract.STACK_OUTPUTS}
     macros[contract.MACRO_AWS_REGION] = region
     macros[contract.MACRO_STACK_NAME] = stack_name
+    if account_id:
+        macros[contract.MACRO_AWS_ACCOUNT_ID] = account_id
     before = read_annex_macros(config_path)
     recorded = before.get(contract.MACRO_AWS_REGION)
     if recorded and recorded != region:
@@ -677,14 +743,31 @@ def destroy_setup(
     project_dir: Optional[Path] = None,
     env: Optional[Mapping[str, str]] = None,
     progress: Progress = lambda s: None,
+    profile: Optional[str] = None,
 ) -> None:
-    """Remove the setup stack and its macros; refuses while any annex is running or leased."""
+    """Remove the setup stack and its macros; refuses while any annex is running or leased.
+
+    Everything (the checks, emptying the bucket, the CDK CLI) acts as `session`, whose profile
+    or credentials the CDK CLI gets, and only when that is the account the setup was recorded
+    in: the environment's credentials never reach another account's stack.
+    """
     project = _project(project_dir)
     action = "destroy the condor_annex setup"
     recorded_macros = read_annex_macros(config_file)
     recorded_region = recorded_macros.get(contract.MACRO_AWS_REGION)
     per_region = bool(recorded_region) and recorded_region != region
     macros = regional_macros(recorded_macros, region)
+    base_env = dict(os.environ if env is None else env)
+    validate_region(region)
+    target = _resolve(session, profile, region, base_env, action)
+    check_recorded(
+        target,
+        account_id=macros.get(contract.MACRO_AWS_ACCOUNT_ID, ""),
+        region="",
+        config_file=str(config_file),
+        action=action,
+    )
+    progress(f"acting in {target.describe()}")
     stack: Optional[dict[str, Any]] = None
     vpc_id: Optional[str] = macros.get(contract.OUTPUT_VPC_ID.macro)
 
@@ -723,13 +806,12 @@ def destroy_setup(
         raise translate_aws_error(exc, action=action, region=region) from exc
 
     if stack is not None:
-        base_env = dict(os.environ if env is None else env)
-        cdk_env, _ = _cdk_env(base_env, region, None)
+        cdk_env = _cdk_env(base_env, target)
         context = ["-c", f"stackName={stack_name}"]
         if vpc_id:
             context += ["-c", f"vpcId={vpc_id}"]
         with tempfile.TemporaryDirectory(prefix="condor-annex-cdk-") as scratch:
-            progress(f"destroying stack {stack_name} in {region}")
+            progress(f"destroying stack {stack_name} in {target.describe()}")
             _run_cdk(
                 [
                     "destroy",
@@ -748,7 +830,9 @@ def destroy_setup(
                 action=action,
             )
     else:
-        progress(f"stack {stack_name} does not exist in {region}; removing the macros only")
+        progress(
+            f"stack {stack_name} does not exist in {target.describe()}; removing the macros only"
+        )
     if per_region:
         names = [regional_name(name, region) for name in SETUP_MACROS]
     else:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from condor_annex.errors import InvalidInput
+from condor_annex.files import read_input_text
 
 MAX_CONFIG_FILE_BYTES = 256 * 1024
 MAX_OVERRIDES = 50
@@ -119,7 +120,7 @@ def parse_instance_types(values: Sequence[str]) -> tuple[InstanceTypeWeight, ...
                 continue
             itype, _, weight_text = item.partition(":")
             itype = itype.strip()
-            if not _INSTANCE_TYPE_RE.match(itype):
+            if not _INSTANCE_TYPE_RE.fullmatch(itype):
                 raise InvalidInput(
                     f"{itype!r} is not an EC2 instance type",
                     next_step="write types as FAMILY.SIZE[:WEIGHT], e.g. m5.large:2,c5.xlarge:4",
@@ -200,23 +201,14 @@ def load_spot_fleet_config(
     templates. A fleet role, instance profile or security groups of its own (as the old
     condor_annex's files name) are replaced by the setup's, with a note.
     """
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise InvalidInput(
-            f"cannot read the Spot Fleet config file {path}: {exc.strerror}"
-        ) from None
-    if size > MAX_CONFIG_FILE_BYTES:
-        raise InvalidInput(
-            f"the Spot Fleet config file {path} has {size} bytes; at most "
-            f"{MAX_CONFIG_FILE_BYTES} are accepted"
-        )
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise InvalidInput(
-            f"cannot read the Spot Fleet config file {path}: {exc.strerror}"
-        ) from None
+    # Kind, size and readability first (a directory or a FIFO is refused, not read).
+    text = read_input_text(
+        path,
+        flag="-aws-spot-fleet-config-file",
+        what="Spot Fleet config file",
+        max_bytes=MAX_CONFIG_FILE_BYTES,
+    )
+    raw = text.encode("utf-8")
     return parse_spot_fleet_config(
         raw,
         source=str(path),
@@ -335,7 +327,7 @@ def plan_from_config(
                 f"{', '.join(security_group_ids)}"
             )
         itype = spec.get("InstanceType")
-        if not isinstance(itype, str) or not _INSTANCE_TYPE_RE.match(itype):
+        if not isinstance(itype, str) or not _INSTANCE_TYPE_RE.fullmatch(itype):
             raise bad(f"{where}.InstanceType is missing or not an instance type")
         for key in _SHARED_SPEC_KEYS:
             if key in spec:

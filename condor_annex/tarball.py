@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Optional
 
 from condor_annex import contract
+from condor_annex.collector import parse_collector
 from condor_annex.errors import InvalidInput
+from condor_annex.inputs import narrowed_start
 
 CONFIG_FILE_MODE = 0o644
 TOKEN_FILE_MODE = 0o600
@@ -51,9 +53,6 @@ TARBALL_MTIME = 0
 """Fixed member and gzip mtime: identical inputs give identical bytes."""
 EXECUTE_NODE_DAEMONS = ("MASTER", "STARTD")
 
-_HOST_PORT = re.compile(
-    r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)(?::[0-9]{1,5})?$"
-)
 _TRUST_DOMAIN = re.compile(r"^[A-Za-z0-9@._:-]{1,253}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -103,12 +102,9 @@ def _validate(cfg: AnnexConfig) -> None:
     for owner in cfg.start_owners or ():
         if not owner or _CONTROL.search(owner):
             raise InvalidInput(f"{owner!r} is not a user name", next_step="fix -owner")
-    if not _HOST_PORT.match(cfg.collector_host):
-        raise InvalidInput(
-            f"{cfg.collector_host!r} is not a collector address (host or host:port)",
-            next_step="check COLLECTOR_HOST in the local HTCondor config",
-        )
-    if cfg.trust_domain is not None and not _TRUST_DOMAIN.match(cfg.trust_domain):
+    # The same parser as the connectivity check: every form accepted there is written here.
+    parse_collector(cfg.collector_host)
+    if cfg.trust_domain is not None and not _TRUST_DOMAIN.fullmatch(cfg.trust_domain):
         raise InvalidInput(f"{cfg.trust_domain!r} is not a usable TRUST_DOMAIN")
     if isinstance(cfg.idle_seconds, bool) or int(cfg.idle_seconds) <= 0:
         raise InvalidInput("-idle must be a positive number of seconds")
@@ -124,9 +120,8 @@ def _validate(cfg: AnnexConfig) -> None:
 
 
 def _host_only(address: str) -> str:
-    if address.startswith("["):
-        return address[: address.index("]") + 1]
-    return address.split(":", 1)[0]
+    host, _ = parse_collector(address)
+    return f"[{host}]" if ":" in host else host
 
 
 def render_annex_config(cfg: AnnexConfig) -> str:
@@ -148,14 +143,13 @@ def render_annex_config(cfg: AnnexConfig) -> str:
         start = f"({anyone_of}) && {opted_in}" if len(owners) > 1 else f"{anyone_of} && {opted_in}"
     else:
         start = opted_in
-    if cfg.start_expression is not None:
-        start = f"({start}) && ({cfg.start_expression.strip()})"
+    start = narrowed_start(start, cfg.start_expression)
     lines = [
         f"# condor_annex: configuration of annex {cfg.annex_name} (generated; do not edit).",
         "",
         "# The pool this node joins.",
         f"CONDOR_HOST = {_host_only(cfg.collector_host)}",
-        f"COLLECTOR_HOST = {cfg.collector_host}",
+        f"COLLECTOR_HOST = {cfg.collector_host.strip()}",
     ]
     if cfg.trust_domain is not None:
         lines.append(f"TRUST_DOMAIN = {cfg.trust_domain}")

@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional
 
 from condor_annex import contract
 from condor_annex.errors import AnnexError, InvalidInput, SetupIncomplete
+from condor_annex.files import read_input_text
 from condor_annex.user_config import condor_params
 
 POOL_KEY_ID = "POOL"
@@ -72,6 +73,12 @@ def read_pool_signing_key(path: Path) -> bytes:
         raise AnnexError(
             f"cannot read the pool signing key {path}: permission denied",
             next_step="run as root (or the condor user), or pass -token-file FILE",
+        ) from None
+    except OSError as exc:
+        raise InvalidInput(
+            f"-pool-signing-key-file: cannot read the pool signing key {path}: "
+            f"{exc.strerror or exc}",
+            next_step="give the path of the key file (SEC_TOKEN_POOL_SIGNING_KEY_FILE)",
         ) from None
     if not data:
         raise SetupIncomplete(
@@ -214,15 +221,43 @@ def check_private_file(path: Path, *, what: str) -> None:
         )
 
 
-def _read_token_file(path: Path) -> str:
+MAX_TOKEN_FILE_BYTES = 64 * 1024
+
+
+def token_from_file(path: Path) -> str:
+    """The first token in a token file that only its owner may read.
+
+    A token file may hold comments or several tokens (condor_token_fetch appends); the first
+    JWT-shaped line is the one used.
+    """
     check_private_file(path, what="token file")
-    # A token file may hold comments or several tokens (condor_token_fetch appends); take the
-    # first JWT-shaped line.
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    text = read_input_text(
+        path, flag="-token-file", what="token file", max_bytes=MAX_TOKEN_FILE_BYTES
+    )
+    for line in text.splitlines():
         candidate = line.strip()
         if candidate and not candidate.startswith("#") and candidate.count(".") == 2:
             return candidate
-    raise InvalidInput(f"the token file {path} holds no token")
+    raise InvalidInput(f"-token-file: the token file {path} holds no token")
+
+
+_read_token_file = token_from_file
+
+
+def unverified_claims(token: str) -> dict[str, Any]:
+    """The header's `alg` and the claims of `token`, without checking the signature (which
+    needs the pool's key); raises TokenInvalid when it is not a JWT at all."""
+    parts = token.strip().split(".")
+    if len(parts) != 3 or not all(parts):
+        raise TokenInvalid("it is not a JWT (expected header.claims.signature)")
+    try:
+        header = json.loads(_b64url_decode(parts[0]))
+        claims = json.loads(_b64url_decode(parts[1]))
+    except (ValueError, UnicodeDecodeError):
+        raise TokenInvalid("it is not a JWT (its parts are not base64url JSON)") from None
+    if not isinstance(header, dict) or not isinstance(claims, dict):
+        raise TokenInvalid("it is not a JWT (header and claims must be JSON objects)")
+    return {**claims, "_alg": header.get("alg")}
 
 
 def default_identity(trust_domain: str) -> str:
@@ -295,7 +330,7 @@ def annex_token(
     """The IDTOKEN an annex's execute nodes use, expiring at `expires_at` (the lease end)."""
     contract.validate_annex_name(annex_name)
     if token_file is not None:
-        return _read_token_file(token_file)
+        return token_from_file(token_file)
 
     executable = shutil.which(TOKEN_CREATE_COMMAND, path=(env or os.environ).get("PATH"))
     if executable is not None and signing_key_file is None:

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from condor_annex.errors import InvalidInput
+
 USER_CONFIG_DIR = ".condor"
 DEFAULT_USER_CONFIG_FILE = "user_config"
 MACRO_PREFIX = "ANNEX_DEFAULT_"
@@ -139,6 +141,51 @@ def _read_lines(path: Path) -> list[str]:
         return Path(path).read_text(encoding="utf-8").splitlines(keepends=True)
     except FileNotFoundError:
         return []
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(
+            f"the user config {path} is not UTF-8 text (byte {exc.start})",
+            next_step="fix the file, or pass another -config-file",
+        ) from None
+    except OSError as exc:
+        kind = "is a directory" if isinstance(exc, IsADirectoryError) else (exc.strerror or exc)
+        raise InvalidInput(
+            f"cannot read the user config {path}: {kind}",
+            next_step="fix the file's permissions, or pass another -config-file",
+        ) from None
+
+
+def check_user_config_writable(path: Path) -> None:
+    """Refuse, before anything is deployed, a user config that could not be read or rewritten.
+
+    Rewriting creates a temporary file beside the config and renames it over the config, so
+    the directory must take a new file and the file itself must be readable.
+    """
+    path = Path(path)
+    target = path.resolve() if path.is_symlink() else path
+    _read_lines(target)
+    if target.exists():
+        try:
+            with open(target, "a", encoding="utf-8"):
+                pass
+        except OSError as exc:
+            raise InvalidInput(
+                f"cannot write the user config {path}: {exc.strerror or exc}",
+                next_step=f"make it writable (`chmod u+w {path}`), or pass another -config-file",
+            ) from None
+    directory = target.parent
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    try:
+        if not directory.is_dir():
+            raise NotADirectoryError(20, "not a directory")
+        with tempfile.NamedTemporaryFile(prefix=f".{path.name}.", dir=directory):
+            pass
+    except OSError as exc:
+        raise InvalidInput(
+            f"cannot write the user config {path}: {directory} does not accept new files "
+            f"({exc.strerror or exc})",
+            next_step="fix the directory's permissions, or pass another -config-file",
+        ) from None
 
 
 def is_annex_macro(name: str) -> bool:

@@ -25,6 +25,7 @@ from annex_sandbox.patches.ec2_instances import (
     run_instances_profile_on_every_instance,
 )
 from annex_sandbox.patches.iam import (
+    cloudformation_roles_attach_managed_policy_arns,
     iam_authorizes_against_resource_arns,
     iam_inline_policies_stored_as_json,
     iam_trust_policy_account_principals,
@@ -59,6 +60,7 @@ PATCHES: tuple[Callable[[], None], ...] = (
     iam_trust_policy_account_principals,
     iam_authorizes_against_resource_arns,
     iam_inline_policies_stored_as_json,
+    cloudformation_roles_attach_managed_policy_arns,
 )
 
 _applied = False

@@ -101,3 +101,69 @@ def iam_inline_policies_stored_as_json() -> None:
             _original(self, policy_name, policy_json)
 
         model.put_policy = put_policy  # type: ignore[method-assign]
+
+
+def cloudformation_roles_attach_managed_policy_arns() -> None:
+    """A CloudFormation `AWS::IAM::Role`'s `ManagedPolicyArns` are attached to it.
+
+    "AWS::IAM::Role" (AWS CloudFormation User Guide,
+    https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/aws-resource-iam-role.html):
+    `ManagedPolicyArns` lists the managed policies (customer or AWS managed) attached to the role;
+    deleting the role detaches them. moto ignores the property, so a role made by a stack (the
+    Spot Fleet role, the CDK's deploy role with `AWSCloudFormationReadOnlyAccess`) has none of
+    its managed policies and the IAM engine would judge it without them.
+    """
+    import json
+
+    from moto.iam.aws_managed_policies import aws_managed_policies_data
+    from moto.iam.models import AWSManagedPolicy, Role, iam_backends
+    from moto.utilities.utils import get_partition
+
+    create: Any = Role.create_from_cloudformation_json
+    delete: Any = Role.delete_from_cloudformation_json
+
+    def managed_policy(backend: Any, arn: str, account_id: str, region_name: str) -> Any:
+        if arn in backend.managed_policies:
+            return backend.managed_policies[arn]
+        name = arn.rsplit("/", 1)[-1]
+        data = (
+            json.loads(aws_managed_policies_data).get(name) if ":iam::aws:policy/" in arn else None
+        )
+        if data is None:
+            return None
+        policy = AWSManagedPolicy.from_data(name, account_id, region_name, data)
+        backend.managed_policies[policy.arn] = policy
+        return policy
+
+    def create_from_cloudformation_json(
+        cls: type[Role],
+        resource_name: str,
+        cloudformation_json: dict[str, Any],
+        account_id: str,
+        region_name: str,
+        **kwargs: Any,
+    ) -> Role:
+        role: Role = create(resource_name, cloudformation_json, account_id, region_name, **kwargs)
+        backend = iam_backends[account_id][get_partition(region_name)]
+        for arn in cloudformation_json.get("Properties", {}).get("ManagedPolicyArns", []) or []:
+            policy = managed_policy(backend, str(arn), account_id, region_name)
+            if policy is not None:
+                policy.attach_to(role)
+        return role
+
+    def delete_from_cloudformation_json(
+        cls: type[Role],
+        resource_name: str,
+        cloudformation_json: dict[str, Any],
+        account_id: str,
+        region_name: str,
+    ) -> None:
+        backend = iam_backends[account_id][get_partition(region_name)]
+        for role in list(backend.roles.values()):
+            if role.name == resource_name:
+                for policy in list(role.managed_policies.values()):
+                    policy.detach_from(role)
+        delete(resource_name, cloudformation_json, account_id, region_name)
+
+    Role.create_from_cloudformation_json = classmethod(create_from_cloudformation_json)  # type: ignore[method-assign,assignment,arg-type]
+    Role.delete_from_cloudformation_json = classmethod(delete_from_cloudformation_json)  # type: ignore[method-assign,assignment]

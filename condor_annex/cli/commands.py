@@ -16,7 +16,6 @@ from typing import Optional
 
 from condor_annex import contract
 from condor_annex.annex_settings import USER_DEFAULT_MACROS, Settings
-from condor_annex.aws import make_session
 from condor_annex.cli import parser as cli_parser
 from condor_annex.cli import render
 from condor_annex.cli.context import (
@@ -30,9 +29,11 @@ from condor_annex.cli.context import (
     path_of,
     region_of,
     settings_of,
+    target_of,
     user_data_of,
 )
 from condor_annex.errors import InvalidInput
+from condor_annex.target import session_for
 
 
 def _default_duration(flag: Optional[str], macro: str, value: Optional[str], builtin: int) -> int:
@@ -97,7 +98,7 @@ def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
     )
     from condor_annex.create import CreateHooks, create_annex
     from condor_annex.create_request import CreateRequest, validate_request
-    from condor_annex.preflight import cost_preview, spot_plan
+    from condor_annex.preflight import check_spot_plan, cost_preview, spot_plan
 
     settings = settings_of(args)
     defaults = settings.defaults
@@ -163,11 +164,15 @@ def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
         args.region or settings.region,
     )
     hooks = ctx.create_hooks or CreateHooks()
-    clients = clients_for(args, ctx, settings)
+    action = "create the annex"
+    target = target_of(args, ctx, settings, action)
+    clients = clients_for(args, ctx, settings, action=action, target=target)
+    plan = spot_plan(request, settings)
+    if plan is not None:
+        # The fleet's size and EC2 API shapes, before its price is even looked up.
+        check_spot_plan(request, settings, plan, clients.ec2.meta.service_model)
     # The bill before anything starts; over the cap is refused here, before any AWS change.
-    preview = cost_preview(
-        request, clients, plan=spot_plan(request, settings), cache_dir=hooks.price_cache_dir
-    )
+    preview = cost_preview(request, clients, plan=plan, cache_dir=hooks.price_cache_dir)
     cost.check_cap(preview, aws_enforces_cap=request.kind != contract.FLEET_KIND_ON_DEMAND)
     if not args.json:
         ctx.stderr.write(render.render_preview(preview) + "\n")
@@ -179,7 +184,7 @@ def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
             else f"a Spot Fleet of {request.slots} slot(s)"
         )
         question = (
-            f"Start {size} as annex {request.annex_name} for "
+            f"Start {size} as annex {request.annex_name} in {target.describe()} for "
             f"{duration / 3600:.2f} h (idle shutdown after {idle / 60:.0f} min)?"
         )
         if not preview.known:
@@ -196,6 +201,9 @@ def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
 
         hooks.progress = progress
     result = create_annex(request, settings=settings, clients=clients, hooks=hooks, preview=preview)
+    from condor_annex import interrupts
+
+    interrupts.finished()  # the annex exists: a late ^C must not turn this into an error
     ctx.stdout.write((render.to_json(result) if args.json else render.render_create(result)) + "\n")
     return EXIT_OK
 
@@ -208,7 +216,7 @@ def run_extend(args: argparse.Namespace, ctx: CliContext) -> int:
         args.annex_name,
         cli_parser.parse_duration(args.duration),
         settings=settings,
-        clients=clients_for(args, ctx, settings),
+        clients=clients_for(args, ctx, settings, action="extend the annex's lease"),
     )
     ctx.stdout.write((render.to_json(result) if args.json else render.render_extend(result)) + "\n")
     return EXIT_OK
@@ -226,7 +234,7 @@ def run_status(args: argparse.Namespace, ctx: CliContext) -> int:
         pool_view = htcondor_pool_view(collector) if collector else None
     report = annex_status(
         settings=settings,
-        clients=clients_for(args, ctx, settings),
+        clients=clients_for(args, ctx, settings, action="show the annex status"),
         annex_name=args.annex_name,
         pool_view=pool_view,
     )
@@ -280,6 +288,12 @@ def run_off(args: argparse.Namespace, ctx: CliContext) -> int:
     )
 
     settings = settings_of(args)
+    from condor_annex.annex_settings import NEEDED_FOR_STATUS, require_setup
+
+    # Which setup, account and region: known (and checked) before the question is asked.
+    require_setup(settings, NEEDED_FOR_STATUS, args.region or settings.region or "")
+    action = f"turn annex {args.annex_name} off"
+    target = target_of(args, ctx, settings, action)
     drain = (
         cli_parser.parse_duration(args.drain_timeout, default_unit="m")
         if args.drain_timeout is not None
@@ -291,6 +305,9 @@ def run_off(args: argparse.Namespace, ctx: CliContext) -> int:
         f"daemons have left the pool (at most {drain / 60:.0f} min)?"
         if drain
         else f"Terminate every instance of annex {args.annex_name} now?"
+    )
+    question = question.replace(
+        f"annex {args.annex_name} ", f"annex {args.annex_name} in {target.describe()} ", 1
     )
     if not args.yes and not confirm(ctx, question):
         ctx.stderr.write(render.render_declined("nothing was changed"))
@@ -311,7 +328,7 @@ def run_off(args: argparse.Namespace, ctx: CliContext) -> int:
     result = annex_off(
         args.annex_name,
         settings=settings,
-        clients=clients_for(args, ctx, settings),
+        clients=clients_for(args, ctx, settings, action=action, target=target),
         pool_shutdown=shutdown,
         pool_remaining=remaining,
         drain_timeout=drain,
@@ -343,13 +360,14 @@ def run_setup_verbs(mode: str, args: argparse.Namespace, ctx: CliContext) -> int
             config_file=config_file,
             progress=progress,
             credentials_files=credentials,
+            profile=args.profile,
         )
         ctx.stdout.write(
             (render.to_json(result) if args.json else render.render_setup(result)) + "\n"
         )
         return 0
 
-    session = make_session(region=region, profile=args.profile)
+    session = session_for(region, args.profile)
     if mode == "check-setup":
         collector = args.collector
         if collector is None and ctx.collector_lookup is not None:
@@ -374,8 +392,13 @@ def run_setup_verbs(mode: str, args: argparse.Namespace, ctx: CliContext) -> int
         regional_macros(read_annex_macros(config_file), region).get(contract.MACRO_STACK_NAME)
         or contract.STACK_NAME
     )
+    if not region:
+        raise InvalidInput("no AWS region given", next_step="pass -aws-region REGION")
+    where = f"{region} (profile {args.profile})" if args.profile else region
     if not args.yes and not confirm(
-        ctx, f"Remove the condor_annex setup {stack_name} in {region}?"
+        ctx,
+        f"Remove the condor_annex setup {stack_name} in {where}? (the account is checked "
+        "against the one recorded at -setup before anything is removed)",
     ):
         ctx.stderr.write(render.render_declined("nothing was changed"))
         return EXIT_DECLINED
@@ -383,8 +406,9 @@ def run_setup_verbs(mode: str, args: argparse.Namespace, ctx: CliContext) -> int
         session=session,
         config_file=config_file,
         stack_name=stack_name,
-        region=region or "",
+        region=region,
         progress=progress,
+        profile=args.profile,
     )
     ctx.stdout.write(render.render_destroyed(stack_name, config_file) + "\n")
     return 0

@@ -16,6 +16,7 @@ from typing import Any, Optional, TextIO
 from condor_annex import contract
 from condor_annex.annex_settings import NEEDED_FOR_STATUS, AnnexClients, Settings, load_settings
 from condor_annex.errors import InvalidInput
+from condor_annex.target import AwsTarget
 
 EXIT_OK = 0
 EXIT_DECLINED = 1
@@ -43,6 +44,8 @@ class CliContext:
     collector_lookup: Optional[Callable[[], Optional[str]]] = None
     setup_connectivity_probe: Optional[Callable[[dict[str, Any]], dict[str, Any]]] = None
     """For -check-setup: the connectivity function's view (default: invoke the Lambda)."""
+    target: Optional[Callable[..., AwsTarget]] = None
+    """`target.resolve_target` (tests may replace it)."""
 
 
 def confirm(ctx: CliContext, question: str) -> bool:
@@ -88,32 +91,58 @@ def settings_of(args: argparse.Namespace) -> Settings:
     )
 
 
+def target_of(
+    args: argparse.Namespace, ctx: CliContext, settings: Settings, action: str
+) -> AwsTarget:
+    """The one account and region this command acts in (one STS call), refused when it is not
+    the account the region's setup was recorded in."""
+    from condor_annex.target import check_recorded, resolve_target
+
+    target = (ctx.target or resolve_target)(
+        region=args.region or settings.region or None, profile=args.profile, action=action
+    )
+    check_recorded(
+        target,
+        account_id=settings.account_id,
+        region=settings.region,
+        config_file=str(config_file_of(args)),
+        action=action,
+    )
+    return target
+
+
 def clients_for(
     args: argparse.Namespace,
     ctx: CliContext,
     settings: Settings,
     needed: tuple[contract.StackOutput, ...] = NEEDED_FOR_STATUS,
+    *,
+    action: str = "reach the annex's AWS account",
+    target: Optional[AwsTarget] = None,
 ) -> AnnexClients:
-    """Clients for the region in use, once the user config says a setup exists there."""
+    """Clients for the account and region of the recorded setup, once one is known to exist."""
     from condor_annex.annex_settings import require_setup
 
-    region = args.region or settings.region or None
-    require_setup(settings, needed, region or "")
+    require_setup(settings, needed, args.region or settings.region or "")
+    target = target or target_of(args, ctx, settings, action)
     if ctx.clients is not None:
-        return ctx.clients(region, args.profile)
-    return AnnexClients.from_session(region=region, profile=args.profile)
+        return ctx.clients(target.region, args.profile)
+    return AnnexClients.from_target(target)
 
 
 def user_data_of(args: argparse.Namespace) -> Optional[bytes]:
     if args.user_data is not None:
         return str(args.user_data).encode()
     if args.user_data_file is not None:
-        try:
-            return Path(args.user_data_file).read_bytes()
-        except OSError as exc:
-            raise InvalidInput(
-                f"cannot read the user data file {args.user_data_file}: {exc.strerror}"
-            ) from None
+        from condor_annex.create_request import MAX_USER_DATA_BYTES
+        from condor_annex.files import read_input_bytes
+
+        return read_input_bytes(
+            Path(args.user_data_file).expanduser(),
+            flag="-aws-user-data-file",
+            what="user data file",
+            max_bytes=MAX_USER_DATA_BYTES,
+        )
     return None
 
 

@@ -30,7 +30,7 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 def parse_duration(text: str, *, default_unit: str = "h") -> int:
     """`90s`, `50m`, `2h`, `1d` or a bare number of `default_unit` → whole seconds (rounded)."""
-    match = _DURATION_RE.match(text)
+    match = _DURATION_RE.fullmatch(text)
     if not match:
         raise InvalidInput(
             f"{text!r} is not a duration",
@@ -206,6 +206,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         at = words.index(PASSTHROUGH)
         words, passthrough = words[:at], words[at + 1 :]
     args = build_parser().parse_args(words)
+    if args.region:
+        from condor_annex.target import validate_region
+
+        validate_region(args.region)
     args.passthrough = passthrough
     if args.status_flag:
         if args.verb not in (None, VERB_STATUS):

@@ -39,6 +39,24 @@ def handler(event, context):
 
 def _function(aws, bucket: str = "fired-bucket") -> str:
     role = aws.client("iam").create_role(RoleName="fn-role", AssumeRolePolicyDocument=TRUST_LAMBDA)
+    # The handler writes to the bucket with the role's credentials; the IAM engine holds it to
+    # what the role is granted, as Lambda does.
+    aws.client("iam").put_role_policy(
+        RoleName="fn-role",
+        PolicyName="write-bucket",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": "s3:PutObject",
+                        "Resource": f"arn:aws:s3:::{bucket}/*",
+                    }
+                ],
+            }
+        ),
+    )
     package = io.BytesIO()
     with zipfile.ZipFile(package, "w") as archive:
         archive.writestr("handler.py", HANDLER)
@@ -145,7 +163,8 @@ def test_update_schedule_replaces_the_definition_with_create_defaults(aws) -> No
         FlexibleTimeWindow={"Mode": "OFF"},
         Target=target,
     )
-    soon = (datetime.now(timezone.utc) + timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%S")
+    # at() has one-second resolution: leave room to read the schedule back before it fires.
+    soon = (datetime.now(timezone.utc) + timedelta(seconds=4)).strftime("%Y-%m-%dT%H:%M:%S")
     scheduler.update_schedule(
         Name="moved",
         ScheduleExpression=f"at({soon})",
@@ -157,7 +176,7 @@ def test_update_schedule_replaces_the_definition_with_create_defaults(aws) -> No
     assert moved["State"] == "ENABLED"
     assert moved["ActionAfterCompletion"] == "DELETE"
     s3 = aws.client("s3")
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 20
     while time.monotonic() < deadline and not s3.list_objects_v2(Bucket="fired-bucket").get(
         "KeyCount"
     ):

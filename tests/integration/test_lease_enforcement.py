@@ -38,9 +38,12 @@ IMAGE_ID = "ami-03cf127a"
 
 
 def _annex_tags(name: str, resource_type: str) -> list[dict[str, Any]]:
-    return [
-        {"ResourceType": resource_type, "Tags": [{"Key": contract.TAG_ANNEX_NAME, "Value": name}]}
+    """The tags condor_annex sets at launch (ownership needs them and the client token)."""
+    tags = [
+        {"Key": contract.TAG_ANNEX_NAME, "Value": name},
+        {"Key": contract.TAG_MANAGED_BY, "Value": contract.MANAGED_BY_VALUE},
     ]
+    return [{"ResourceType": resource_type, "Tags": tags}]
 
 
 def _record_lease(aws: Any, outputs: dict[str, str], record: contract.LeaseRecord) -> None:

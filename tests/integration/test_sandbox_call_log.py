@@ -12,6 +12,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from annex_sandbox import SandboxControl
 from annex_sandbox.local_aws import FAKE_ACCESS_KEY_ID
@@ -73,7 +74,9 @@ def test_rest_json_operations_are_logged_from_method_and_path(aws):
 
 def test_calls_record_the_callers_access_key_id(aws):
     aws.client("ec2").describe_instances()
-    aws.client("ec2", aws_access_key_id="AKIAOTHERCALLER00000").describe_instances()
+    # A key AWS never issued is refused (AuthFailure) but still logged with its caller.
+    with pytest.raises(ClientError):
+        aws.client("ec2", aws_access_key_id="AKIAOTHERCALLER00000").describe_instances()
 
     assert [c.access_key_id for c in aws.calls("ec2")] == [
         FAKE_ACCESS_KEY_ID,

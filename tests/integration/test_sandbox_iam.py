@@ -173,9 +173,15 @@ def test_iam_reads_scoped_to_own_profile_role_and_policy_are_allowed(aws, instan
 
 
 def test_unknown_credentials_are_rejected_while_enforcing(aws):
+    """An access key AWS never issued: EC2 answers AuthFailure, IAM InvalidClientTokenId, S3
+    InvalidAccessKeyId. The sandbox's own key is the account root and is allowed."""
     aws.enforce_iam(True)
+    stranger = {"aws_access_key_id": "AKIANOBODYKNOWS00000"}
 
-    assert _denied(aws.client("ec2").describe_instances) == "AuthFailure"
+    assert _denied(aws.client("ec2", **stranger).describe_instances) == "AuthFailure"
+    assert _denied(aws.client("iam", **stranger).list_roles) == "InvalidClientTokenId"
+    assert _denied(aws.client("s3", **stranger).list_buckets) == "InvalidAccessKeyId"
+    aws.client("ec2").describe_instances()
 
 
 def test_enforcement_switches_off_at_runtime_and_on_reset(aws):

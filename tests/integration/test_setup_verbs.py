@@ -86,6 +86,8 @@ def deployed(local_aws: LocalAws, tmp_path_factory: pytest.TempPathFactory) -> I
             "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20",
         }
         # Reference compatibility: keys from ACCESS_KEY_FILE/SECRET_KEY_FILE, none in the env.
+        # The key-file key is one of the account root's access keys in the local AWS.
+        local_aws.add_root_access_key(KEY_FILE_ACCESS_KEY_ID)
         env.pop("AWS_ACCESS_KEY_ID")
         env.pop("AWS_SECRET_ACCESS_KEY")
         home = tmp_path_factory.mktemp("home")

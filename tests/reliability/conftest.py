@@ -109,13 +109,17 @@ def assert_no_secret(*texts: str, extra: Iterable[str] = ()) -> None:
 def assert_clear_error(run: Run, code: int, *mentions: str) -> None:
     """Exit `code`; the last stderr line, and the only error line, names `mentions`.
 
-    Progress lines (`  step: done`) may come before it; nothing may come after it.
+    Progress lines (`  step: done`) and the create's cost preview (a `Cost preview (...)` block
+    up to a blank line) may come before it; nothing else, and nothing after it.
     """
     assert run.code == code, (run.code, run.err)
     lines = run.err.rstrip().splitlines()
     errors = [line for line in lines if line.startswith("condor_annex: ")]
     assert len(errors) == 1 and lines[-1] == errors[0], run.err
-    assert all(line.startswith("  ") for line in lines[:-1]), run.err
+    in_preview = False
+    for line in lines[:-1]:
+        in_preview = line.startswith("Cost preview (") or (in_preview and line.strip() != "")
+        assert in_preview or line.startswith("  ") or not line.strip(), (line, run.err)
     assert "Traceback" not in run.err
     for mention in mentions:
         assert mention in errors[0], (mention, errors[0])

@@ -309,7 +309,8 @@ def test_off_permanently_throttled_exits_5_and_a_rerun_finishes(
     assert cli(env, *od_args(env, "stuck-off")).code == 0
     env.local.throttle("ec2", "TerminateInstances", capacity=0, refill_per_second=0)
     clients = clients_with(SHORT_RETRIES, region=env.local.region)
-    run = cli(env, "off", "-annex-name", "stuck-off", clients=clients)
+    # -drain-timeout 0: no drain note before the error; the termination is what is throttled.
+    run = cli(env, "off", "-annex-name", "stuck-off", "-drain-timeout", "0", clients=clients)
     env.local.clear_throttles()
     during = left_behind(env, before)
     record = lease.read_lease_record(env.clients.s3, env.settings.config_bucket, "stuck-off")

