@@ -62,9 +62,12 @@ class OperatorPolicy(Construct):
                 sid="LaunchAnnexInstancesTagged",
                 actions=["ec2:RunInstances"],
                 resources=[ec2_arn("instance/*")],
+                # Guard rails the operator cannot bypass: the annex tag, the setup's instance
+                # profile and IMDSv2 required (ec2:MetadataHttpTokens, SAR "RunInstances").
                 conditions={
                     **request_tagged,
                     "ArnEquals": {"ec2:InstanceProfile": instance_profile_arn},
+                    "StringEquals": {"ec2:MetadataHttpTokens": "required"},
                 },
             ),
             iam.PolicyStatement(
@@ -111,6 +114,20 @@ class OperatorPolicy(Construct):
                 actions=["ec2:RequestSpotFleet"],
                 resources=[ec2_arn("spot-fleet-request/*")],
                 conditions=request_tagged,
+            ),
+            # RequestSpotFleet also authorizes the launch template, subnets, images, security
+            # groups and key pairs the request names (optional resource types in the Service
+            # Authorization Reference): the annex's own template, the user's chosen resources.
+            iam.PolicyStatement(
+                sid="RequestFleetsFromAnnexLaunchTemplates",
+                actions=["ec2:RequestSpotFleet"],
+                resources=[LAUNCH_TEMPLATES],
+                conditions=resource_tagged,
+            ),
+            iam.PolicyStatement(
+                sid="RequestFleetsWithExistingResources",
+                actions=["ec2:RequestSpotFleet"],
+                resources=EXISTING_LAUNCH_RESOURCES,
             ),
             iam.PolicyStatement(
                 sid="TagAtLaunchOnly",
@@ -197,6 +214,13 @@ class OperatorPolicy(Construct):
                 sid="UseSetupFunctions",
                 actions=["lambda:InvokeFunction", "lambda:GetFunction"],
                 resources=[f.function_arn for f in functions],
+            ),
+            # -check-setup confirms the instance profile exists (iam:GetInstanceProfile acts on
+            # the `instance-profile` resource, Service Authorization Reference).
+            iam.PolicyStatement(
+                sid="ReadSetupInstanceProfile",
+                actions=["iam:GetInstanceProfile"],
+                resources=[instance_profile_arn],
             ),
             iam.PolicyStatement(
                 sid="ReadSetupStack",

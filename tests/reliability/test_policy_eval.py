@@ -1,4 +1,4 @@
-"""The policy evaluator used by the privilege tests, checked on the rules it relies on."""
+"""The policy evaluator (the local AWS's IAM engine) checked on the rules the privilege tests rely on."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ TAGGED_TERMINATE = {
         {
             "Effect": "Allow",
             "Action": "ec2:TerminateInstances",
-            "Resource": "arn:aws:ec2:r:1:instance/*",
+            "Resource": "arn:aws:ec2:us-east-1:123456789012:instance/*",
             "Condition": {"Null": {"aws:ResourceTag/htcondor:AnnexName": "false"}},
         }
     ]
@@ -49,7 +49,7 @@ def test_actions_are_case_insensitive() -> None:
 
 
 def test_null_condition_needs_the_tag_present() -> None:
-    arn = "arn:aws:ec2:r:1:instance/i-1"
+    arn = "arn:aws:ec2:us-east-1:123456789012:instance/i-1"
     assert evaluate([TAGGED_TERMINATE], Request("ec2:TerminateInstances", arn)) == IMPLICIT_DENY
     tagged = Request("ec2:TerminateInstances", arn, {"aws:ResourceTag/htcondor:AnnexName": "a"})
     assert evaluate([TAGGED_TERMINATE], tagged) == ALLOW
@@ -74,12 +74,14 @@ def test_missing_key_fails_positive_and_passes_negated_operators() -> None:
             ]
         }
 
-    bare = Request("iam:PassRole", "arn:aws:iam::1:role/r")
+    bare = Request("iam:PassRole", "arn:aws:iam::123456789012:role/r")
     assert evaluate([doc("StringEquals")], bare) == IMPLICIT_DENY
     assert evaluate([doc("StringNotEquals")], bare) == ALLOW
     assert evaluate([doc("StringEqualsIfExists")], bare) == ALLOW
     to_lambda = Request(
-        "iam:PassRole", "arn:aws:iam::1:role/r", {"iam:PassedToService": "lambda.amazonaws.com"}
+        "iam:PassRole",
+        "arn:aws:iam::123456789012:role/r",
+        {"iam:PassedToService": "lambda.amazonaws.com"},
     )
     assert evaluate([doc("StringEquals")], to_lambda) == IMPLICIT_DENY
 
@@ -97,26 +99,30 @@ def test_arn_equals_compares_the_whole_arn() -> None:
             }
         ]
     }
+    instance = "arn:aws:ec2:us-east-1:123456789012:instance/*"
     ok = Request(
-        "ec2:RunInstances", "x", {"ec2:InstanceProfile": "arn:aws:iam::1:instance-profile/p"}
+        "ec2:RunInstances", instance, {"ec2:InstanceProfile": "arn:aws:iam::1:instance-profile/p"}
     )
     other = Request(
-        "ec2:RunInstances", "x", {"ec2:InstanceProfile": "arn:aws:iam::1:instance-profile/admin"}
+        "ec2:RunInstances",
+        instance,
+        {"ec2:InstanceProfile": "arn:aws:iam::1:instance-profile/admin"},
     )
     assert evaluate([document], ok) == ALLOW
     assert evaluate([document], other) == IMPLICIT_DENY
 
 
-def test_unknown_operator_is_refused_not_guessed() -> None:
+def test_what_the_engine_cannot_evaluate_is_refused_not_guessed() -> None:
+    """A malformed policy (an Effect AWS does not have) raises instead of deciding."""
     document = {
         "Statement": [
             {
-                "Effect": "Allow",
+                "Effect": "Perhaps",
                 "Action": "*",
                 "Resource": "*",
-                "Condition": {"DateLessThan": {"aws:CurrentTime": "x"}},
+                "Condition": {"StringSortOf": {"aws:CurrentTime": "x"}},
             }
         ]
     }
-    with pytest.raises(NotImplementedError):
-        evaluate([document], Request("s3:GetObject", "x", {"aws:CurrentTime": "y"}))
+    with pytest.raises(ValueError, match="cannot evaluate"):
+        evaluate([document], Request("s3:GetObject", "arn:aws:s3:::b/x"))

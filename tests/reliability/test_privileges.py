@@ -1,22 +1,18 @@
 """Least privilege: the setup's operator policy and instance role, against what the CLI and agent do.
 
-Two judges, and each row says which one ruled:
-- the local AWS with IAM enforced (moto): real signed requests with the policy's credentials.
-  moto checks actions for every service but resources only for S3 (everything else is compared
-  with `*`, so a resource-scoped Allow never matches), and it ignores conditions;
-- `policy_eval` (tests/reliability/policy_eval.py, tested in test_policy_eval.py): the deployed
-  policy documents evaluated against the exact requests the CLI made (captured from its boto3
-  clients), with the resource ARNs and condition keys AWS would use.
-moto has no `iam:SimulateCustomPolicy`/`SimulatePrincipalPolicy` (measured: not implemented).
-The documents are the ones the deployed setup stack holds (read back with IAM); roles and users
-made by CloudFormation cannot be used under moto's enforcement (it stores their inline policies
-in a form its own evaluator cannot read), so the tests attach the same documents to a user/role
-made with the IAM API.
+The judge is the local AWS's IAM engine (annex_sandbox/authz: `@cloud-copilot/iam-simulate` over
+the Service Authorization Reference): the CLI runs its real flows with credentials of an IAM user
+holding exactly the deployed operator policy, and the engine decides every request with the
+resource ARNs and condition keys AWS uses, including what AWS does on the caller's behalf (the
+Spot Fleet role's launch, iam:PassRole). Every "allows" case asserts the calls it expects were
+made and allowed (count > 0) and nothing was refused; a mutation case shows a removed grant is
+caught. `policy_eval` (the same engine, without a request) judges only requests no flow makes.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -62,320 +58,239 @@ def _document(value: Any) -> dict[str, Any]:
     return json.loads(value) if isinstance(value, str) else dict(value)
 
 
-# --- Capturing what the CLI asks AWS ------------------------------------------------------------
+# --- The operator's real requests, decided by the local AWS's IAM engine ------------------------
+
+_users = iter(range(1, 10_000))
 
 
 @contextmanager
-def captured(clients: AnnexClients) -> Iterator[list[tuple[str, str, dict[str, Any]]]]:
-    """(service, operation, parameters) of every API call made through `clients`."""
-    calls: list[tuple[str, str, dict[str, Any]]] = []
-
-    def record(params: dict[str, Any], model: Any, **_: Any) -> None:
-        calls.append((model.service_model.endpoint_prefix, model.name, dict(params)))
-
-    clients_list = [clients.ec2, clients.s3, clients.scheduler, clients.lambda_]
-    for client in clients_list:
-        client.meta.events.register("before-parameter-build", record)
-    try:
-        yield calls
-    finally:
-        for client in clients_list:
-            client.meta.events.unregister("before-parameter-build", record)
-
-
-def _tags(specs: list[dict[str, Any]], kind: str) -> dict[str, str]:
-    for spec in specs or []:
-        if spec.get("ResourceType") == kind:
-            return {t["Key"]: t["Value"] for t in spec.get("Tags", [])}
-    return {}
-
-
-def _request_tags(tags: dict[str, str]) -> dict[str, str]:
-    return {f"aws:RequestTag/{k}": v for k, v in tags.items()}
-
-
-_READ_ONLY_EC2 = {
-    "DescribeImages",
-    "DescribeInstanceTypes",
-    "DescribeInstances",
-    "DescribeSpotFleetRequests",
-    "DescribeSpotFleetInstances",
-    "DescribeLaunchTemplates",
-    "DescribeSubnets",
-    "DescribeSecurityGroups",
-}
-
-
-def authorizations(env: AnnexEnv, service: str, op: str, p: dict[str, Any]) -> list[Request]:
-    """The IAM authorization requests AWS makes for one API call (Service Authorization Ref.)."""
-    region, account = env.local.region, env.local.account_id
-
-    def ec2(kind: str) -> str:
-        return f"arn:aws:ec2:{region}:{account}:{kind}"
-
-    if service == "ec2":
-        if op in _READ_ONLY_EC2:
-            return [Request(f"ec2:{op}", "*")]
-        if op == "RunInstances":
-            instance_tags = _tags(p.get("TagSpecifications", []), "instance")
-            volume_tags = _tags(p.get("TagSpecifications", []), "volume")
-            profile = p.get("IamInstanceProfile", {}).get("Arn", "")
-            out = [
-                Request(
-                    "ec2:RunInstances",
-                    ec2("instance/*"),
-                    {**_request_tags(instance_tags), "ec2:InstanceProfile": profile},
-                ),
-                Request("ec2:RunInstances", ec2("volume/*"), _request_tags(volume_tags)),
-                Request("ec2:RunInstances", f"arn:aws:ec2:{region}::image/{p['ImageId']}"),
-                Request("ec2:RunInstances", ec2("network-interface/*")),
-                Request("ec2:RunInstances", ec2(f"subnet/{p.get('SubnetId', 'subnet-default')}")),
-                *(
-                    Request("ec2:RunInstances", ec2(f"security-group/{g}"))
-                    for g in p.get("SecurityGroupIds", [])
-                ),
-                Request("ec2:CreateTags", ec2("instance/*"), {"ec2:CreateAction": "RunInstances"}),
-                Request("ec2:CreateTags", ec2("volume/*"), {"ec2:CreateAction": "RunInstances"}),
-                Request(
-                    "iam:PassRole",
-                    env.settings.instance_role_arn,
-                    {"iam:PassedToService": "ec2.amazonaws.com"},
-                ),
-            ]
-            return out
-        if op == "TerminateInstances":
-            out = []
-            described = env.clients.ec2.describe_instances(InstanceIds=p["InstanceIds"])
-            for reservation in described["Reservations"]:
-                for instance in reservation["Instances"]:
-                    tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
-                    out.append(
-                        Request(
-                            "ec2:TerminateInstances",
-                            ec2(f"instance/{instance['InstanceId']}"),
-                            {f"aws:ResourceTag/{k}": v for k, v in tags.items()},
-                        )
-                    )
-            return out
-        if op == "CreateLaunchTemplate":
-            tags = _tags(p.get("TagSpecifications", []), "launch-template")
-            return [
-                Request("ec2:CreateLaunchTemplate", ec2("launch-template/*"), _request_tags(tags)),
-                Request(
-                    "ec2:CreateTags",
-                    ec2("launch-template/*"),
-                    {"ec2:CreateAction": "CreateLaunchTemplate"},
-                ),
-            ]
-        if op == "DeleteLaunchTemplate":
-            return [
-                Request("ec2:DeleteLaunchTemplate", ec2(f"launch-template/{p['LaunchTemplateId']}"))
-            ]
-        if op == "RequestSpotFleet":
-            config = p["SpotFleetRequestConfig"]
-            tags = _tags(config.get("TagSpecifications", []), "spot-fleet-request")
-            return [
-                Request("ec2:RequestSpotFleet", ec2("spot-fleet-request/*"), _request_tags(tags)),
-                Request(
-                    "iam:PassRole",
-                    config["IamFleetRole"],
-                    {"iam:PassedToService": "spotfleet.amazonaws.com"},
-                ),
-            ]
-        if op == "CancelSpotFleetRequests":
-            fleets = env.clients.ec2.describe_spot_fleet_requests(
-                SpotFleetRequestIds=p["SpotFleetRequestIds"]
-            )["SpotFleetRequestConfigs"]
-            return [
-                Request(
-                    "ec2:CancelSpotFleetRequests",
-                    ec2(f"spot-fleet-request/{fleet['SpotFleetRequestId']}"),
-                    {f"aws:ResourceTag/{t['Key']}": t["Value"] for t in fleet.get("Tags", [])},
-                )
-                for fleet in fleets
-            ]
-    if service == "s3":
-        bucket = f"arn:aws:s3:::{p['Bucket']}"
-        action = {
-            "HeadBucket": ("s3:ListBucket", bucket),
-            "ListObjectsV2": ("s3:ListBucket", bucket),
-            "GetObject": ("s3:GetObject", None),
-            "HeadObject": ("s3:GetObject", None),
-            "PutObject": ("s3:PutObject", None),
-            "DeleteObject": ("s3:DeleteObject", None),
-        }.get(op)
-        if action:
-            return [Request(action[0], action[1] or f"{bucket}/{p['Key']}")]
-    if service == "scheduler" and op in {
-        "CreateSchedule",
-        "UpdateSchedule",
-        "GetSchedule",
-        "DeleteSchedule",
-    }:
-        group = p.get("GroupName", "default")
-        out = [
-            Request(
-                f"scheduler:{op}",
-                f"arn:aws:scheduler:{region}:{account}:schedule/{group}/{p['Name']}",
-            )
-        ]
-        if "Target" in p:
-            out.append(
-                Request(
-                    "iam:PassRole",
-                    p["Target"]["RoleArn"],
-                    {"iam:PassedToService": "scheduler.amazonaws.com"},
-                )
-            )
-        return out
-    if service == "lambda" and op == "Invoke":
-        return [Request("lambda:InvokeFunction", p["FunctionName"])]
-    raise AssertionError(f"no IAM mapping for {service}:{op}: add it")
-
-
-def _judge(env: AnnexEnv, calls: list[tuple[str, str, dict[str, Any]]]) -> tuple[int, list[str]]:
-    documents = operator_documents(env)
-    requests = [r for s, o, p in calls for r in authorizations(env, s, o, p)]
-    refused = sorted(
-        {
-            f"{r.action} on {r.resource.rsplit(':', 1)[-1]}"
-            for r in requests
-            if evaluate(documents, r) != ALLOW
-        }
-    )
-    return len(requests), refused
-
-
-def _run_as_admin_and_judge(
-    env: AnnexEnv, observed: Any, what: str, *argv: str, **hooks: Any
-) -> tuple[int, list[str]]:
-    with captured(env.clients) as calls:
-        run = cli(env, *argv, **hooks)
-    assert run.code == 0, run.err
-    count, refused = _judge(env, calls)
-    operations = sorted({f"{s}:{o}" for s, o, _ in calls})
-    observed(
-        f"policy_eval: {what} made {len(calls)} calls ({len(operations)} operations) = {count} "
-        f"authorization requests; refused by the operator policy: {', '.join(refused) or 'none'}"
-    )
-    return count, refused
-
-
-@mark(AREA, "operator policy: every request of an on-demand create (incl. Lambda Invoke)")
-def test_operator_policy_allows_on_demand_create(env: AnnexEnv, observed: Any) -> None:
-    _, refused = _run_as_admin_and_judge(
-        env, observed, "create", *od_args(env, "op-create"), connectivity_probe=None
-    )
-    assert refused == []
-    cli(env, "off", "-annex-name", "op-create")
-
-
-@mark(AREA, "operator policy: every request of `status`")
-def test_operator_policy_allows_status(env: AnnexEnv, observed: Any) -> None:
-    assert cli(env, *od_args(env, "op-status")).code == 0
-    _, refused = _run_as_admin_and_judge(env, observed, "status", "status")
-    assert refused == []
-    cli(env, "off", "-annex-name", "op-status")
-
-
-@mark(AREA, "operator policy: every request of `off`")
-def test_operator_policy_allows_off(env: AnnexEnv, observed: Any) -> None:
-    assert cli(env, *od_args(env, "op-off")).code == 0
-    _, refused = _run_as_admin_and_judge(env, observed, "off", "off", "-annex-name", "op-off")
-    assert refused == []
-
-
-@mark(AREA, "operator policy: every request of a Spot Fleet create")
-def test_operator_policy_allows_spot_fleet_create(env: AnnexEnv, observed: Any) -> None:
-    argv = ["-annex-name", "op-spot", "-slots", "2", "-aws-ami-id", env.ami_id,
-            "-aws-spot-instance-types", "m5.large"]  # fmt: skip
-    try:
-        _, refused = _run_as_admin_and_judge(env, observed, "Spot Fleet create", *argv)
-    finally:
-        cli(env, "off", "-annex-name", "op-spot")
-    assert refused == []
-
-
-@mark(AREA, "operator policy: terminate an instance that has no annex tag")
-def test_operator_cannot_terminate_untagged_instances(env: AnnexEnv, observed: Any) -> None:
-    ec2 = env.clients.ec2
-    other = ec2.run_instances(ImageId=env.ami_id, MinCount=1, MaxCount=1)["Instances"][0]
-    arn = f"arn:aws:ec2:{env.local.region}:{env.local.account_id}:instance/{other['InstanceId']}"
-    documents = operator_documents(env)
-    untagged = evaluate(documents, Request("ec2:TerminateInstances", arn))
-    tagged = evaluate(
-        documents,
-        Request("ec2:TerminateInstances", arn, {f"aws:ResourceTag/{contract.TAG_ANNEX_NAME}": "a"}),
-    )
-    with operator_credentials(env) as clients:
-        try:
-            clients.ec2.terminate_instances(InstanceIds=[other["InstanceId"]])
-            moto = "allowed"
-        except ClientError as exc:
-            moto = f"denied ({exc.response['Error']['Code']}; moto compares EC2 resources with *)"
-    ec2.terminate_instances(InstanceIds=[other["InstanceId"]])
-    observed(f"policy_eval: untagged {untagged}, annex-tagged {tagged}; moto: {moto}")
-    assert untagged != ALLOW
-    assert tagged == ALLOW
-
-
-@mark(AREA, "operator policy: pass an admin role / launch with another instance profile")
-def test_operator_cannot_pass_other_roles_or_profiles(env: AnnexEnv, observed: Any) -> None:
-    documents = operator_documents(env)
-    region, account = env.local.region, env.local.account_id
-    admin_role = f"arn:aws:iam::{account}:role/Admin"
-    pass_admin = evaluate(
-        documents,
-        Request("iam:PassRole", admin_role, {"iam:PassedToService": "ec2.amazonaws.com"}),
-    )
-    tags = {f"aws:RequestTag/{contract.TAG_ANNEX_NAME}": "x"}
-    other_profile = evaluate(
-        documents,
-        Request(
-            "ec2:RunInstances",
-            f"arn:aws:ec2:{region}:{account}:instance/*",
-            {**tags, "ec2:InstanceProfile": f"arn:aws:iam::{account}:instance-profile/Admin"},
-        ),
-    )
-    untagged_launch = evaluate(
-        documents,
-        Request(
-            "ec2:RunInstances",
-            f"arn:aws:ec2:{region}:{account}:instance/*",
-            {"ec2:InstanceProfile": env.settings.instance_profile_arn},
-        ),
-    )
-    observed(
-        f"policy_eval: PassRole Admin {pass_admin}; RunInstances with another profile "
-        f"{other_profile}; RunInstances without the annex tag {untagged_launch}"
-    )
-    assert pass_admin != ALLOW and other_profile != ALLOW and untagged_launch != ALLOW
-
-
-# --- Real requests under moto's enforcement ---------------------------------------------------
-
-
-@contextmanager
-def operator_credentials(env: AnnexEnv) -> Iterator[AnnexClients]:
-    """Clients signed by an IAM user holding only the deployed operator policy; IAM enforced."""
+def operator_credentials(
+    env: AnnexEnv, document: dict[str, Any] | None = None
+) -> Iterator[tuple[AnnexClients, str]]:
+    """(clients, user ARN) of a fresh IAM user holding the deployed operator policy (or
+    `document`); the local AWS's IAM engine decides every request those clients make."""
     iam = env.local.client("iam")
-    user = "annex-operator"
-    iam.create_user(UserName=user)
+    user = f"annex-operator-{next(_users)}"
+    arn = iam.create_user(UserName=user)["User"]["Arn"]
     policy = iam.create_policy(
-        PolicyName="operator-copy", PolicyDocument=json.dumps(operator_documents(env)[0])
+        PolicyName=f"{user}-policy",
+        PolicyDocument=json.dumps(document or operator_documents(env)[0]),
     )["Policy"]["Arn"]
     iam.attach_user_policy(UserName=user, PolicyArn=policy)
     key = iam.create_access_key(UserName=user)["AccessKey"]
-    session_clients = _clients_for(key["AccessKeyId"], key["SecretAccessKey"], env)
     env.local.enforce_iam(True)
     try:
-        yield session_clients
+        yield _clients_for(key["AccessKeyId"], key["SecretAccessKey"], env), arn
     finally:
-        env.local.enforce_iam(False)
         iam.detach_user_policy(UserName=user, PolicyArn=policy)
         iam.delete_policy(PolicyArn=policy)
         iam.delete_access_key(UserName=user, AccessKeyId=key["AccessKeyId"])
         iam.delete_user(UserName=user)
+
+
+def decisions(env: AnnexEnv, principal: str) -> tuple[Counter[str], list[str]]:
+    """(allowed operations with counts, refusals) the engine decided for `principal`."""
+    allowed: Counter[str] = Counter()
+    refused: list[str] = []
+    for operation, caller, _, ok, why in list(env.local.state.authorizer.decisions):
+        if caller != principal:
+            continue
+        if ok:
+            allowed[operation] += 1
+        else:
+            refused += [f"{operation}: {w}" for w in why]
+    return allowed, refused
+
+
+def _run_as_operator(
+    env: AnnexEnv, observed: Any, what: str, expected: set[str], *argv: str, **hooks: Any
+) -> Any:
+    """Run the CLI with operator credentials; every expected operation was made and allowed."""
+    with operator_credentials(env) as (clients, arn):
+        run = cli(env, *argv, clients=clients, **hooks)
+    allowed, refused = decisions(env, arn)
+    observed(
+        f"engine: {what} made {sum(allowed.values())} allowed requests "
+        f"({len(allowed)} operations); refused: {', '.join(refused) or 'none'}"
+    )
+    assert refused == [], refused
+    assert run.code == 0, run.err
+    missing = {op for op in expected if allowed[op] == 0}
+    assert not missing, f"expected calls never made: {missing}"
+    return run
+
+
+@mark(AREA, "operator credentials, IAM engine: an on-demand create")
+def test_operator_policy_allows_on_demand_create(env: AnnexEnv, observed: Any) -> None:
+    expected = {"ec2:RunInstances", "s3:PutObject", "scheduler:CreateSchedule"}
+    try:
+        _run_as_operator(env, observed, "create", expected, *od_args(env, "op-create"))
+    finally:
+        cli(env, "off", "-annex-name", "op-create")
+
+
+@mark(AREA, "operator credentials, IAM engine: `status`")
+def test_operator_policy_allows_status(env: AnnexEnv, observed: Any) -> None:
+    assert cli(env, *od_args(env, "op-status")).code == 0
+    try:
+        run = _run_as_operator(
+            env, observed, "status", {"ec2:DescribeInstances"}, "status", "--json"
+        )
+    finally:
+        cli(env, "off", "-annex-name", "op-status")
+    assert run.out.count('"instance_id"') == 1
+
+
+@mark(AREA, "operator credentials, IAM engine: `off`")
+def test_operator_policy_allows_off(env: AnnexEnv, observed: Any) -> None:
+    assert cli(env, *od_args(env, "op-off")).code == 0
+    expected = {"ec2:TerminateInstances", "s3:DeleteObject", "scheduler:DeleteSchedule"}
+    _run_as_operator(env, observed, "off", expected, "off", "-annex-name", "op-off")
+
+
+@mark(AREA, "operator credentials, IAM engine: a Spot Fleet create (fleet role launches too)")
+def test_operator_policy_allows_spot_fleet_create(env: AnnexEnv, observed: Any) -> None:
+    argv = ["-annex-name", "op-spot", "-slots", "2", "-aws-ami-id", env.ami_id,
+            "-aws-spot-instance-types", "m5.large"]  # fmt: skip
+    expected = {"ec2:CreateLaunchTemplate", "ec2:RequestSpotFleet", "s3:PutObject"}
+    try:
+        _run_as_operator(env, observed, "Spot Fleet create", expected, *argv)
+    finally:
+        cli(env, "off", "-annex-name", "op-spot")
+
+
+@mark(AREA, "mutation: the operator policy without its terminate grant fails `off`")
+def test_a_removed_grant_is_caught(env: AnnexEnv, observed: Any) -> None:
+    """The "allows" tests can fail: drop one statement and the engine refuses the flow."""
+    assert cli(env, *od_args(env, "op-mutant")).code == 0
+    document = operator_documents(env)[0]
+    mutant = {
+        **document,
+        "Statement": [s for s in document["Statement"] if s.get("Sid") != "EndAnnexInstances"],
+    }
+    assert len(mutant["Statement"]) == len(document["Statement"]) - 1
+    try:
+        with operator_credentials(env, mutant) as (clients, arn):
+            run = cli(env, "off", "-annex-name", "op-mutant", clients=clients)
+        _, refused = decisions(env, arn)
+    finally:
+        cli(env, "off", "-annex-name", "op-mutant")
+    observed(f"exit {run.code}; refused: {', '.join(refused)}")
+    assert run.code != 0
+    assert any(r.startswith("ec2:TerminateInstances") for r in refused), refused
+
+
+def _code(call: Any) -> str:
+    try:
+        call()
+        return "allowed"
+    except ClientError as exc:
+        return str(exc.response["Error"]["Code"])
+
+
+@mark(AREA, "operator credentials, IAM engine: launches the operator must not make")
+def test_operator_cannot_launch_outside_the_guard_rails(env: AnnexEnv, observed: Any) -> None:
+    iam = env.local.client("iam")
+    admin_profile = iam.create_instance_profile(InstanceProfileName="Admin")["InstanceProfile"]
+    annex_tags = [
+        {"ResourceType": kind, "Tags": [{"Key": contract.TAG_ANNEX_NAME, "Value": "x"}]}
+        for kind in ("instance", "volume")
+    ]
+    launch = {
+        "ImageId": env.ami_id,
+        "MinCount": 1,
+        "MaxCount": 1,
+        "IamInstanceProfile": {"Arn": env.settings.instance_profile_arn},
+        "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 1},
+        "TagSpecifications": annex_tags,
+        "DryRun": True,
+    }
+    try:
+        with operator_credentials(env) as (clients, arn):
+            ec2 = clients.ec2
+            outcomes = {
+                "guarded launch (dry run)": _code(lambda: ec2.run_instances(**launch)),
+                "without the annex tag": _code(
+                    lambda: ec2.run_instances(**{**launch, "TagSpecifications": []})
+                ),
+                "with another instance profile": _code(
+                    lambda: ec2.run_instances(
+                        **{**launch, "IamInstanceProfile": {"Arn": admin_profile["Arn"]}}
+                    )
+                ),
+                "without IMDSv2": _code(
+                    lambda: ec2.run_instances(
+                        **{**launch, "MetadataOptions": {"HttpTokens": "optional"}}
+                    )
+                ),
+            }
+        refusals = decisions(env, arn)[1]
+    finally:
+        iam.delete_instance_profile(InstanceProfileName="Admin")
+    observed("engine: " + "; ".join(f"{k}: {v}" for k, v in outcomes.items()))
+    assert outcomes.pop("guarded launch (dry run)") == "DryRunOperation", refusals
+    assert set(outcomes.values()) == {"UnauthorizedOperation"}, outcomes
+
+
+@mark(AREA, "operator credentials, IAM engine: terminate an instance that has no annex tag")
+def test_operator_cannot_terminate_untagged_instances(env: AnnexEnv, observed: Any) -> None:
+    ec2 = env.clients.ec2
+    other = ec2.run_instances(ImageId=env.ami_id, MinCount=1, MaxCount=1)["Instances"][0]
+    with operator_credentials(env) as (clients, _):
+        outcome = _code(lambda: clients.ec2.terminate_instances(InstanceIds=[other["InstanceId"]]))
+    state = ec2.describe_instances(InstanceIds=[other["InstanceId"]])["Reservations"][0][
+        "Instances"
+    ][0]["State"]["Name"]
+    ec2.terminate_instances(InstanceIds=[other["InstanceId"]])
+    observed(f"engine: {outcome}; the instance is still {state}")
+    assert outcome == "UnauthorizedOperation"
+    assert state == "running"
+
+
+@mark(AREA, "operator policy: pass a role it must not (policy_eval, the same engine)")
+def test_operator_cannot_pass_other_roles(env: AnnexEnv, observed: Any) -> None:
+    documents = operator_documents(env)
+    account = env.local.account_id
+    outcomes = {
+        "PassRole Admin to EC2": evaluate(
+            documents,
+            Request(
+                "iam:PassRole",
+                f"arn:aws:iam::{account}:role/Admin",
+                {"iam:PassedToService": "ec2.amazonaws.com"},
+            ),
+        ),
+        "PassRole the instance role to Lambda": evaluate(
+            documents,
+            Request(
+                "iam:PassRole",
+                env.settings.instance_role_arn,
+                {"iam:PassedToService": "lambda.amazonaws.com"},
+            ),
+        ),
+    }
+    observed("policy_eval: " + "; ".join(f"{k}: {v}" for k, v in outcomes.items()))
+    assert ALLOW not in outcomes.values()
+
+
+@mark(AREA, "operator credentials, IAM engine: S3 outside config-*/leases/*")
+def test_operator_cannot_touch_other_objects(env: AnnexEnv, observed: Any) -> None:
+    bucket = env.settings.config_bucket
+    with operator_credentials(env) as (clients, _):
+        outcomes = {
+            "put evil.sh": _code(
+                lambda: clients.s3.put_object(Bucket=bucket, Key="evil.sh", Body=b"x")
+            ),
+            "put config-x.tar.gz": _code(
+                lambda: clients.s3.put_object(
+                    Bucket=bucket, Key=contract.config_key("x"), Body=b"x"
+                )
+            ),
+        }
+    env.clients.s3.delete_object(Bucket=bucket, Key=contract.config_key("x"))
+    observed("engine: " + "; ".join(f"{k}: {v}" for k, v in outcomes.items()))
+    assert outcomes["put evil.sh"] == "AccessDenied"
+    assert outcomes["put config-x.tar.gz"] == "allowed"
 
 
 def _clients_for(
@@ -398,42 +313,6 @@ def _clients_for(
         lambda_=make_client(session, "lambda", max_attempts=2),
         region=env.local.region,
     )
-
-
-@mark(AREA, "operator credentials, IAM enforced by moto: `status`")
-def test_status_works_with_operator_credentials(env: AnnexEnv, observed: Any) -> None:
-    assert cli(env, *od_args(env, "op-real")).code == 0
-    with operator_credentials(env) as clients:
-        run = cli(env, "status", "-annex-name", "op-real", "--json", clients=clients)
-    cli(env, "off", "-annex-name", "op-real")
-    observed(f"exit {run.code}; {run.out.count('instance_id')} instance listed")
-    assert run.code == 0, run.err
-    assert run.out.count('"instance_id"') == 1
-
-
-@mark(AREA, "operator credentials, IAM enforced by moto: S3 outside config-*/leases/*")
-def test_operator_cannot_touch_other_objects(env: AnnexEnv, observed: Any) -> None:
-    bucket = env.settings.config_bucket
-    outcomes = {}
-    with operator_credentials(env) as clients:
-        for label, call in (
-            ("put evil.sh", lambda: clients.s3.put_object(Bucket=bucket, Key="evil.sh", Body=b"x")),
-            (
-                "put config-x.tar.gz",
-                lambda: clients.s3.put_object(
-                    Bucket=bucket, Key=contract.config_key("x"), Body=b"x"
-                ),
-            ),
-        ):
-            try:
-                call()
-                outcomes[label] = "allowed"
-            except ClientError as exc:
-                outcomes[label] = exc.response["Error"]["Code"]
-    env.clients.s3.delete_object(Bucket=bucket, Key=contract.config_key("x"))
-    observed("moto: " + "; ".join(f"{k}: {v}" for k, v in outcomes.items()))
-    assert outcomes["put evil.sh"] == "AccessDenied"
-    assert outcomes["put config-x.tar.gz"] == "allowed"
 
 
 # --- The instance role ------------------------------------------------------------------------
@@ -489,7 +368,7 @@ def _try(call: Any) -> str:
         return str(exc.response["Error"]["Code"])
 
 
-@mark(AREA, "instance role, IAM enforced by moto: S3 reads and writes")
+@mark(AREA, "instance role credentials, IAM engine: S3 reads and writes")
 def test_instance_role_reads_only_config_tarballs(env: AnnexEnv, observed: Any) -> None:
     bucket = env.settings.config_bucket
     s3 = env.clients.s3
@@ -519,12 +398,12 @@ def test_instance_role_reads_only_config_tarballs(env: AnnexEnv, observed: Any) 
     finally:
         for key in (contract.config_key("mine"), contract.lease_key("mine"), "other.txt"):
             s3.delete_object(Bucket=bucket, Key=key)
-    observed("moto: " + "; ".join(f"{k}: {v}" for k, v in outcomes.items()))
+    observed("engine: " + "; ".join(f"{k}: {v}" for k, v in outcomes.items()))
     assert outcomes.pop("get config-mine.tar.gz") == "allowed"
     assert set(outcomes.values()) == {"AccessDenied"}, outcomes
 
 
-@mark(AREA, "instance role, IAM enforced by moto: terminate, launch, pass roles, read IAM")
+@mark(AREA, "instance role credentials, IAM engine: terminate, launch, pass roles, read IAM")
 def test_instance_role_cannot_terminate_or_launch(env: AnnexEnv, observed: Any) -> None:
     ec2 = env.clients.ec2
     victim = ec2.run_instances(ImageId=env.ami_id, MinCount=1, MaxCount=1)["Instances"][0][
@@ -559,7 +438,7 @@ def test_instance_role_cannot_terminate_or_launch(env: AnnexEnv, observed: Any) 
     )
     own_role = evaluate(documents, Request("iam:GetRolePolicy", env.settings.instance_role_arn))
     observed(
-        "moto: "
+        "engine: "
         + "; ".join(f"{k}: {v}" for k, v in outcomes.items())
         + f"; victim still {state}; policy_eval: GetRolePolicy on its own role {own_role}, "
         f"on another role {other_role}"
@@ -569,3 +448,37 @@ def test_instance_role_cannot_terminate_or_launch(env: AnnexEnv, observed: Any) 
     assert state == "running"
     assert own_role == ALLOW and other_role != ALLOW
     del region
+
+
+@mark(AREA, "operator credentials, IAM engine: `-check-setup` reads what it checks")
+def test_operator_policy_allows_check_setup(env: AnnexEnv, observed: Any) -> None:
+    """-check-setup reads the stack, the functions, the bucket and the instance profile
+    (iam:GetInstanceProfile on the setup's profile, SAR "GetInstanceProfile")."""
+    import boto3
+
+    from condor_annex.setup import check_setup
+
+    with operator_credentials(env) as (clients, arn):
+        credentials = clients.ec2._request_signer._credentials
+        session = boto3.Session(
+            aws_access_key_id=credentials.access_key,
+            aws_secret_access_key=credentials.secret_key,
+            region_name=env.local.region,
+        )
+        result = check_setup(
+            session=session,
+            config_file=env.config_file,
+            collector=env.collector.address,
+            connectivity_probe=lambda event: {
+                "reachable": True,
+                "host": event["host"],
+                "port": event["port"],
+                "address": event["host"],
+            },
+        )
+    allowed, refused = decisions(env, arn)
+    observed(f"engine: {sum(allowed.values())} allowed; refused: {', '.join(refused) or 'none'}")
+    assert refused == [], refused
+    assert allowed["iam:GetInstanceProfile"] > 0
+    assert allowed["cloudformation:DescribeStacks"] > 0
+    assert not [p for p in result.problems if "instance profile" in p.what], result.problems

@@ -13,7 +13,7 @@ def policy_id(template) -> str:
     return only(template, "AWS::IAM::ManagedPolicy", "OperatorPolicy")
 
 
-def test_instances_launch_only_tagged_and_with_the_setup_profile(synthesized_setup):
+def test_instances_launch_only_tagged_with_the_setup_profile_and_imdsv2(synthesized_setup):
     template = synthesized_setup.template
     statement = by_sid(template, policy_id(template), "LaunchAnnexInstancesTagged")
     profile = only(template, "AWS::IAM::InstanceProfile")
@@ -21,6 +21,7 @@ def test_instances_launch_only_tagged_and_with_the_setup_profile(synthesized_set
     assert statement.body["Condition"] == {
         **REQUEST_TAGGED,
         "ArnEquals": {"ec2:InstanceProfile": {"Fn::GetAtt": [profile, "Arn"]}},
+        "StringEquals": {"ec2:MetadataHttpTokens": "required"},
     }
 
 
