@@ -257,6 +257,8 @@ class AnnexClients:
 
     pricing: Any = None
     """The Price List Query API (served from us-east-1 for every region); None: prices unknown."""
+    ssm: Any = None
+    """Systems Manager, for the public parameter naming the default image."""
     ec2_launch: Any = None
     """EC2 for launch calls only, without SDK retries: a capacity error moves on to the next
     pool at once (the SDKs retry `InsufficientInstanceCapacity`, a 500) and throttling is
@@ -288,4 +290,5 @@ class AnnexClients:
             account_id=account_id,
             pricing=make_client(session, "pricing", region_name=PRICING_API_REGION),
             ec2_launch=make_client(session, "ec2", max_attempts=1),
+            ssm=make_client(session, "ssm"),
         )

@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from condor_annex import annex, contract, cost, interrupts, lease, spot
+from condor_annex import annex, contract, cost, images, interrupts, lease, spot
 from condor_annex.annex_settings import (
     NEEDED_FOR_ON_DEMAND,
     NEEDED_FOR_SPOT_FLEET,
@@ -33,7 +33,13 @@ from condor_annex.annex_settings import (
 from condor_annex.aws import error_code, is_retryable
 from condor_annex.backoff import Backoff
 from condor_annex.collector import local_tcp_probe, parse_collector
-from condor_annex.create_request import CreateRequest, annex_tags, on_demand_pools, validate_request
+from condor_annex.create_request import (
+    MAX_USER_DATA_BYTES,
+    CreateRequest,
+    annex_tags,
+    on_demand_pools,
+    validate_request,
+)
 from condor_annex.errors import (
     AnnexError,
     CapacityError,
@@ -306,6 +312,9 @@ class _Run:
     preview: Optional[cost.CostPreview]
     plan: Optional[spot.SpotPlan] = None
     ami: str = ""
+    user_data: Optional[bytes] = None
+    """What the instances get: the user's, or it and the first-boot script for a stock image."""
+    notes: list[str] = field(default_factory=list)
     expires_at: datetime = _NOT_YET
     now: datetime = _NOT_YET
     client_token: str = ""
@@ -330,7 +339,7 @@ def _create_steps(run: _Run) -> CreateResult:
         config_key=contract.config_key(run.name),
         schedule_arn=schedule_arn,
         connectivity=connectivity,
-        notes=notes,
+        notes=[*run.notes, *notes],
         cost=run.preview,
     )
     if run.request.kind == contract.FLEET_KIND_ON_DEMAND:
@@ -355,16 +364,19 @@ def _check(run: _Run) -> None:
     run.plan = plan = spot_plan(request, settings)
     if plan is not None:
         check_spot_plan(request, settings, plan, clients.ec2.meta.service_model)
+    types = plan.instance_types if plan else list(request.on_demand_instance_types)
     ami = request.ami_id or (spot.image_id_of(plan) if plan else None)
     if ami is None:
-        raise InvalidInput(
-            "the annex needs an AMI",
-            next_step="pass -aws-on-demand-ami-id ami-... or set ImageId in the Spot Fleet config",
+        # No image named: the region's current Amazon Linux 2023, made ready at first boot.
+        arch = st.call(
+            "look up the instance type's architecture",
+            lambda: images.architecture_of(clients.ec2, types[0]),
         )
+        ami = st.call("look up the default image", lambda: images.default_image(clients.ssm, arch))
     run.ami = ami
     st.call("find the config bucket", lambda: check_bucket(clients, settings))
-    st.call("look up the AMI", lambda: check_image(clients.ec2, ami))
-    types = plan.instance_types if plan else list(request.on_demand_instance_types)
+    image = st.call("look up the AMI", lambda: check_image(clients.ec2, ami))
+    run.user_data = _user_data_for(request, plan, images.kind_of(image), run.notes, ami)
     st.call("look up the instance types", lambda: check_instance_types(clients.ec2, types))
     if run.preview is None:
         run.preview = cost_preview(request, clients, plan=plan, cache_dir=run.hooks.price_cache_dir)
@@ -536,6 +548,7 @@ def _launch_on_demand_step(run: _Run, result: CreateResult) -> None:
         annex_tags(run.request),
         result,
         pool_tokens,
+        run.user_data,
     )
     run.st.done(STEP_LAUNCH)
 
@@ -555,7 +568,7 @@ def _launch_template_step(run: _Run, result: CreateResult) -> tuple[str, str]:
     template_id, version = st.call(
         "create the annex's launch template",
         lambda: _create_launch_template(
-            clients, request, settings, plan, ami, template_name, client_token, tags
+            clients, request, settings, plan, ami, template_name, client_token, tags, run.user_data
         ),
     )
     result.launch_template_id = template_id
@@ -779,6 +792,7 @@ def _launch_on_demand(
     tags: list[dict[str, str]],
     result: CreateResult,
     tokens: list[str],
+    user_data: Optional[bytes],
 ) -> None:
     """RunInstances pool by pool until one has capacity for the whole annex.
 
@@ -796,7 +810,16 @@ def _launch_on_demand(
         attempt = LaunchedPool(instance_type, subnet)
         result.launched.append(attempt)
         launch = partial(
-            _run_instances, clients, request, settings, ami, token, tags, instance_type, subnet
+            _run_instances,
+            clients,
+            request,
+            settings,
+            ami,
+            token,
+            tags,
+            instance_type,
+            subnet,
+            user_data,
         )
         try:
             attempt.instance_ids = hooks.backoff().retry(launch, is_retryable)
@@ -822,6 +845,30 @@ def _launch_on_demand(
         return
 
 
+def _user_data_for(
+    request: CreateRequest,
+    plan: Optional[spot.SpotPlan],
+    kind: images.ImageKind,
+    notes: list[str],
+    ami: str,
+) -> Optional[bytes]:
+    """The user data to launch with: a stock image also gets the first-boot script."""
+    user = request.user_data
+    if user is None and plan is not None and plan.template_data.get("UserData"):
+        user = base64.b64decode(plan.template_data["UserData"])
+    if kind is not images.ImageKind.STOCK_AL2023:
+        return user
+    composed = images.compose_user_data(images.first_boot_script(), user)
+    if len(composed) > MAX_USER_DATA_BYTES:
+        raise InvalidInput(
+            f"the first-boot script and your user data together have {len(composed)} bytes; "
+            f"EC2 accepts at most {MAX_USER_DATA_BYTES}",
+            next_step="shorten the user data, or use an annex-ready image",
+        )
+    notes.append(f"image {ami} ({kind.value}): {kind.explanation}")
+    return composed
+
+
 def _run_instances(
     clients: AnnexClients,
     request: CreateRequest,
@@ -831,6 +878,7 @@ def _run_instances(
     tags: list[dict[str, str]],
     instance_type: str,
     subnet_id: Optional[str],
+    user_data: Optional[bytes],
 ) -> list[str]:
     args: dict[str, Any] = {
         "ClientToken": client_token,
@@ -852,8 +900,8 @@ def _run_instances(
         args["SubnetId"] = subnet_id
     if request.key_name:
         args["KeyName"] = request.key_name
-    if request.user_data is not None:
-        args["UserData"] = request.user_data  # botocore base64-encodes it; content untouched
+    if user_data is not None:
+        args["UserData"] = user_data  # botocore base64-encodes it; content untouched
     response = clients.launcher.run_instances(**args)
     return [str(i["InstanceId"]) for i in response.get("Instances", [])]
 
@@ -867,6 +915,7 @@ def _create_launch_template(
     template_name: str,
     client_token: str,
     tags: list[dict[str, str]],
+    user_data: Optional[bytes],
 ) -> tuple[str, str]:
     data: dict[str, Any] = {k: v for k, v in plan.template_data.items() if k != "UserData"}
     data.update(
@@ -888,10 +937,8 @@ def _create_launch_template(
         data["InstanceInitiatedShutdownBehavior"] = "terminate"
     # Launch template user data is base64 text (botocore does not encode it, unlike RunInstances);
     # a console-exported config already holds base64.
-    if request.user_data is not None:
-        data["UserData"] = base64.b64encode(request.user_data).decode()
-    elif plan.template_data.get("UserData"):
-        data["UserData"] = plan.template_data["UserData"]
+    if user_data is not None:
+        data["UserData"] = base64.b64encode(user_data).decode()
     response = clients.ec2.create_launch_template(
         LaunchTemplateName=template_name,
         ClientToken=client_token,

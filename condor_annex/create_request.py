@@ -197,8 +197,6 @@ def validate_request(request: CreateRequest) -> None:
                 "a Spot annex through EC2 Fleet needs instance types",
                 next_step="pass -aws-spot-instance-types TYPE[:WEIGHT],...",
             )
-        if request.ami_id is None:
-            raise InvalidInput("an EC2 Fleet annex needs an AMI", next_step="pass -aws-ami-id")
     if request.market == "on-demand":
         if (
             request.spot_instance_types
@@ -206,11 +204,6 @@ def validate_request(request: CreateRequest) -> None:
             or request.spot_fleet_config_data is not None
         ):
             raise InvalidInput("Spot Fleet options need -slots, not -count")
-        if request.ami_id is None:
-            raise InvalidInput(
-                "an on-demand annex needs an AMI",
-                next_step="pass -aws-on-demand-ami-id ami-... (an annex-compatible image)",
-            )
     elif not request.aws_fleet:
         has_file = (
             bool(request.spot_fleet_config_file) or request.spot_fleet_config_data is not None

@@ -67,7 +67,8 @@ def check_bucket(clients: AnnexClients, settings: Settings) -> None:
         raise
 
 
-def check_image(ec2: Any, ami_id: str) -> None:
+def check_image(ec2: Any, ami_id: str) -> dict[str, Any]:
+    """The image's description; InvalidInput when it does not exist or is not available."""
     try:
         images = ec2.describe_images(ImageIds=[ami_id]).get("Images", [])
     except ClientError as exc:
@@ -83,6 +84,7 @@ def check_image(ec2: Any, ami_id: str) -> None:
     state = images[0].get("State", "available")
     if state != "available":
         raise InvalidInput(f"the AMI {ami_id} is {state}, not available")
+    return dict(images[0])
 
 
 def check_instance_types(ec2: Any, types: Sequence[str]) -> None:

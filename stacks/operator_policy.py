@@ -35,6 +35,10 @@ EXISTING_LAUNCH_RESOURCES = [
 ]
 LAUNCH_TEMPLATES = ec2_arn("launch-template/*")
 """Annex launch templates get generated ids; every grant on them is conditioned on the annex tag."""
+DEFAULT_IMAGE_PARAMETERS = (
+    f"arn:{Aws.PARTITION}:ssm:{Aws.REGION}::parameter/aws/service/ami-amazon-linux-latest/*"
+)
+"""The public SSM parameters naming the region's default images (condor_annex.images)."""
 
 
 class OperatorPolicy(Construct):
@@ -212,6 +216,13 @@ class OperatorPolicy(Construct):
                 resources=["*"],
             ),
             iam.PolicyStatement(
+                # The default image: Amazon's public parameter naming the region's current AL2023
+                # (public parameters have no account in their ARN).
+                sid="ReadDefaultImageParameter",
+                actions=["ssm:GetParameter"],
+                resources=[DEFAULT_IMAGE_PARAMETERS],
+            ),
+            iam.PolicyStatement(
                 sid="PassAnnexRolesToEc2",
                 actions=["iam:PassRole"],
                 resources=[instance_role_arn, spot_fleet_role_arn],
@@ -296,6 +307,12 @@ class OperatorPolicy(Construct):
             "Annexes launch from an image, subnet, security group or key pair the user "
             "chooses per annex; limited to this account and region (images may be owned by "
             "others).",
+        )
+        acknowledge_wildcard_resources(
+            self.policy,
+            [DEFAULT_IMAGE_PARAMETERS],
+            "Amazon's public parameters naming the current Amazon Linux images (read-only; "
+            "one per architecture and kernel).",
         )
         acknowledge_wildcard_resources(
             self.policy,

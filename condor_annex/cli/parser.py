@@ -79,7 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="deploy the setup: [ACCESS_KEY_FILE [SECRET_KEY_FILE]]",
     )
     setup.add_argument(*_twin("check-setup"), action="store_true", help="check the setup")
-    setup.set_defaults(check_image=None)
+    setup.add_argument(
+        *_twin("check-image"),
+        dest="check_image",
+        metavar="AMI",
+        help="say whether AMI is annex-ready or made ready at first boot ('default': the "
+        "region's default image)",
+    )
     setup.add_argument(
         *_twin("destroy-setup"), action="store_true", help="remove the setup (no annex may run)"
     )
