@@ -1,8 +1,8 @@
 """`make demo`: the whole condor_annex flow on the local AWS, one numbered step at a time.
 
 Starts the local AWS (as a process) and the IMDSv2 emulator, pretends to be a pool (a collector
-port and a POOL signing key), runs `condor_annex -setup`, creates an on-demand annex and a Spot
-Fleet annex, boots every emulated instance with the real `condor-annex-ec2` under its own
+port and a POOL signing key), runs `condor_annex -setup`, creates an on-demand annex, a Spot
+Fleet annex and an EC2 Fleet annex (each create shows its cost preview first), boots every emulated instance with the real `condor-annex-ec2` under its own
 `--root`, shows `condor_annex status`, lets one lease expire and watches the lease Lambda clean up,
 switches the other annex off and removes the setup. Everything it started is stopped at the end,
 whatever happened; the exit code is non-zero when any step failed.
@@ -34,6 +34,8 @@ from condor_annex import annex, contract
 REGION = "us-east-1"
 ON_DEMAND_ANNEX = "demo_ondemand"
 SPOT_ANNEX = "demo_spot"
+FLEET_ANNEX = "demo_fleet"
+"""Spot capacity through EC2 Fleet (`-aws-fleet`), with a price cap."""
 TRUST_DOMAIN = "demo.pool.example"
 POOL_KEY_SCRAMBLE = bytes([0xDE, 0xAD, 0xBE, 0xEF])
 
@@ -50,6 +52,10 @@ class Outcomes:
     check_setup_exit: Optional[int] = None
     annex_instances: dict[str, list[str]] = field(default_factory=dict)
     tarballs: list[str] = field(default_factory=list)
+    previews: dict[str, list[str]] = field(default_factory=dict)
+    """The cost preview lines each create printed, by annex."""
+    ec2_fleet: dict[str, Any] = field(default_factory=dict)
+    """The EC2 Fleet annex's fleet as DescribeFleets answers it."""
     boots: dict[str, int] = field(default_factory=dict)
     configured_files: dict[str, list[str]] = field(default_factory=dict)
     status: dict[str, Any] = field(default_factory=dict)
@@ -159,6 +165,8 @@ class Demo:
             AWS_DEFAULT_REGION=REGION,
             AWS_REGION=REGION,
             HOME=str(self.workdir),
+            # Prices are cached under the demo's own directory, never the user's cache.
+            XDG_CACHE_HOME=str(self.workdir / ".cache"),
             JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION="20",
         )
         return env
@@ -192,6 +200,11 @@ class Demo:
             captured.append(line)
             if show:
                 self.console.detail(line)
+        lines = [line.strip() for line in captured if line.strip()]
+        if "-annex-name" in args and any(line.startswith("Cost preview") for line in lines):
+            name = args[args.index("-annex-name") + 1]
+            start = next(i for i, line in enumerate(lines) if line.startswith("Cost preview"))
+            self.outcomes.previews[name] = lines[start : start + 8]
         return process.wait(), "".join(captured)
 
     def expect(self, condition: bool, message: str) -> None:
@@ -289,7 +302,26 @@ class Demo:
             *common,
         )  # fmt: skip
         self.expect(code == 0, f"Spot Fleet create exited {code}")
-        for annex_name in (ON_DEMAND_ANNEX, SPOT_ANNEX):
+        code, _ = self.condor_annex(
+            "-annex-name", FLEET_ANNEX, "-slots", "4", "-aws-fleet",
+            "-aws-spot-instance-types", "m5.large:2,c5.large:2", "-max-price-per-hour", "1",
+            *common,
+        )  # fmt: skip
+        self.expect(code == 0, f"EC2 Fleet create exited {code}")
+        ec2 = self.client("ec2")
+        fleets = [
+            f
+            for f in ec2.describe_fleets()["Fleets"]
+            if contract.token_belongs_to(f.get("ClientToken"), FLEET_ANNEX)
+        ]
+        self.expect(len(fleets) == 1, f"expected one EC2 Fleet, found {len(fleets)}")
+        self.outcomes.ec2_fleet = fleets[0]
+        self.console.detail(
+            f"EC2 Fleet {fleets[0]['FleetId']}: {fleets[0]['Type']}, "
+            f"{fleets[0]['SpotOptions'].get('AllocationStrategy')}, "
+            f"MaxTotalPrice {fleets[0]['SpotOptions'].get('MaxTotalPrice')}"
+        )
+        for annex_name in (ON_DEMAND_ANNEX, SPOT_ANNEX, FLEET_ANNEX):
             self.outcomes.annex_instances[annex_name] = self.annex_instances(annex_name)
         self.outcomes.tarballs = [k for k in self.bucket_keys() if contract.is_config_key(k)]
         self.console.detail(f"instances: {json.dumps(self.outcomes.annex_instances)}")
@@ -300,6 +332,11 @@ class Demo:
         self.expect(
             len(self.outcomes.annex_instances[SPOT_ANNEX]) == 2, "expected 2 spot (4 slots / 2)"
         )
+        self.expect(
+            len(self.outcomes.annex_instances[FLEET_ANNEX]) == 2, "expected 2 EC2 Fleet instances"
+        )
+        missing = [a for a in self.outcomes.annex_instances if not self.outcomes.previews.get(a)]
+        self.expect(not missing, f"no cost preview shown for {missing}")
 
     def boot_instances(self) -> None:
         from annex_sandbox.imds import instance_from_ec2
@@ -391,11 +428,18 @@ class Demo:
         )
 
     def off(self) -> None:
-        code, _ = self.condor_annex("off", "-annex-name", SPOT_ANNEX, "-yes")
-        self.expect(code == 0, f"off exited {code}")
+        for annex_name in (SPOT_ANNEX, FLEET_ANNEX):
+            code, _ = self.condor_annex("off", "-annex-name", annex_name, "-yes")
+            self.expect(code == 0, f"off {annex_name} exited {code}")
+        live_fleets = [
+            f["FleetId"]
+            for f in self.client("ec2").describe_fleets()["Fleets"]
+            if f["FleetState"] in ("submitted", "active", "modifying", "deleted_running")
+        ]
         self.outcomes.after_off = {
-            "running": self.annex_instances(SPOT_ANNEX),
+            "running": self.annex_instances(SPOT_ANNEX) + self.annex_instances(FLEET_ANNEX),
             "keys": self.bucket_keys(),
+            "ec2_fleets": live_fleets,
         }
         self.expect(not self.outcomes.after_off["running"], "off left instances running")
 
@@ -436,7 +480,9 @@ class Demo:
             with c.step("condor_annex -check-setup", o):
                 self.check_setup()
             with c.step(
-                "Create an on-demand annex (2 instances) and a Spot Fleet annex (4 slots)", o
+                "Create an on-demand annex (2 instances), a Spot Fleet annex (4 slots) and an "
+                "EC2 Fleet annex (4 Spot slots, capped at $1/hour), each after its cost preview",
+                o,
             ):
                 self.create_annexes()
             with c.step("Boot every instance with the real condor-annex-ec2", o):
@@ -445,7 +491,7 @@ class Demo:
                 self.status()
             with c.step(f"Let {ON_DEMAND_ANNEX}'s lease expire; the lease Lambda cleans up", o):
                 self.expire_one_lease()
-            with c.step(f"condor_annex off -annex-name {SPOT_ANNEX}", o):
+            with c.step(f"condor_annex off -annex-name {SPOT_ANNEX} (and {FLEET_ANNEX})", o):
                 self.off()
             with c.step("condor_annex -destroy-setup", o):
                 self.destroy()

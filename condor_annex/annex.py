@@ -135,7 +135,50 @@ SPOT_FLEET = FleetKind(
     cancel=_cancel_spot_fleets,
 )
 
-FLEET_KINDS: tuple[FleetKind, ...] = (SPOT_FLEET,)
+
+def _list_ec2_fleets(ec2: Any) -> Iterator[Fleet]:
+    for page in ec2.get_paginator("describe_fleets").paginate():
+        for fleet in page.get("Fleets", []):
+            yield Fleet(
+                kind=contract.FLEET_KIND_EC2_FLEET,
+                fleet_id=str(fleet["FleetId"]),
+                client_token=fleet.get("ClientToken"),
+                annex_tag=tag_value(fleet, contract.TAG_ANNEX_NAME),
+                state=str(fleet.get("FleetState", "")),
+            )
+
+
+DELETE_FLEETS_BATCH = 25
+"""DeleteFleets takes at most 25 instant fleets per request (100 of the other types)."""
+
+
+def _delete_ec2_fleets(ec2: Any, fleet_ids: list[str]) -> tuple[list[str], list[str]]:
+    deleted: list[str] = []
+    errors: list[str] = []
+    for start in range(0, len(fleet_ids), DELETE_FLEETS_BATCH):
+        # TerminateInstances=True: deleting alone would leave a maintain fleet's instances
+        # running (`deleted_running`); instant fleets cannot be deleted without it.
+        answer = ec2.delete_fleets(
+            FleetIds=fleet_ids[start : start + DELETE_FLEETS_BATCH], TerminateInstances=True
+        )
+        deleted += [str(ok["FleetId"]) for ok in answer.get("SuccessfulFleetDeletions", [])]
+        errors += [
+            f"DeleteFleets {failed.get('FleetId')}: {failed.get('Error', {}).get('Code')}"
+            for failed in answer.get("UnsuccessfulFleetDeletions", [])
+        ]
+    return deleted, errors
+
+
+EC2_FLEET = FleetKind(
+    name=contract.FLEET_KIND_EC2_FLEET,
+    instance_tag=contract.EC2_FLEET_ID_TAG,
+    # FleetData.FleetState (EC2 API reference); `deleted_running` still owns instances.
+    live_states=("submitted", "active", "modifying", "deleted_running"),
+    list_fleets=_list_ec2_fleets,
+    cancel=_delete_ec2_fleets,
+)
+
+FLEET_KINDS: tuple[FleetKind, ...] = (SPOT_FLEET, EC2_FLEET)
 """Every launch kind that makes fleet requests; on-demand instances need no entry."""
 
 

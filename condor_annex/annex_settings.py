@@ -147,6 +147,8 @@ class Settings:
     """The account `-setup` deployed into (empty in configs written before it was recorded)."""
     max_price_per_hour: str = ""
     """`ANNEX_DEFAULT_MAX_PRICE_PER_HOUR` as written (USD/hour); empty when no cap is set."""
+    aws_fleet: bool = False
+    """`ANNEX_DEFAULT_AWS_FLEET = True`: launch through EC2 Fleet by default."""
     defaults: UserDefaults = field(default_factory=UserDefaults)
 
     @classmethod
@@ -172,6 +174,12 @@ class Settings:
             macros.get(contract.MACRO_STACK_NAME, "").strip() or contract.STACK_NAME
         )
         values["max_price_per_hour"] = macros.get(contract.MACRO_MAX_PRICE_PER_HOUR, "").strip()
+        # HTCondor booleans: True/False, case-insensitive (also yes/no, 1/0 in practice).
+        values["aws_fleet"] = macros.get(contract.MACRO_AWS_FLEET, "").strip().lower() in (
+            "true",
+            "yes",
+            "1",
+        )
         values["defaults"] = UserDefaults(
             **{
                 name: (macros.get(macro, "").strip() or None)
@@ -249,6 +257,8 @@ class AnnexClients:
 
     pricing: Any = None
     """The Price List Query API (served from us-east-1 for every region); None: prices unknown."""
+    ssm: Any = None
+    """Systems Manager, for the public parameter naming the default image."""
     ec2_launch: Any = None
     """EC2 for launch calls only, without SDK retries: a capacity error moves on to the next
     pool at once (the SDKs retry `InsufficientInstanceCapacity`, a 500) and throttling is
@@ -280,4 +290,5 @@ class AnnexClients:
             account_id=account_id,
             pricing=make_client(session, "pricing", region_name=PRICING_API_REGION),
             ec2_launch=make_client(session, "ec2", max_attempts=1),
+            ssm=make_client(session, "ssm"),
         )

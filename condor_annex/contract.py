@@ -101,6 +101,8 @@ MACRO_AWS_ACCOUNT_ID = "ANNEX_DEFAULT_AWS_ACCOUNT_ID"
 """The account `-setup` deployed into; destructive verbs refuse credentials of another account."""
 # Macros the user sets once (not written by -setup).
 MACRO_MAX_PRICE_PER_HOUR = "ANNEX_DEFAULT_MAX_PRICE_PER_HOUR"
+MACRO_AWS_FLEET = "ANNEX_DEFAULT_AWS_FLEET"
+"""`True`: annexes launch through EC2 Fleet unless `-no-aws-fleet` is given."""
 """USD per hour no annex may exceed: refused before launch, carried into fleet requests."""
 
 # --- Configuration objects in the bucket --------------------------------------------------------
@@ -188,6 +190,8 @@ TAG_MANAGED_BY = "htcondor:ManagedBy"
 MANAGED_BY_VALUE = "condor_annex"
 SPOT_FLEET_REQUEST_ID_TAG = "aws:ec2spot:fleet-request-id"
 """Added by Spot Fleet itself to the instances it launches, some time after launch."""
+EC2_FLEET_ID_TAG = "aws:ec2:fleet-id"
+"""Added by EC2 Fleet itself to the instances it launches ("Tag an EC2 Fleet")."""
 
 # --- Lease schedules ----------------------------------------------------------------------------
 
@@ -279,6 +283,7 @@ IDLE_DEFAULT_SECONDS = 15 * 60
 
 FLEET_KIND_ON_DEMAND = "on-demand"
 FLEET_KIND_SPOT_FLEET = "spot-fleet"
+FLEET_KIND_EC2_FLEET = "ec2-fleet"
 
 
 def utc_iso(moment: datetime) -> str:
@@ -331,7 +336,7 @@ class LeaseRecord:
     ) -> LeaseRecord:
         if not token_belongs_to(client_token, annex_name):
             raise ValueError(f"client token {client_token!r} does not belong to {annex_name!r}")
-        if kind not in (FLEET_KIND_ON_DEMAND, FLEET_KIND_SPOT_FLEET):
+        if kind not in (FLEET_KIND_ON_DEMAND, FLEET_KIND_SPOT_FLEET, FLEET_KIND_EC2_FLEET):
             raise ValueError(f"unknown annex kind {kind!r}")
         return cls(
             annex_name=annex_name,

@@ -342,7 +342,7 @@ def preview(
         out.usd_per_hour_min = round(min(totals), 4)
         out.usd_per_hour = round(max(totals), 4)
         out.usd_for_lease = round(out.usd_per_hour * hours, 4)
-    out.cached = book.aws_calls == calls_before
+    out.cached = book.aws_calls == calls_before and not out.unknown
     return out
 
 

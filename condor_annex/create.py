@@ -13,7 +13,7 @@ The request and its AWS-free checks live in `create_request`, the AWS-side check
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import partial
@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from condor_annex import annex, contract, cost, interrupts, lease, spot
+from condor_annex import annex, contract, cost, images, interrupts, lease, spot
 from condor_annex.annex_settings import (
     NEEDED_FOR_ON_DEMAND,
     NEEDED_FOR_SPOT_FLEET,
@@ -33,9 +33,16 @@ from condor_annex.annex_settings import (
 from condor_annex.aws import error_code, is_retryable
 from condor_annex.backoff import Backoff
 from condor_annex.collector import local_tcp_probe, parse_collector
-from condor_annex.create_request import CreateRequest, annex_tags, on_demand_pools, validate_request
+from condor_annex.create_request import (
+    MAX_USER_DATA_BYTES,
+    CreateRequest,
+    annex_tags,
+    on_demand_pools,
+    validate_request,
+)
 from condor_annex.errors import (
     AnnexError,
+    CapacityError,
     InvalidInput,
     SetupIncomplete,
     VerbInterrupted,
@@ -305,6 +312,9 @@ class _Run:
     preview: Optional[cost.CostPreview]
     plan: Optional[spot.SpotPlan] = None
     ami: str = ""
+    user_data: Optional[bytes] = None
+    """What the instances get: the user's, or it and the first-boot script for a stock image."""
+    notes: list[str] = field(default_factory=list)
     expires_at: datetime = _NOT_YET
     now: datetime = _NOT_YET
     client_token: str = ""
@@ -329,11 +339,13 @@ def _create_steps(run: _Run) -> CreateResult:
         config_key=contract.config_key(run.name),
         schedule_arn=schedule_arn,
         connectivity=connectivity,
-        notes=notes,
+        notes=[*run.notes, *notes],
         cost=run.preview,
     )
     if run.request.kind == contract.FLEET_KIND_ON_DEMAND:
         _launch_on_demand_step(run, result)
+    elif run.request.kind == contract.FLEET_KIND_EC2_FLEET:
+        _launch_ec2_fleet_step(run, result)
     else:
         _launch_spot_fleet_step(run, result)
     return result
@@ -352,21 +364,25 @@ def _check(run: _Run) -> None:
     run.plan = plan = spot_plan(request, settings)
     if plan is not None:
         check_spot_plan(request, settings, plan, clients.ec2.meta.service_model)
+    types = plan.instance_types if plan else list(request.on_demand_instance_types)
     ami = request.ami_id or (spot.image_id_of(plan) if plan else None)
     if ami is None:
-        raise InvalidInput(
-            "the annex needs an AMI",
-            next_step="pass -aws-on-demand-ami-id ami-... or set ImageId in the Spot Fleet config",
+        # No image named: the region's current Amazon Linux 2023, made ready at first boot.
+        arch = st.call(
+            "look up the instance type's architecture",
+            lambda: images.architecture_of(clients.ec2, types[0]),
         )
+        ami = st.call("look up the default image", lambda: images.default_image(clients.ssm, arch))
     run.ami = ami
     st.call("find the config bucket", lambda: check_bucket(clients, settings))
-    st.call("look up the AMI", lambda: check_image(clients.ec2, ami))
-    types = plan.instance_types if plan else list(request.on_demand_instance_types)
+    image = st.call("look up the AMI", lambda: check_image(clients.ec2, ami))
+    run.user_data = _user_data_for(request, plan, images.kind_of(image), run.notes, ami)
     st.call("look up the instance types", lambda: check_instance_types(clients.ec2, types))
     if run.preview is None:
         run.preview = cost_preview(request, clients, plan=plan, cache_dir=run.hooks.price_cache_dir)
-    # AWS enforces a fleet's cap itself (SpotMaxTotalPrice); RunInstances has no price limit.
-    cost.check_cap(run.preview, aws_enforces_cap=spot_fleet)
+    # AWS enforces a fleet's cap itself (SpotMaxTotalPrice, MaxTotalPrice); RunInstances has
+    # no price limit.
+    cost.check_cap(run.preview, aws_enforces_cap=request.kind != contract.FLEET_KIND_ON_DEMAND)
     name = run.name
     existing = st.call(
         "look for an existing annex of that name",
@@ -532,12 +548,13 @@ def _launch_on_demand_step(run: _Run, result: CreateResult) -> None:
         annex_tags(run.request),
         result,
         pool_tokens,
+        run.user_data,
     )
     run.st.done(STEP_LAUNCH)
 
 
-def _launch_spot_fleet_step(run: _Run, result: CreateResult) -> None:
-    """6./7. The annex's launch template, then the Spot Fleet with the one client token."""
+def _launch_template_step(run: _Run, result: CreateResult) -> tuple[str, str]:
+    """6. The annex's own launch template (fleets launch from it); (id, version)."""
     request, settings, clients, st, undo = run.request, run.settings, run.clients, run.st, run.undo
     name, client_token, plan, ami = run.name, run.client_token, run.plan, run.ami
     assert plan is not None
@@ -551,12 +568,66 @@ def _launch_spot_fleet_step(run: _Run, result: CreateResult) -> None:
     template_id, version = st.call(
         "create the annex's launch template",
         lambda: _create_launch_template(
-            clients, request, settings, plan, ami, template_name, client_token, tags
+            clients, request, settings, plan, ami, template_name, client_token, tags, run.user_data
         ),
     )
     result.launch_template_id = template_id
     st.done(STEP_LAUNCH_TEMPLATE)
+    return template_id, version
 
+
+def _launch_ec2_fleet_step(run: _Run, result: CreateResult) -> None:
+    """6./7. The annex's launch template, then one CreateFleet with the one client token."""
+    request, settings, clients, st, undo = run.request, run.settings, run.clients, run.st, run.undo
+    name, client_token, plan = run.name, run.client_token, run.plan
+    assert plan is not None
+    template_id, version = _launch_template_step(run, result)
+    st.begin(STEP_LAUNCH)
+    undo.push(
+        "delete the EC2 Fleet with its instances",
+        lambda: _undo_launch(
+            clients,
+            name,
+            client_token,
+            fleet_id=result.fleet_id,
+            fleet_kind=contract.FLEET_KIND_EC2_FLEET,
+        ),
+    )
+    st.call(
+        "check the client token is unused",
+        lambda: _token_unused(clients, client_token, contract.FLEET_KIND_EC2_FLEET),
+    )
+    subnets = request.subnet_ids or st.call(
+        "list the subnets of the setup's VPC", lambda: vpc_subnets(clients.ec2, settings)
+    )
+    fleet_request = build_ec2_fleet_request(
+        request,
+        plan,
+        launch_template_id=template_id,
+        launch_template_version=version,
+        client_token=client_token,
+        subnet_ids=subnets,
+        valid_until=run.expires_at,
+        tags=annex_tags(request),
+    )
+    answer = st.call(
+        "create the EC2 Fleet",
+        lambda: run.hooks.backoff().retry(
+            lambda: clients.launcher.create_fleet(**fleet_request), is_retryable
+        ),
+    )
+    result.fleet_id = str(answer["FleetId"])
+    _instant_fleet_outcome(answer, request, result)
+    st.done(STEP_LAUNCH)
+
+
+def _launch_spot_fleet_step(run: _Run, result: CreateResult) -> None:
+    """6./7. The annex's launch template, then the Spot Fleet with the one client token."""
+    request, settings, clients, st, undo = run.request, run.settings, run.clients, run.st, run.undo
+    name, client_token, plan = run.name, run.client_token, run.plan
+    assert plan is not None
+    tags = annex_tags(request)
+    template_id, version = _launch_template_step(run, result)
     st.begin(STEP_LAUNCH)
     undo.push(
         "cancel the Spot Fleet request",
@@ -596,6 +667,116 @@ def _launch_spot_fleet_step(run: _Run, result: CreateResult) -> None:
     st.done(STEP_LAUNCH)
 
 
+def vpc_subnets(ec2: Any, settings: Settings) -> tuple[str, ...]:
+    """Every subnet of the setup's VPC (EC2 Fleet spreads over all of them); () without one."""
+    if not settings.vpc_id:
+        return ()
+    found: list[str] = []
+    for page in ec2.get_paginator("describe_subnets").paginate(
+        Filters=[{"Name": "vpc-id", "Values": [settings.vpc_id]}]
+    ):
+        found.extend(str(s["SubnetId"]) for s in page.get("Subnets", []))
+    return tuple(sorted(found))
+
+
+def build_ec2_fleet_request(
+    request: CreateRequest,
+    plan: spot.SpotPlan,
+    *,
+    launch_template_id: str,
+    launch_template_version: str,
+    client_token: str,
+    subnet_ids: Sequence[str],
+    valid_until: datetime,
+    tags: Sequence[Mapping[str, str]],
+) -> dict[str, Any]:
+    """The `CreateFleet` arguments: the annex's template, one override per (type, subnet).
+
+    The price cap goes into `SpotOptions`/`OnDemandOptions.MaxTotalPrice`, so EC2 Fleet itself
+    stops launching at it; a `maintain` fleet ends with the lease (`ValidUntil`,
+    `TerminateInstancesWithExpiration`) even if the lease schedule were lost.
+    """
+    overrides = [
+        {**o, **({"SubnetId": s} if s else {})}
+        for o in plan.overrides
+        for s in (subnet_ids or (None,))
+    ]
+    if len(overrides) > MAX_EC2_FLEET_OVERRIDES:
+        raise InvalidInput(
+            f"{len(overrides)} instance type/subnet combinations exceed EC2 Fleet's limit of "
+            f"{MAX_EC2_FLEET_OVERRIDES}",
+            next_step="name fewer instance types or pass -aws-subnet-id",
+        )
+    options: dict[str, Any]
+    if request.market == "spot":
+        options = {
+            "AllocationStrategy": SPOT_ALLOCATION_STRATEGY,
+            "InstanceInterruptionBehavior": "terminate",
+        }
+    else:
+        options = {"AllocationStrategy": request.on_demand_allocation_strategy}
+    if request.max_price_per_hour is not None:
+        options["MaxTotalPrice"] = cost.format_aws_price(request.max_price_per_hour)
+    fleet: dict[str, Any] = {
+        "ClientToken": client_token,
+        "Type": request.fleet_type,
+        "TargetCapacitySpecification": {
+            "TotalTargetCapacity": request.size,
+            "DefaultTargetCapacityType": request.market,
+        },
+        "SpotOptions" if request.market == "spot" else "OnDemandOptions": options,
+        "LaunchTemplateConfigs": [
+            {
+                "LaunchTemplateSpecification": {
+                    "LaunchTemplateId": launch_template_id,
+                    "Version": launch_template_version,
+                },
+                "Overrides": overrides,
+            }
+        ],
+        "TagSpecifications": [{"ResourceType": "fleet", "Tags": list(tags)}],
+    }
+    if request.fleet_type == "maintain":
+        # ValidUntil is not supported for instant fleets (CreateFleet API reference).
+        fleet["ValidUntil"] = valid_until
+        fleet["TerminateInstancesWithExpiration"] = True
+    return fleet
+
+
+def _instant_fleet_outcome(
+    answer: Mapping[str, Any], request: CreateRequest, result: CreateResult
+) -> None:
+    """An `instant` fleet answers what it launched and which pools failed, at once."""
+    if request.fleet_type != "instant":
+        return
+    result.instance_ids = sorted(
+        str(i) for group in answer.get("Instances", []) for i in group.get("InstanceIds", [])
+    )
+    failures = sorted(
+        {
+            f"{e.get('LaunchTemplateAndOverrides', {}).get('Overrides', {}).get('InstanceType', '?')}"
+            f" in {e.get('LaunchTemplateAndOverrides', {}).get('Overrides', {}).get('SubnetId', '?')}"
+            f": {e.get('ErrorCode')}"
+            for e in answer.get("Errors", [])
+        }
+    )
+    if not result.instance_ids:
+        raise CapacityError(
+            "EC2 Fleet launched nothing"
+            + (f" ({'; '.join(failures)})" if failures else "")
+            + "; nothing was left behind",
+            next_step="try other instance types or subnets, or later",
+        )
+    if failures:
+        result.notes.append("EC2 Fleet skipped pools: " + "; ".join(failures))
+
+
+MAX_EC2_FLEET_OVERRIDES = 300
+"""CreateFleet: at most 300 launch template overrides per request (EC2 Fleet quotas)."""
+SPOT_ALLOCATION_STRATEGY = "price-capacity-optimized"
+"""EC2 Fleet's recommended Spot strategy: the lowest-priced pools among those most likely to
+keep their capacity ("Allocation strategies for EC2 Fleet")."""
+
 CAPACITY_ERROR_CODES = frozenset({"InsufficientInstanceCapacity", "Unsupported"})
 """EC2's answers for a pool (instance type in a zone) without room or without that type
 ("Error codes for the Amazon EC2 API"); another pool may well have both."""
@@ -611,6 +792,7 @@ def _launch_on_demand(
     tags: list[dict[str, str]],
     result: CreateResult,
     tokens: list[str],
+    user_data: Optional[bytes],
 ) -> None:
     """RunInstances pool by pool until one has capacity for the whole annex.
 
@@ -628,7 +810,16 @@ def _launch_on_demand(
         attempt = LaunchedPool(instance_type, subnet)
         result.launched.append(attempt)
         launch = partial(
-            _run_instances, clients, request, settings, ami, token, tags, instance_type, subnet
+            _run_instances,
+            clients,
+            request,
+            settings,
+            ami,
+            token,
+            tags,
+            instance_type,
+            subnet,
+            user_data,
         )
         try:
             attempt.instance_ids = hooks.backoff().retry(launch, is_retryable)
@@ -654,6 +845,30 @@ def _launch_on_demand(
         return
 
 
+def _user_data_for(
+    request: CreateRequest,
+    plan: Optional[spot.SpotPlan],
+    kind: images.ImageKind,
+    notes: list[str],
+    ami: str,
+) -> Optional[bytes]:
+    """The user data to launch with: a stock image also gets the first-boot script."""
+    user = request.user_data
+    if user is None and plan is not None and plan.template_data.get("UserData"):
+        user = base64.b64decode(plan.template_data["UserData"])
+    if kind is not images.ImageKind.STOCK_AL2023:
+        return user
+    composed = images.compose_user_data(images.first_boot_script(), user)
+    if len(composed) > MAX_USER_DATA_BYTES:
+        raise InvalidInput(
+            f"the first-boot script and your user data together have {len(composed)} bytes; "
+            f"EC2 accepts at most {MAX_USER_DATA_BYTES}",
+            next_step="shorten the user data, or use an annex-ready image",
+        )
+    notes.append(f"image {ami} ({kind.value}): {kind.explanation}")
+    return composed
+
+
 def _run_instances(
     clients: AnnexClients,
     request: CreateRequest,
@@ -663,6 +878,7 @@ def _run_instances(
     tags: list[dict[str, str]],
     instance_type: str,
     subnet_id: Optional[str],
+    user_data: Optional[bytes],
 ) -> list[str]:
     args: dict[str, Any] = {
         "ClientToken": client_token,
@@ -684,8 +900,8 @@ def _run_instances(
         args["SubnetId"] = subnet_id
     if request.key_name:
         args["KeyName"] = request.key_name
-    if request.user_data is not None:
-        args["UserData"] = request.user_data  # botocore base64-encodes it; content untouched
+    if user_data is not None:
+        args["UserData"] = user_data  # botocore base64-encodes it; content untouched
     response = clients.launcher.run_instances(**args)
     return [str(i["InstanceId"]) for i in response.get("Instances", [])]
 
@@ -699,6 +915,7 @@ def _create_launch_template(
     template_name: str,
     client_token: str,
     tags: list[dict[str, str]],
+    user_data: Optional[bytes],
 ) -> tuple[str, str]:
     data: dict[str, Any] = {k: v for k, v in plan.template_data.items() if k != "UserData"}
     data.update(
@@ -715,12 +932,13 @@ def _create_launch_template(
     )
     if request.key_name:
         data["KeyName"] = request.key_name
+    if request.kind == contract.FLEET_KIND_EC2_FLEET and request.market == "on-demand":
+        # As for RunInstances: the master's shutdown script powers off = terminates.
+        data["InstanceInitiatedShutdownBehavior"] = "terminate"
     # Launch template user data is base64 text (botocore does not encode it, unlike RunInstances);
     # a console-exported config already holds base64.
-    if request.user_data is not None:
-        data["UserData"] = base64.b64encode(request.user_data).decode()
-    elif plan.template_data.get("UserData"):
-        data["UserData"] = plan.template_data["UserData"]
+    if user_data is not None:
+        data["UserData"] = base64.b64encode(user_data).decode()
     response = clients.ec2.create_launch_template(
         LaunchTemplateName=template_name,
         ClientToken=client_token,
@@ -753,6 +971,7 @@ def _undo_launch(
     *,
     instance_ids: Sequence[str] = (),
     fleet_id: Optional[str] = None,
+    fleet_kind: str = contract.FLEET_KIND_SPOT_FLEET,
 ) -> None:
     """End what the launch with `client_token` made, even if its response was lost.
 
@@ -762,9 +981,7 @@ def _undo_launch(
     found = annex.find(clients.ec2, annex_name, client_token=client_token)
     found.instances += [{"InstanceId": i} for i in instance_ids if i not in found.instance_ids]
     if fleet_id and fleet_id not in found.fleet_ids():
-        found.fleets.append(
-            annex.Fleet(contract.FLEET_KIND_SPOT_FLEET, fleet_id, client_token, annex_name, "")
-        )
+        found.fleets.append(annex.Fleet(fleet_kind, fleet_id, client_token, annex_name, ""))
     found.launch_template_id = None  # its own undo step
     _raise_if_failed(annex.end(found, ec2=clients.ec2))
 

@@ -67,14 +67,40 @@ class CreateRequest:
     """On-demand: further instance types tried, in order, when `instance_type` has no capacity."""
     max_price_per_hour: Optional[float] = None
     """USD/hour cap: refused before anything is created if the preview exceeds it; fleets
-    carry it into AWS (`SpotMaxTotalPrice`)."""
+    carry it into AWS (`SpotMaxTotalPrice` / `MaxTotalPrice`)."""
+    aws_fleet: bool = False
+    """Launch through EC2 Fleet (`CreateFleet`): Spot with -slots, on-demand with -count."""
+    ec2_fleet_type: Optional[str] = None
+    """`instant` (one-shot) or `maintain` (refilled after interruptions); default: `maintain`
+    for Spot, `instant` for on-demand."""
+    on_demand_allocation_strategy: str = "lowest-price"
+    """EC2 Fleet on-demand: `lowest-price`, or `prioritized` (the order of the types given)."""
 
     @property
     def on_demand_instance_types(self) -> tuple[str, ...]:
         return (self.instance_type, *self.fallback_instance_types)
 
     @property
+    def market(self) -> str:
+        """`on-demand` (-count) or `spot` (-slots)."""
+        return "on-demand" if self.count is not None else "spot"
+
+    @property
+    def size(self) -> int:
+        """Instances (-count) or weighted capacity (-slots)."""
+        return int(self.count if self.count is not None else self.slots or 0)
+
+    @property
+    def fleet_type(self) -> str:
+        """The EC2 Fleet request type this annex uses."""
+        if self.ec2_fleet_type:
+            return self.ec2_fleet_type
+        return "instant" if self.market == "on-demand" else "maintain"
+
+    @property
     def kind(self) -> str:
+        if self.aws_fleet:
+            return contract.FLEET_KIND_EC2_FLEET
         return (
             contract.FLEET_KIND_SPOT_FLEET
             if self.slots is not None
@@ -150,19 +176,35 @@ def validate_request(request: CreateRequest) -> None:
         raise InvalidInput("an -aws-on-demand-instance-type is given twice")
     if request.ami_id is not None and not request.ami_id.startswith("ami-"):
         raise InvalidInput(f"{request.ami_id!r} is not an AMI ID (ami-...)")
-    if request.kind == contract.FLEET_KIND_ON_DEMAND:
+    if request.aws_fleet:
+        if request.ec2_fleet_type not in (None, *EC2_FLEET_TYPES):
+            raise InvalidInput(
+                f"EC2 Fleet type {request.ec2_fleet_type!r} is not one of "
+                + ", ".join(EC2_FLEET_TYPES)
+            )
+        if request.on_demand_allocation_strategy not in ON_DEMAND_ALLOCATION_STRATEGIES:
+            raise InvalidInput(
+                f"on-demand allocation strategy {request.on_demand_allocation_strategy!r} is not "
+                "one of " + ", ".join(ON_DEMAND_ALLOCATION_STRATEGIES)
+            )
+        if request.spot_fleet_config_file is not None or request.spot_fleet_config_data:
+            raise InvalidInput(
+                "-aws-fleet takes instance types, not a Spot Fleet config file",
+                next_step="pass -aws-spot-instance-types TYPE[:WEIGHT],... with -slots",
+            )
+        if request.market == "spot" and not request.spot_instance_types:
+            raise InvalidInput(
+                "a Spot annex through EC2 Fleet needs instance types",
+                next_step="pass -aws-spot-instance-types TYPE[:WEIGHT],...",
+            )
+    if request.market == "on-demand":
         if (
             request.spot_instance_types
             or request.spot_fleet_config_file
             or request.spot_fleet_config_data is not None
         ):
             raise InvalidInput("Spot Fleet options need -slots, not -count")
-        if request.ami_id is None:
-            raise InvalidInput(
-                "an on-demand annex needs an AMI",
-                next_step="pass -aws-on-demand-ami-id ami-... (an annex-compatible image)",
-            )
-    else:
+    elif not request.aws_fleet:
         has_file = (
             bool(request.spot_fleet_config_file) or request.spot_fleet_config_data is not None
         )
@@ -208,6 +250,11 @@ def validate_duration(seconds: int) -> None:
             f"-duration must be between {MIN_LEASE_SECONDS} s and {contract.LEASE_MAX_SECONDS} s "
             f"(7 days), not {seconds} s"
         )
+
+
+EC2_FLEET_TYPES = ("instant", "maintain")
+"""`request` is left out: AWS recommends `instant` for one-shot launches instead."""
+ON_DEMAND_ALLOCATION_STRATEGIES = ("lowest-price", "prioritized")
 
 
 def on_demand_pools(request: CreateRequest) -> list[tuple[str, Optional[str]]]:

@@ -67,7 +67,8 @@ def check_bucket(clients: AnnexClients, settings: Settings) -> None:
         raise
 
 
-def check_image(ec2: Any, ami_id: str) -> None:
+def check_image(ec2: Any, ami_id: str) -> dict[str, Any]:
+    """The image's description; InvalidInput when it does not exist or is not available."""
     try:
         images = ec2.describe_images(ImageIds=[ami_id]).get("Images", [])
     except ClientError as exc:
@@ -83,6 +84,7 @@ def check_image(ec2: Any, ami_id: str) -> None:
     state = images[0].get("State", "available")
     if state != "available":
         raise InvalidInput(f"the AMI {ami_id} is {state}, not available")
+    return dict(images[0])
 
 
 def check_instance_types(ec2: Any, types: Sequence[str]) -> None:
@@ -159,7 +161,17 @@ def check_spot_plan(
 
 
 def spot_plan(request: CreateRequest, settings: Settings) -> Optional[spot.SpotPlan]:
-    """The Spot Fleet plan of a fleet request (None for on-demand); raises InvalidInput."""
+    """The launch plan of a fleet request (None for plain on-demand); raises InvalidInput."""
+    if request.kind == contract.FLEET_KIND_EC2_FLEET:
+        if request.market == "spot":
+            return spot.plan_from_instance_types(request.spot_instance_types)
+        # On-demand through EC2 Fleet: `prioritized` follows the order the types were given.
+        return spot.SpotPlan(
+            overrides=[
+                {"InstanceType": t, "Priority": float(i)}
+                for i, t in enumerate(request.on_demand_instance_types)
+            ]
+        )
     if request.kind != contract.FLEET_KIND_SPOT_FLEET:
         return None
     if request.spot_fleet_config_data is not None:
@@ -196,7 +208,7 @@ def cost_preview(
     book = cost.PriceBook(
         region=clients.region, ec2=clients.ec2, pricing=clients.pricing, cache_dir=cache_dir
     )
-    if request.kind == contract.FLEET_KIND_ON_DEMAND:
+    if request.market == "on-demand":
         pools = [cost.Pool(t) for t in request.on_demand_instance_types]
         market, size = "on-demand", int(request.count or 0)
     else:

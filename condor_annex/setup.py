@@ -1,7 +1,7 @@
 """`-setup`, `-check-setup`, `-destroy-setup`: the setup stack and the user config that names it.
 
-`run_setup` deploys the CDK app (`app.py`) with the pinned CDK CLI from the project's
-`node_modules`, bootstrapping the account/region first when the CDK bootstrap stack is missing,
+`run_setup` deploys the CDK app (`app.py`, carried inside the package) with the pinned CDK CLI
+(the project's `node_modules`, else `npx aws-cdk@<pin>`), bootstrapping the account/region first when the CDK bootstrap stack is missing,
 and writes every stack output into the user's HTCondor config as its `ANNEX_DEFAULT_*` macro.
 `check_setup` compares AWS with that config and reports each problem with the command that
 fixes it. `destroy_setup` refuses while any annex is alive, then empties the config bucket
@@ -12,9 +12,11 @@ Verbs never print: progress goes through a callback, results are dataclasses.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -80,13 +82,24 @@ _EVENT_LINE = re.compile(
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
-def default_project_dir() -> Path:
-    """Where `app.py`, `cdk.json` and the pinned CDK CLI live: the source tree or installed app.
+SETUP_APP_DIR = Path(__file__).resolve().parent / "setup_app"
+"""Where the wheel carries the setup app (copied there by the build hook in setup.py)."""
+SETUP_EXTRA_MODULES = ("aws_cdk", "constructs", "cdk_nag")
+SETUP_EXTRA_INSTALL = 'pip install "condor-annex[setup]"'
 
-    `CONDOR_ANNEX_PROJECT_DIR` names it when the package is installed apart from the app.
+
+def default_project_dir() -> Path:
+    """Where `app.py`, `cdk.json` and the CDK CLI pin live.
+
+    `CONDOR_ANNEX_PROJECT_DIR` when set; else the source checkout this package runs from (a
+    development install); else the copy inside the installed package.
     """
-    here = Path(__file__).resolve().parent.parent
-    return Path(os.environ.get(PROJECT_DIR_VARIABLE, here))
+    if os.environ.get(PROJECT_DIR_VARIABLE):
+        return Path(os.environ[PROJECT_DIR_VARIABLE])
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "app.py").is_file() and (checkout / "cdk.json").is_file():
+        return checkout
+    return SETUP_APP_DIR
 
 
 def _project(project_dir: Optional[Path]) -> Path:
@@ -94,7 +107,15 @@ def _project(project_dir: Optional[Path]) -> Path:
     if not (project / "app.py").is_file() or not (project / "cdk.json").is_file():
         raise SetupIncomplete(
             f"the setup app (app.py, cdk.json) is not in {project}",
-            next_step=f"run from a condor_annex checkout or set {PROJECT_DIR_VARIABLE}",
+            next_step=f"reinstall condor-annex ({SETUP_EXTRA_INSTALL}) or set "
+            f"{PROJECT_DIR_VARIABLE} to a condor_annex checkout",
+        )
+    missing = [m for m in SETUP_EXTRA_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SetupIncomplete(
+            f"-setup needs the AWS CDK libraries, and {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not installed for {sys.executable}",
+            next_step=f"run `{SETUP_EXTRA_INSTALL}`",
         )
     return project
 
@@ -128,12 +149,36 @@ class CheckResult:
 # --- Running the CDK CLI ------------------------------------------------------------------------
 
 
+def pinned_cdk_version(project_dir: Path) -> str:
+    """The CDK CLI version `package.json` pins (the version the stacks are tested with)."""
+    try:
+        package = json.loads((project_dir / "package.json").read_text(encoding="utf-8"))
+        return str(package["devDependencies"]["aws-cdk"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SetupIncomplete(
+            f"cannot read the pinned CDK CLI version from {project_dir / 'package.json'} ({exc})",
+            next_step=f"reinstall condor-annex ({SETUP_EXTRA_INSTALL})",
+        ) from None
+
+
 def cdk_command(project_dir: Path) -> list[str]:
-    """The pinned CDK CLI: `node_modules/.bin/cdk` of the project (what `npx cdk` runs)."""
+    """The pinned CDK CLI: the project's `node_modules/.bin/cdk` when `npm ci` installed it,
+    else `npx` running exactly the pinned version (fetched once into npm's cache)."""
+    if shutil.which("node") is None:
+        raise SetupIncomplete(
+            "-setup runs the AWS CDK CLI, which needs Node.js, and `node` is not on PATH",
+            next_step="install Node.js 20 or newer (https://nodejs.org/) and re-run",
+        )
     local = project_dir / "node_modules" / ".bin" / "cdk"
     if local.exists():
         return [str(local)]
-    return ["npx", "--no-install", "cdk"]
+    npx = shutil.which("npx")
+    if npx is None:
+        raise SetupIncomplete(
+            "-setup runs the AWS CDK CLI through `npx`, which is not on PATH",
+            next_step="install Node.js 20 or newer with npm (https://nodejs.org/) and re-run",
+        )
+    return [npx, "--yes", f"aws-cdk@{pinned_cdk_version(project_dir)}"]
 
 
 def _progress_line(line: str) -> Optional[str]:
@@ -173,8 +218,8 @@ def _run_cdk(
         )
     except FileNotFoundError:
         raise SetupIncomplete(
-            f"cannot {action}: the CDK CLI is not installed in {project_dir}",
-            next_step=f"run `npm ci` in {project_dir}",
+            f"cannot {action}: the CDK CLI ({command[0]}) could not be started",
+            next_step="install Node.js 20 or newer (https://nodejs.org/) and re-run",
         ) from None
     assert process.stdout is not None
     for raw in process.stdout:

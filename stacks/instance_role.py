@@ -50,7 +50,11 @@ class InstanceRole(Construct):
             statements=[
                 iam.PolicyStatement(
                     sid="DescribeOwnInstanceAndFleet",
-                    actions=["ec2:DescribeInstances", "ec2:DescribeSpotFleetRequests"],
+                    actions=[
+                        "ec2:DescribeInstances",
+                        "ec2:DescribeSpotFleetRequests",
+                        "ec2:DescribeFleets",
+                    ],
                     resources=["*"],
                 ),
                 iam.PolicyStatement(
@@ -91,8 +95,9 @@ class InstanceRole(Construct):
         acknowledge_wildcard_resources(
             self.role,
             ["*"],
-            "ec2:DescribeInstances and ec2:DescribeSpotFleetRequests support no resource-level "
-            "permissions; the agent needs them to find its own client token and fleet.",
+            "ec2:DescribeInstances, ec2:DescribeSpotFleetRequests and ec2:DescribeFleets support "
+            "no resource-level permissions; the agent needs them to find its own client token and "
+            "its fleet's.",
         )
         acknowledge_wildcard_resources(
             self.role,

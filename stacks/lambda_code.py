@@ -16,9 +16,13 @@ import jsii
 from aws_cdk import AssetHashType, BundlingOptions, DockerImage, ILocalBundling
 from aws_cdk import aws_lambda as lambda_
 
+import condor_annex
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
+"""The setup app's root: the repository, or `condor_annex/setup_app` inside an installed wheel."""
 LAMBDA_SOURCE_ROOT = REPO_ROOT / "lambda"
-PACKAGE_ROOT = REPO_ROOT / "condor_annex"
+PACKAGE_ROOT = Path(condor_annex.__file__).resolve().parent
+"""The installed `condor_annex` package the functions' shared modules are copied from."""
 SHARED_MODULES = ("__init__.py", "contract.py", "aws.py", "annex.py")
 """What the functions import from `condor_annex` (boto3 + stdlib only)."""
 

@@ -45,6 +45,7 @@ def enforcement_statements(bucket: s3.IBucket) -> list[iam.PolicyStatement]:
             actions=[
                 "ec2:DescribeInstances",
                 "ec2:DescribeSpotFleetRequests",
+                "ec2:DescribeFleets",
                 "ec2:DescribeLaunchTemplates",
             ],
             resources=["*"],
@@ -59,6 +60,12 @@ def enforcement_statements(bucket: s3.IBucket) -> list[iam.PolicyStatement]:
             sid="CancelAnnexFleets",
             actions=["ec2:CancelSpotFleetRequests"],
             resources=[ec2_arn("spot-fleet-request/*")],
+            conditions=annex_tagged,
+        ),
+        iam.PolicyStatement(
+            sid="DeleteAnnexEc2Fleets",
+            actions=["ec2:DeleteFleets"],
+            resources=[ec2_arn("fleet/*")],
             conditions=annex_tagged,
         ),
         # A Spot Fleet annex's own launch template (`contract.launch_template_name`).
@@ -81,6 +88,7 @@ def enforcement_wildcards(bucket: s3.IBucket) -> tuple[list[str], list[str]]:
     tagged = [
         ec2_arn("instance/*"),
         ec2_arn("spot-fleet-request/*"),
+        ec2_arn("fleet/*"),
         ec2_arn("launch-template/*"),
     ]
     named = [

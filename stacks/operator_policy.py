@@ -35,6 +35,10 @@ EXISTING_LAUNCH_RESOURCES = [
 ]
 LAUNCH_TEMPLATES = ec2_arn("launch-template/*")
 """Annex launch templates get generated ids; every grant on them is conditioned on the annex tag."""
+DEFAULT_IMAGE_PARAMETERS = (
+    f"arn:{Aws.PARTITION}:ssm:{Aws.REGION}::parameter/aws/service/ami-amazon-linux-latest/*"
+)
+"""The public SSM parameters naming the region's default images (condor_annex.images)."""
 
 
 class OperatorPolicy(Construct):
@@ -115,6 +119,32 @@ class OperatorPolicy(Construct):
                 resources=[ec2_arn("spot-fleet-request/*")],
                 conditions=request_tagged,
             ),
+            # EC2 Fleet (create.py `build_ec2_fleet_request`): the fleet is created tagged; CreateFleet
+            # is also authorized against every resource the launch uses (Service Authorization
+            # Reference, "ec2:CreateFleet": fleet, instance, volume, launch-template, image,
+            # subnet, security-group, network-interface, key-pair), and an instant fleet launches
+            # with the caller's own RunInstances permissions (granted above).
+            iam.PolicyStatement(
+                sid="CreateAnnexEc2FleetsTagged",
+                actions=["ec2:CreateFleet"],
+                resources=[ec2_arn("fleet/*")],
+                conditions=request_tagged,
+            ),
+            iam.PolicyStatement(
+                sid="CreateEc2FleetsFromAnnexLaunchTemplates",
+                actions=["ec2:CreateFleet"],
+                resources=[LAUNCH_TEMPLATES],
+                conditions=resource_tagged,
+            ),
+            iam.PolicyStatement(
+                sid="CreateEc2FleetsWithExistingResources",
+                actions=["ec2:CreateFleet"],
+                resources=[
+                    ec2_arn("instance/*"),
+                    ec2_arn("volume/*"),
+                    *EXISTING_LAUNCH_RESOURCES,
+                ],
+            ),
             # RequestSpotFleet also authorizes the launch template, subnets, images, security
             # groups and key pairs the request names (optional resource types in the Service
             # Authorization Reference): the annex's own template, the user's chosen resources.
@@ -136,9 +166,12 @@ class OperatorPolicy(Construct):
                     ec2_arn("instance/*"),
                     ec2_arn("volume/*"),
                     ec2_arn("spot-fleet-request/*"),
+                    ec2_arn("fleet/*"),
                 ],
                 conditions={
-                    "StringEquals": {"ec2:CreateAction": ["RunInstances", "RequestSpotFleet"]}
+                    "StringEquals": {
+                        "ec2:CreateAction": ["RunInstances", "RequestSpotFleet", "CreateFleet"]
+                    }
                 },
             ),
             iam.PolicyStatement(
@@ -154,6 +187,12 @@ class OperatorPolicy(Construct):
                 conditions=resource_tagged,
             ),
             iam.PolicyStatement(
+                sid="EndAnnexEc2Fleets",
+                actions=["ec2:DeleteFleets"],
+                resources=[ec2_arn("fleet/*")],
+                conditions=resource_tagged,
+            ),
+            iam.PolicyStatement(
                 sid="DescribeForStatusAndLaunch",
                 actions=[
                     "ec2:DescribeInstances",
@@ -165,6 +204,8 @@ class OperatorPolicy(Construct):
                     "ec2:DescribeInstanceTypes",
                     "ec2:DescribeSpotPriceHistory",
                     "ec2:DescribeLaunchTemplates",
+                    "ec2:DescribeFleets",
+                    "ec2:DescribeFleetInstances",
                 ],
                 resources=["*"],
             ),
@@ -173,6 +214,13 @@ class OperatorPolicy(Construct):
                 sid="ReadPrices",
                 actions=["pricing:GetProducts"],
                 resources=["*"],
+            ),
+            iam.PolicyStatement(
+                # The default image: Amazon's public parameter naming the region's current AL2023
+                # (public parameters have no account in their ARN).
+                sid="ReadDefaultImageParameter",
+                actions=["ssm:GetParameter"],
+                resources=[DEFAULT_IMAGE_PARAMETERS],
             ),
             iam.PolicyStatement(
                 sid="PassAnnexRolesToEc2",
@@ -215,6 +263,13 @@ class OperatorPolicy(Construct):
                 actions=["lambda:InvokeFunction", "lambda:GetFunction"],
                 resources=[f.function_arn for f in functions],
             ),
+            # -check-setup confirms the instance profile exists (iam:GetInstanceProfile acts on
+            # the `instance-profile` resource, Service Authorization Reference).
+            iam.PolicyStatement(
+                sid="ReadSetupInstanceProfile",
+                actions=["iam:GetInstanceProfile"],
+                resources=[instance_profile_arn],
+            ),
             iam.PolicyStatement(
                 sid="ReadSetupStack",
                 actions=["cloudformation:DescribeStacks"],
@@ -235,10 +290,16 @@ class OperatorPolicy(Construct):
         )
         acknowledge_wildcard_resources(
             self.policy,
-            [ec2_arn("instance/*"), ec2_arn("volume/*"), ec2_arn("spot-fleet-request/*")],
+            [
+                ec2_arn("instance/*"),
+                ec2_arn("volume/*"),
+                ec2_arn("spot-fleet-request/*"),
+                ec2_arn("fleet/*"),
+            ],
             "Instances, volumes and fleets get generated ids: launching requires the "
             "htcondor:AnnexName request tag (and the setup's instance profile), tagging is "
-            "limited to launch time, terminating and cancelling to annex-tagged resources.",
+            "limited to launch time, terminating, cancelling and deleting to annex-tagged "
+            "resources.",
         )
         acknowledge_wildcard_resources(
             self.policy,
@@ -246,6 +307,12 @@ class OperatorPolicy(Construct):
             "Annexes launch from an image, subnet, security group or key pair the user "
             "chooses per annex; limited to this account and region (images may be owned by "
             "others).",
+        )
+        acknowledge_wildcard_resources(
+            self.policy,
+            [DEFAULT_IMAGE_PARAMETERS],
+            "Amazon's public parameters naming the current Amazon Linux images (read-only; "
+            "one per architecture and kernel).",
         )
         acknowledge_wildcard_resources(
             self.policy,

@@ -439,6 +439,60 @@ def request_spot_fleet(req: AwsRequest, world: World, caller: Caller) -> list[Ch
     return checks
 
 
+def create_fleet(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    """CreateFleet ("ec2:CreateFleet" in the Service Authorization Reference): the fleet with its
+    request tags, tagging it at creation, and what the request names (launch templates,
+    subnets). An `instant` fleet launches with the caller's own permissions ("EC2 Fleet
+    prerequisites": the caller needs ec2:RunInstances and iam:PassRole for the instance role)."""
+    action = "ec2:CreateFleet"
+    fleet_tags = _tag_specs(req.param("TagSpecification")).get("fleet", {})
+    checks = [Check(action, _ec2(world, req, "fleet/*"), request_tag_context(fleet_tags))]
+    if fleet_tags:
+        checks.append(
+            Check(
+                "ec2:CreateTags",
+                _ec2(world, req, "fleet/*"),
+                {**request_tag_context(fleet_tags), "ec2:CreateAction": "CreateFleet"},
+            )
+        )
+    launches: list[dict[str, Any]] = []
+    for template_config in members(req.param("LaunchTemplateConfigs")):
+        spec = template_config.get("LaunchTemplateSpecification") or {}
+        template = _launch_template(world, req, spec)
+        if template is not None:
+            checks.append(
+                Check(
+                    action,
+                    _ec2(world, req, f"launch-template/{template.id}"),
+                    resource_tag_context(world.ec2_tags(req.region, template.id)),
+                )
+            )
+        for override in members(template_config.get("Overrides")) or [{}]:
+            launch: dict[str, Any] = {"LaunchTemplate": spec}
+            if override.get("SubnetId"):
+                launch["SubnetId"] = override["SubnetId"]
+                checks += _subnet_checks(world, req, action, [override["SubnetId"]], None)
+            if override.get("InstanceType"):
+                launch["InstanceType"] = override["InstanceType"]
+            launches.append(launch)
+    if str(req.param("Type") or "maintain") == "instant":
+        for launch in launches[:1]:
+            checks += launch_checks(world, req, launch, create_action="RunInstances")
+    return checks
+
+
+def delete_fleets(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    # EC2 Fleets keep their tags in the EC2 tag store (TagSpecifications of type `fleet`).
+    return [
+        Check(
+            "ec2:DeleteFleets",
+            _ec2(world, req, f"fleet/{fleet_id}"),
+            resource_tag_context(world.ec2_tags(req.region, fleet_id)),
+        )
+        for fleet_id in members(req.param("FleetId"))
+    ]
+
+
 # --- S3 -------------------------------------------------------------------------------------------
 
 
@@ -624,6 +678,8 @@ MAPPINGS: dict[str, Mapping] = {
     "ec2:TerminateInstances": Mapping(terminate_instances),
     "ec2:RequestSpotFleet": Mapping(request_spot_fleet),
     "ec2:CancelSpotFleetRequests": Mapping(cancel_spot_fleet_requests),
+    "ec2:CreateFleet": Mapping(create_fleet),
+    "ec2:DeleteFleets": Mapping(delete_fleets),
     "s3:GetObject": Mapping(_s3_object("s3:GetObject")),
     "s3:HeadObject": Mapping(_s3_object("s3:GetObject")),
     "s3:PutObject": Mapping(_s3_object("s3:PutObject")),

@@ -19,6 +19,12 @@ from annex_sandbox.patches.cloudformation import (
     cloudformation_ssm_parameter_generated_name,
     cloudformation_stack_outputs_from_change_sets,
 )
+from annex_sandbox.patches.ec2_fleet import (
+    delete_fleets_ends_every_instance,
+    ec2_fleet_idempotent_on_client_token,
+    ec2_fleet_launches_from_templates_across_pools,
+    maintain_fleets_replace_lost_instances,
+)
 from annex_sandbox.patches.ec2_instances import (
     describe_instances_filters,
     run_instances_idempotent_on_client_token,
@@ -52,6 +58,10 @@ PATCHES: tuple[Callable[[], None], ...] = (
     spot_fleet_launches_from_launch_templates,
     describe_spot_fleet_requests_returns_the_config_as_given,
     cancelled_spot_fleets_stay_visible,
+    ec2_fleet_launches_from_templates_across_pools,
+    ec2_fleet_idempotent_on_client_token,
+    delete_fleets_ends_every_instance,
+    maintain_fleets_replace_lost_instances,
     cloudformation_stack_outputs_from_change_sets,
     cloudformation_deletes_managed_policies,
     scheduler_update_replaces_every_field,

@@ -93,12 +93,30 @@ def describe_self(ec2: Any, instance_id: str) -> dict[str, Any]:
     raise StepFailed(Exit.NOT_AN_ANNEX_INSTANCE, f"DescribeInstances does not know {instance_id}")
 
 
+FLEET_TAGS: tuple[tuple[str, str], ...] = (
+    (contract.SPOT_FLEET_REQUEST_ID_TAG, contract.FLEET_KIND_SPOT_FLEET),
+    (contract.EC2_FLEET_ID_TAG, contract.FLEET_KIND_EC2_FLEET),
+)
+"""The tag each fleet service adds to the instances it launches, and the annex kind it means."""
+
+
+def _fleet_tag(tags: Optional[Iterable[dict[str, Any]]]) -> Optional[tuple[str, str]]:
+    """(kind, fleet id) from whichever fleet tag the instance carries."""
+    for key, kind in FLEET_TAGS:
+        value = _tag(tags, key)
+        if value:
+            return kind, value
+    return None
+
+
 @dataclass
 class FleetTagWaiter:
-    """Wait for Spot Fleet's `aws:ec2spot:fleet-request-id` tag on this instance.
+    """Wait for the fleet tag on this instance: Spot Fleet's `aws:ec2spot:fleet-request-id` or
+    EC2 Fleet's `aws:ec2:fleet-id`.
 
-    Spot Fleet adds the tag some time after launch. Instance metadata tags (when the launch
-    enabled them) cost no AWS call; otherwise DescribeInstances is polled. Bounded by `timeout`.
+    The fleet adds its tag some time after launch. Instance metadata tags (when the launch
+    enabled them) cost no AWS call; otherwise DescribeInstances is polled (one call sees both
+    tags). Bounded by `timeout`.
     """
 
     ec2: Any
@@ -110,15 +128,20 @@ class FleetTagWaiter:
     polls: int = 0
     source: str = ""
 
-    def _poll(self, use_imds: bool) -> Optional[str]:
+    def _poll(self, use_imds: bool) -> Optional[tuple[str, str]]:
         self.polls += 1
         if use_imds:
-            return self.imds.instance_tag(contract.SPOT_FLEET_REQUEST_ID_TAG)
+            for key, kind in FLEET_TAGS:
+                value = self.imds.instance_tag(key)
+                if value:
+                    return kind, value
+            return None
         instance = describe_self(self.ec2, self.instance_id)
-        return _tag(instance.get("Tags"), contract.SPOT_FLEET_REQUEST_ID_TAG)
+        return _fleet_tag(instance.get("Tags"))
 
-    def wait(self, initial_tags: Optional[list[dict[str, Any]]]) -> str:
-        fleet = _tag(initial_tags, contract.SPOT_FLEET_REQUEST_ID_TAG)
+    def wait(self, initial_tags: Optional[list[dict[str, Any]]]) -> tuple[str, str]:
+        """(annex kind, fleet id) once a fleet tag is there."""
+        fleet = _fleet_tag(initial_tags)
         if fleet:
             self.source = "describe-instances"
             return fleet
@@ -138,12 +161,24 @@ class FleetTagWaiter:
                 return fleet
         raise StepFailed(
             Exit.FLEET_TAG_TIMEOUT,
-            f"no {contract.SPOT_FLEET_REQUEST_ID_TAG} tag within {self.timeout:g}s",
+            f"no {' or '.join(k for k, _ in FLEET_TAGS)} tag within {self.timeout:g}s",
             polls=self.polls,
         )
 
 
-def fleet_client_token(ec2: Any, fleet_id: str) -> Optional[str]:
+def fleet_client_token(
+    ec2: Any, fleet_id: str, kind: str = contract.FLEET_KIND_SPOT_FLEET
+) -> Optional[str]:
+    """The client token the fleet was requested with (one Describe call)."""
+    if kind == contract.FLEET_KIND_EC2_FLEET:
+        try:
+            answer = ec2.describe_fleets(FleetIds=[fleet_id])
+        except AWS_ERRORS as error:
+            raise aws_failure(error, "DescribeFleets") from error
+        for fleet in answer.get("Fleets", []):
+            if fleet.get("ClientToken"):
+                return str(fleet["ClientToken"])
+        return None
     try:
         response = ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])
     except AWS_ERRORS as error:
@@ -180,7 +215,6 @@ def annex_name(
         return AnnexIdentity(name, contract.FLEET_KIND_ON_DEMAND)
     if not token:
         raise StepFailed(Exit.NOT_AN_ANNEX_INSTANCE, "instance has no client token")
-    record.note(kind=contract.FLEET_KIND_SPOT_FLEET)
     waiter = FleetTagWaiter(
         ec2,
         imds,
@@ -190,17 +224,15 @@ def annex_name(
         clock=clock or Clock(),
     )
     try:
-        fleet_id = waiter.wait(instance.get("Tags"))
+        kind, fleet_id = waiter.wait(instance.get("Tags"))
     finally:
         record.note(tag_source=waiter.source, tag_polls=waiter.polls)
-    record.note(fleet=fleet_id)
-    fleet_token = fleet_client_token(ec2, fleet_id)
+    record.note(kind=kind, fleet=fleet_id)
+    fleet_token = fleet_client_token(ec2, fleet_id, kind)
     name = contract.annex_name_from_client_token(fleet_token or "")
     if name is None:
-        raise StepFailed(
-            Exit.NOT_AN_ANNEX_INSTANCE, f"spot fleet {fleet_id} has no annex client token"
-        )
-    return AnnexIdentity(name, contract.FLEET_KIND_SPOT_FLEET, fleet_id)
+        raise StepFailed(Exit.NOT_AN_ANNEX_INSTANCE, f"{kind} {fleet_id} has no annex client token")
+    return AnnexIdentity(name, kind, fleet_id)
 
 
 # --- Bucket ---------------------------------------------------------------------------------------

@@ -220,6 +220,11 @@ def report(results: list[Requirement]) -> str:
     lines = [
         f"{r.level:<6} {'ok' if r.met else 'MISSING':<7} {r.name:<26} {r.detail}" for r in results
     ]
-    verdict = "annex-compatible" if all_musts_met(results) else "NOT annex-compatible"
+    verdict = (
+        "annex-compatible (annex-ready: condor_annex adds nothing at boot)"
+        if all_musts_met(results)
+        else "NOT annex-compatible (condor_annex makes only a stock Amazon Linux 2023 image "
+        "ready at first boot, through user data)"
+    )
     lines.append(f"image: {verdict}")
     return "\n".join(lines)

@@ -137,6 +137,9 @@ def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
         instance_type=instance_types[0] if instance_types else CreateRequest.instance_type,
         fallback_instance_types=tuple(instance_types[1:]),
         max_price_per_hour=max_price,
+        aws_fleet=settings.aws_fleet if args.aws_fleet is None else bool(args.aws_fleet),
+        ec2_fleet_type=args.ec2_fleet_type,
+        on_demand_allocation_strategy=args.on_demand_allocation_strategy,
         ami_id=args.ami_id or defaults.ami_id,
         spot_instance_types=spot.parse_instance_types(args.spot_instance_types),
         spot_fleet_config_file=spot_fleet_config_file,
@@ -178,11 +181,14 @@ def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
         ctx.stderr.write(render.render_preview(preview) + "\n")
         ctx.stderr.flush()
     if not args.yes:
-        size = (
-            f"{request.count} on-demand {request.instance_type} instance(s)"
-            if request.count is not None
-            else f"a Spot Fleet of {request.slots} slot(s)"
-        )
+        if request.kind == contract.FLEET_KIND_EC2_FLEET:
+            size = f"an EC2 Fleet ({request.fleet_type}) of {request.size} {request.market} " + (
+                "instance(s)" if request.market == "on-demand" else "slot(s)"
+            )
+        elif request.count is not None:
+            size = f"{request.count} on-demand {request.instance_type} instance(s)"
+        else:
+            size = f"a Spot Fleet of {request.slots} slot(s)"
         question = (
             f"Start {size} as annex {request.annex_name} in {target.describe()} for "
             f"{duration / 3600:.2f} h (idle shutdown after {idle / 60:.0f} min)?"
@@ -257,7 +263,7 @@ def _condor_status(args: argparse.Namespace, ctx: CliContext) -> int:
         )
     attribute = contract.ANNEX_NAME_ATTRIBUTE
     constraint = (
-        f'{attribute} == "{args.annex_name}"' if args.annex_name else f"{attribute} =!= undefined"
+        f'{attribute} =?= "{args.annex_name}"' if args.annex_name else f"{attribute} =!= undefined"
     )
     argv = ["-pool", collector, "-constraint", constraint, *args.passthrough]
     code, out, err = (ctx.run_condor_status or _run_condor_status)(argv)
@@ -421,7 +427,39 @@ def _setup_verb(mode: str) -> Command:
     return lambda args, ctx: run_setup_verbs(mode, args, ctx)
 
 
+def run_check_image(args: argparse.Namespace, ctx: CliContext) -> int:
+    """`-check-image AMI`: which kind of image AMI is, in the region in use (no setup needed)."""
+    from condor_annex import images
+    from condor_annex.annex_settings import AnnexClients
+
+    settings = settings_of(args)
+    region = args.region or settings.region or None
+    clients = (
+        ctx.clients(region, args.profile)
+        if ctx.clients is not None
+        else AnnexClients.from_session(region=region, profile=args.profile)
+    )
+    ami = str(args.check_image)
+    if ami == "default":
+        ami = images.default_image(clients.ssm, "x86_64")
+    image = images.describe_image(clients.ec2, ami)
+    if image is None:
+        raise InvalidInput(
+            f"the AMI {ami} does not exist (or is not visible) in this region",
+            next_step="check the AMI ID and -aws-region",
+        )
+    kind = images.kind_of(image)
+    if args.json:
+        ctx.stdout.write(
+            render.to_json({"image_id": ami, "name": image.get("Name"), "kind": kind.value}) + "\n"
+        )
+    else:
+        ctx.stdout.write(f"{ami} ({image.get('Name', 'no name')}): {kind.explanation}\n")
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Command] = {
+    "check-image": run_check_image,
     "create": run_create,
     "extend": run_extend,
     cli_parser.VERB_STATUS: run_status,

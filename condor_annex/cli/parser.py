@@ -79,7 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="deploy the setup: [ACCESS_KEY_FILE [SECRET_KEY_FILE]]",
     )
     setup.add_argument(*_twin("check-setup"), action="store_true", help="check the setup")
-    setup.set_defaults(check_image=None)
+    setup.add_argument(
+        *_twin("check-image"),
+        dest="check_image",
+        metavar="AMI",
+        help="say whether AMI is annex-ready or made ready at first boot ('default': the "
+        "region's default image)",
+    )
     setup.add_argument(
         *_twin("destroy-setup"), action="store_true", help="remove the setup (no annex may run)"
     )
@@ -100,6 +106,37 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="instance type (repeatable or comma-separated: the next is tried when one has no "
         "capacity)",
+    )
+    fleet = annex.add_mutually_exclusive_group()
+    fleet.add_argument(
+        *_twin("aws-fleet"),
+        dest="aws_fleet",
+        action="store_const",
+        const=True,
+        default=None,
+        help="launch through EC2 Fleet (Spot with -slots, on-demand with -count) "
+        "(default: ANNEX_DEFAULT_AWS_FLEET)",
+    )
+    fleet.add_argument(
+        *_twin("no-aws-fleet"),
+        dest="aws_fleet",
+        action="store_const",
+        const=False,
+        help="launch with RunInstances / Spot Fleet even if ANNEX_DEFAULT_AWS_FLEET is set",
+    )
+    annex.add_argument(
+        *_twin("aws-fleet-type"),
+        dest="ec2_fleet_type",
+        choices=("instant", "maintain"),
+        help="EC2 Fleet type: instant (one-shot) or maintain (refilled after interruptions); "
+        "default maintain for Spot, instant for on-demand",
+    )
+    annex.add_argument(
+        *_twin("aws-on-demand-allocation-strategy"),
+        dest="on_demand_allocation_strategy",
+        choices=("lowest-price", "prioritized"),
+        default="lowest-price",
+        help="EC2 Fleet on-demand: cheapest pool first, or the instance types in the order given",
     )
     annex.add_argument(
         *_twin("max-price-per-hour"),

@@ -135,15 +135,21 @@ def render_preview(preview: CostPreview) -> str:
         lines.append("PRICE UNKNOWN: " + "; ".join(preview.unknown))
     if preview.max_price_per_hour is not None:
         lines.append(f"Cap: {_usd(preview.max_price_per_hour)} per hour")
-    return "\n".join(lines)
+    # Indented like progress lines: on stderr only an error line starts in column one.
+    return "\n".join("  " + line for line in "\n".join(lines).splitlines())
 
 
 def render_create(result: CreateResult) -> str:
-    what = (
-        f"{len(result.instance_ids)} on-demand instance(s): {', '.join(result.instance_ids)}"
-        if result.kind == contract.FLEET_KIND_ON_DEMAND
-        else f"Spot Fleet request {result.fleet_id}"
-    )
+    if result.kind == contract.FLEET_KIND_ON_DEMAND:
+        what = f"{len(result.instance_ids)} on-demand instance(s): {', '.join(result.instance_ids)}"
+    elif result.kind == contract.FLEET_KIND_EC2_FLEET:
+        what = f"EC2 Fleet {result.fleet_id}" + (
+            f" with {len(result.instance_ids)} instance(s): {', '.join(result.instance_ids)}"
+            if result.instance_ids
+            else ""
+        )
+    else:
+        what = f"Spot Fleet request {result.fleet_id}"
     lines = [
         f"Annex {result.annex_name} started: {what}.",
         f"Lease ends {utc_iso(result.expires_at)}; "

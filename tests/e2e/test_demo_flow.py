@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from annex_sandbox.demo import ON_DEMAND_ANNEX, SPOT_ANNEX, Demo
+from annex_sandbox.demo import FLEET_ANNEX, ON_DEMAND_ANNEX, SPOT_ANNEX, Demo
 from condor_annex import contract
 
 
@@ -39,9 +39,22 @@ def test_each_annex_gets_its_instances_and_its_own_tarball(demo_run) -> None:
     _, outcomes, _, _ = demo_run
     assert len(outcomes.annex_instances[ON_DEMAND_ANNEX]) == 2
     assert len(outcomes.annex_instances[SPOT_ANNEX]) == 2
+    assert len(outcomes.annex_instances[FLEET_ANNEX]) == 2
     assert outcomes.tarballs == sorted(
-        [contract.config_key(ON_DEMAND_ANNEX), contract.config_key(SPOT_ANNEX)]
+        contract.config_key(a) for a in (ON_DEMAND_ANNEX, SPOT_ANNEX, FLEET_ANNEX)
     )
+
+
+def test_every_create_shows_its_cost_preview_and_the_fleet_annex_uses_ec2_fleet(demo_run) -> None:
+    _, outcomes, _, _ = demo_run
+    assert set(outcomes.previews) == {ON_DEMAND_ANNEX, SPOT_ANNEX, FLEET_ANNEX}
+    assert any("per hour" in line for line in outcomes.previews[ON_DEMAND_ANNEX])
+    assert any(line.startswith("Cap: $1.0000") for line in outcomes.previews[FLEET_ANNEX])
+    fleet = outcomes.ec2_fleet
+    assert fleet["Type"] == "maintain"
+    assert fleet["SpotOptions"]["AllocationStrategy"] == "price-capacity-optimized"
+    assert fleet["SpotOptions"]["MaxTotalPrice"] == "1"
+    assert contract.token_belongs_to(fleet["ClientToken"], FLEET_ANNEX)
 
 
 def test_every_instance_boots_with_the_real_agent_into_its_config(demo_run) -> None:
@@ -80,6 +93,7 @@ def test_off_and_destroy_leave_nothing_behind(demo_run) -> None:
     _, outcomes, _, _ = demo_run
     assert outcomes.after_off["running"] == []
     assert outcomes.after_off["keys"] == []
+    assert outcomes.after_off["ec2_fleets"] == []
     assert outcomes.destroyed
 
 

@@ -30,6 +30,7 @@ from condor_annex import contract
 from condor_annex.annex_settings import AnnexClients, Settings
 from condor_annex.create import CreateHooks
 from condor_annex.create_request import CreateRequest
+from condor_annex.images import READY_IMAGE_TAG
 from condor_annex.user_config import write_annex_macros
 from tests.fixtures.cdk import deploy_setup
 
@@ -149,6 +150,15 @@ class AnnexEnv:
         return [
             f for f in fleets if f["SpotFleetRequestState"] in ("submitted", "active", "modifying")
         ]
+
+    def live_ec2_fleets(self) -> list[str]:
+        """EC2 Fleets that still own (or may launch) instances."""
+        fleets = self.clients.ec2.describe_fleets()["Fleets"]
+        return sorted(
+            f["FleetId"]
+            for f in fleets
+            if f["FleetState"] in ("submitted", "active", "modifying", "deleted_running")
+        )
 
     def objects(self) -> list[str]:
         listing = self.clients.s3.list_objects_v2(Bucket=self.settings.config_bucket)
@@ -274,6 +284,11 @@ def _environment(local: LocalAws, tmp_path: Path, synth: Any) -> Iterator[AnnexE
         if not _AMI:  # the default AMIs are the same after every reset
             images = clients.ec2.describe_images(Owners=["amazon"])["Images"]
             _AMI.append(sorted(i["ImageId"] for i in images)[0])
+        # The tests' image stands for an annex-ready one (built with image/install-al2023.sh),
+        # so launches carry exactly the user data the test gives (tags go with every reset).
+        clients.ec2.create_tags(
+            Resources=[_AMI[0]], Tags=[{"Key": READY_IMAGE_TAG, "Value": "tests"}]
+        )
         subnets = sorted(
             s["SubnetId"]
             for s in clients.ec2.describe_subnets()["Subnets"]

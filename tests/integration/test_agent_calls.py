@@ -82,3 +82,21 @@ def test_spot_fleet_with_metadata_tags_adds_only_the_fleet_lookup(
         "iam:GetRolePolicy",
         "s3:GetObject",
     ]
+
+
+@pytest.mark.parametrize("tags_in_metadata", [True, False])
+def test_ec2_fleet_instance_is_recognised_with_spot_fleets_call_budget(
+    world: AnnexWorld, monkeypatch: pytest.MonkeyPatch, tags_in_metadata: bool
+) -> None:
+    """The `aws:ec2:fleet-id` tag, then one DescribeFleets for the fleet's client token."""
+    world.aws.set_fleet_tag_delay(1.0)
+    world.setup()
+    world.upload("ec2fleet")
+    world.launch_ec2_fleet("ec2fleet", tags_in_metadata=tags_in_metadata)
+    code, calls = _run_counting(world, monkeypatch)
+    assert code == 0
+    polls = [c for c in calls if c == "ec2:DescribeInstances"]
+    assert calls[len(polls) :] == ["ec2:DescribeFleets", "iam:GetRolePolicy", "s3:GetObject"]
+    assert calls[: len(polls)] == polls
+    if tags_in_metadata:
+        assert polls == ["ec2:DescribeInstances"]  # the tag is read from instance metadata

@@ -232,6 +232,32 @@ class AnnexWorld:
         self.fleet_id = fleet
         return self.instance_id
 
+    def launch_ec2_fleet(self, annex: str, *, tags_in_metadata: bool, market: str = "spot") -> str:
+        """One instance from an EC2 Fleet (`instant`) requested with the annex's client token."""
+        template = self.ec2.create_launch_template(
+            LaunchTemplateName=f"condor-annex-{annex}",
+            LaunchTemplateData={
+                "ImageId": "ami-12345678",
+                "InstanceType": "m5.large",
+                "IamInstanceProfile": {"Arn": self.profile_arn},
+            },
+        )["LaunchTemplate"]["LaunchTemplateId"]
+        answer = self.ec2.create_fleet(
+            ClientToken=contract.new_client_token(annex),
+            Type="instant",
+            TargetCapacitySpecification={
+                "TotalTargetCapacity": 1,
+                "DefaultTargetCapacityType": market,
+            },
+            LaunchTemplateConfigs=[
+                {"LaunchTemplateSpecification": {"LaunchTemplateId": template, "Version": "1"}}
+            ],
+        )
+        self.instance_id = answer["Instances"][0]["InstanceIds"][0]
+        self._register(public_ip=None, tags_in_metadata=tags_in_metadata)
+        self.fleet_id = answer["FleetId"]
+        return self.instance_id
+
     def _register(self, *, public_ip: Optional[str], tags_in_metadata: bool) -> None:
         instance = instance_from_ec2(
             self.ec2,

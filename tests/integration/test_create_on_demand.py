@@ -167,7 +167,10 @@ def test_retried_create_of_the_same_annex_launches_nothing_new(made):
 def test_throttled_run_instances_is_retried_with_the_same_client_token(made):
     annex_env, _ = made
     ec2 = annex_env.clients.ec2
-    annex_env.local.throttle("ec2", "RunInstances", capacity=1, refill_per_second=1)
+    # One token, refilled after 20 s: the create's checks (AMI, types, prices, connectivity,
+    # tarball, lease) run well inside that, so its first RunInstances is throttled and the
+    # create's own back-off (60 s deadline) retries it with the same token.
+    annex_env.local.throttle("ec2", "RunInstances", capacity=1, refill_per_second=0.05)
     with pytest.raises(ec2.exceptions.ClientError):  # drains the bucket: DryRunOperation
         ec2.run_instances(ImageId=annex_env.ami_id, MinCount=1, MaxCount=1, DryRun=True)
     annex_env.local.clear_calls()

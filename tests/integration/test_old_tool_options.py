@@ -264,7 +264,7 @@ def test_status_passes_arguments_after_double_dash_to_condor_status(
             "-pool",
             env.collector.address,
             "-constraint",
-            f'{contract.ANNEX_NAME_ATTRIBUTE} == "ads"',
+            f'{contract.ANNEX_NAME_ATTRIBUTE} =?= "ads"',
             "-af",
             "Name",
             "-compact",

@@ -232,6 +232,118 @@ def test_request_spot_fleet_authorizes_its_launch_template(aws):
     assert f"launch-template/{template['LaunchTemplateId']}" in error["Message"]
 
 
+def _fleet_request(template_id: str, fleet_type: str) -> dict[str, Any]:
+    return {
+        "Type": fleet_type,
+        "TargetCapacitySpecification": {
+            "TotalTargetCapacity": 1,
+            "DefaultTargetCapacityType": "on-demand",
+        },
+        "LaunchTemplateConfigs": [
+            {
+                "LaunchTemplateSpecification": {"LaunchTemplateId": template_id, "Version": "1"},
+                "Overrides": [{"InstanceType": "m5.large"}],
+            }
+        ],
+        "TagSpecifications": [{"ResourceType": "fleet", "Tags": [{"Key": TAG, "Value": "a"}]}],
+    }
+
+
+def test_create_fleet_needs_the_fleet_request_tag_and_its_launch_template(aws):
+    """SAR ec2:CreateFleet: `fleet` (required, aws:RequestTag) and the `launch-template` the
+    request names; tagging at creation is ec2:CreateTags with ec2:CreateAction=CreateFleet."""
+    root = aws.client("ec2")
+    template = root.create_launch_template(
+        LaunchTemplateName="lt", LaunchTemplateData={"ImageId": _ami(aws)}
+    )["LaunchTemplate"]["LaunchTemplateId"]
+    fleet_tagged = {
+        "Effect": "Allow",
+        "Action": "ec2:CreateFleet",
+        "Resource": "arn:aws:ec2:*:*:fleet/*",
+        "Condition": {"Null": {f"aws:RequestTag/{TAG}": "false"}},
+    }
+    tag_fleet = {
+        "Effect": "Allow",
+        "Action": "ec2:CreateTags",
+        "Resource": "arn:aws:ec2:*:*:fleet/*",
+        "Condition": {"StringEquals": {"ec2:CreateAction": "CreateFleet"}},
+    }
+    without_template = aws.client("ec2", **_user(aws, [fleet_tagged, tag_fleet], "no-lt"))
+    with_template = aws.client(
+        "ec2",
+        **_user(
+            aws,
+            [
+                fleet_tagged,
+                tag_fleet,
+                {
+                    "Effect": "Allow",
+                    "Action": "ec2:CreateFleet",
+                    "Resource": ["arn:aws:ec2:*:*:launch-template/*", "arn:aws:ec2:*:*:subnet/*"],
+                },
+            ],
+            "with-lt",
+        ),
+    )
+    untagged = _fleet_request(template, "maintain")
+    untagged.pop("TagSpecifications")
+
+    refused = _error(lambda: without_template.create_fleet(**_fleet_request(template, "maintain")))
+    refused_untagged = _error(lambda: with_template.create_fleet(**untagged))
+    created = with_template.create_fleet(**_fleet_request(template, "maintain"))
+
+    assert f"launch-template/{template}" in refused["Message"]
+    assert "fleet/" in refused_untagged["Message"]
+    assert created["FleetId"].startswith("fleet-")
+
+
+def test_instant_create_fleet_launches_with_the_callers_run_instances(aws):
+    """An instant fleet launches with the caller's permissions ("EC2 Fleet prerequisites")."""
+    root = aws.client("ec2")
+    template = root.create_launch_template(
+        LaunchTemplateName="lt", LaunchTemplateData={"ImageId": _ami(aws)}
+    )["LaunchTemplate"]["LaunchTemplateId"]
+    fleet_only = [
+        {"Effect": "Allow", "Action": ["ec2:CreateFleet", "ec2:CreateTags"], "Resource": "*"}
+    ]
+    ec2 = aws.client("ec2", **_user(aws, fleet_only))
+
+    error = _error(lambda: ec2.create_fleet(**_fleet_request(template, "instant")))
+
+    assert "ec2:RunInstances" in error["Message"]
+
+
+def test_delete_fleets_checks_the_fleets_annex_tag(aws):
+    root = aws.client("ec2")
+    template = root.create_launch_template(
+        LaunchTemplateName="lt", LaunchTemplateData={"ImageId": _ami(aws)}
+    )["LaunchTemplate"]["LaunchTemplateId"]
+    tagged = root.create_fleet(**_fleet_request(template, "maintain"))["FleetId"]
+    untagged_request = _fleet_request(template, "maintain")
+    untagged_request.pop("TagSpecifications")
+    untagged = root.create_fleet(**untagged_request)["FleetId"]
+    ec2 = aws.client(
+        "ec2",
+        **_user(
+            aws,
+            [
+                {
+                    "Effect": "Allow",
+                    "Action": "ec2:DeleteFleets",
+                    "Resource": "arn:aws:ec2:*:*:fleet/*",
+                    "Condition": {"Null": {f"aws:ResourceTag/{TAG}": "false"}},
+                }
+            ],
+        ),
+    )
+
+    error = _error(lambda: ec2.delete_fleets(FleetIds=[untagged], TerminateInstances=True))
+    deleted = ec2.delete_fleets(FleetIds=[tagged], TerminateInstances=True)
+
+    assert f"fleet/{untagged}" in error["Message"]
+    assert [d["FleetId"] for d in deleted["SuccessfulFleetDeletions"]] == [tagged]
+
+
 def test_s3_object_grants_are_per_key_and_bucket_policy_denies_win(aws):
     """SAR s3:GetObject acts on `object` (arn:aws:s3:::bucket/key); an explicit Deny in the
     bucket policy wins over an identity Allow (IAM policy evaluation logic)."""

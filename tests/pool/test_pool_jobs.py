@@ -1,5 +1,5 @@
-"""The owner policy with real jobs: the annex owner's job runs on the annex slot, another
-user's job does not."""
+"""The owner policy with real jobs: each of the annex owners' jobs runs on the annex slot,
+another user's job does not."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from tests.integration.annex_env import minimal_annex_env
 __all__ = ["minimal_annex_env"]
 
 OWNER = "alice11"
+SECOND_OWNER = "carol11"
 OTHER = "bob11"
 
 
@@ -43,12 +44,14 @@ def wait_for_job(manager: CentralManager, cluster: int, timeout: float = 120) ->
     raise AssertionError(f"job {cluster} did not complete: {manager.job(cluster)}")
 
 
-def test_owners_job_runs_on_the_annex_slot_and_another_users_does_not(
+def test_each_owners_job_runs_on_the_annex_slot_and_another_users_does_not(
     annex_pool: AnnexPool,
 ) -> None:
     manager = annex_pool.manager
     annex = annex_pool.unique("jobs")
-    [booted] = annex_pool.create_and_boot(annex, owner=OWNER)
+    [booted] = annex_pool.create_and_boot(
+        annex, owner=f"{OWNER}, {SECOND_OWNER}", start_owners=(OWNER, SECOND_OWNER)
+    )
     manager.wait_for(slot_constraint(booted.instance_id))
 
     # The other user's job is queued first, while the fresh slot is free: the negotiator
@@ -65,6 +68,11 @@ def test_owners_job_runs_on_the_annex_slot_and_another_users_does_not(
     assert done["ExitCode"] == 0
     assert booted.instance_id in done["LastRemoteHost"]
     assert (annex_pool.workdir / OWNER / "out.txt").read_text().strip() == "hello"
+    second = manager.submit_as(
+        SECOND_OWNER, annex_pool.workdir / SECOND_OWNER, job_description(annex, "hi")
+    )
+    assert booted.instance_id in wait_for_job(manager, second)["LastRemoteHost"]
+    assert (annex_pool.workdir / SECOND_OWNER / "out.txt").read_text().strip() == "hi"
 
     waiting = manager.job(other)
     assert waiting is not None

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from condor_annex import contract
+from condor_annex import contract, images
 from condor_annex.errors import InvalidInput
 from tests.integration.annex_env import AnnexEnv
 from tests.reliability.conftest import check_refused, claim_left, cli, left_behind, od_args
@@ -113,9 +113,24 @@ def test_missing_ami_is_refused(env: AnnexEnv, observed: Any) -> None:
     check_refused(env, observed, argv, BAD, "ami-0000dead", "next:")
 
 
-@mark(AREA, "no AMI given for an on-demand annex")
-def test_no_ami_is_refused(env: AnnexEnv, observed: Any) -> None:
-    check_refused(env, observed, ["-annex-name", "noami2", "-count", "1"], BAD, "AMI", "next:")
+@mark(AREA, "no AMI given for an on-demand annex: the region's Amazon Linux 2023, made ready")
+def test_no_ami_uses_the_default_image(env: AnnexEnv, observed: Any) -> None:
+    before = env.leftovers()
+    run = cli(env, "-annex-name", "noami2", "-count", "1")
+    made = left_behind(env, before)
+    default = env.local.client("ssm").get_parameter(Name=images.DEFAULT_IMAGE_PARAMETERS["x86_64"])[
+        "Parameter"
+    ]["Value"]
+    launched = [i["ImageId"] for i in env.live_instances("noami2")]
+    off = cli(env, "off", "-annex-name", "noami2", "-drain-timeout", "0")
+    observed.equal("exit {}", run.code, 0)
+    observed.equal("launched image {} (the SSM parameter's)", launched, [default])
+    observed.check(
+        "the output says it is made annex-ready at first boot", "stock-al2023" in run.out
+    )
+    observed.check("one instance", len(made["instances"]) == 1, made)
+    observed.equal("`off` exit {}", off.code, 0)
+    claim_left(observed, left_behind(env, before))
 
 
 @mark(AREA, "reserved tag key `-tag htcondor:AnnexName other`")

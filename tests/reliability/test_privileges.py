@@ -448,3 +448,37 @@ def test_instance_role_cannot_terminate_or_launch(env: AnnexEnv, observed: Any) 
     assert state == "running"
     assert own_role == ALLOW and other_role != ALLOW
     del region
+
+
+@mark(AREA, "operator credentials, IAM engine: `-check-setup` reads what it checks")
+def test_operator_policy_allows_check_setup(env: AnnexEnv, observed: Any) -> None:
+    """-check-setup reads the stack, the functions, the bucket and the instance profile
+    (iam:GetInstanceProfile on the setup's profile, SAR "GetInstanceProfile")."""
+    import boto3
+
+    from condor_annex.setup import check_setup
+
+    with operator_credentials(env) as (clients, arn):
+        credentials = clients.ec2._request_signer._credentials
+        session = boto3.Session(
+            aws_access_key_id=credentials.access_key,
+            aws_secret_access_key=credentials.secret_key,
+            region_name=env.local.region,
+        )
+        result = check_setup(
+            session=session,
+            config_file=env.config_file,
+            collector=env.collector.address,
+            connectivity_probe=lambda event: {
+                "reachable": True,
+                "host": event["host"],
+                "port": event["port"],
+                "address": event["host"],
+            },
+        )
+    allowed, refused = decisions(env, arn)
+    observed(f"engine: {sum(allowed.values())} allowed; refused: {', '.join(refused) or 'none'}")
+    assert refused == [], refused
+    assert allowed["iam:GetInstanceProfile"] > 0
+    assert allowed["cloudformation:DescribeStacks"] > 0
+    assert not [p for p in result.problems if "instance profile" in p.what], result.problems

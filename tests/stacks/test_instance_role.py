@@ -79,6 +79,7 @@ def test_introspection_describes_on_star_and_reads_only_its_own_iam(synthesized_
     assert by_action == {
         "ec2:DescribeInstances": ["*"],
         "ec2:DescribeSpotFleetRequests": ["*"],
+        "ec2:DescribeFleets": ["*"],
         "iam:GetInstanceProfile": [f"{account}:instance-profile/condor-annex/{own}"],
         "iam:ListRolePolicies": [f"{account}:role/condor-annex/{own}"],
         "iam:GetRolePolicy": [f"{account}:role/condor-annex/{own}"],

@@ -170,3 +170,34 @@ def test_the_cost_preview_may_read_prices_and_nothing_else_of_the_price_list(syn
     assert statement.resources == ["*"]
     describe = by_sid(template, policy_id(template), "DescribeForStatusAndLaunch")
     assert "ec2:DescribeSpotPriceHistory" in describe.actions
+
+
+def test_ec2_fleets_are_created_tagged_from_annex_templates_and_deleted_only_tagged(
+    synthesized_setup,
+):
+    template = synthesized_setup.template
+    pid = policy_id(template)
+    created = by_sid(template, pid, "CreateAnnexEc2FleetsTagged")
+    assert created.actions == ["ec2:CreateFleet"]
+    assert [rendered(r) for r in created.resources] == [
+        "arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:fleet/*"
+    ]
+    assert created.body["Condition"] == REQUEST_TAGGED
+    from_templates = by_sid(template, pid, "CreateEc2FleetsFromAnnexLaunchTemplates")
+    assert from_templates.body["Condition"] == RESOURCE_TAGGED
+    deleted = by_sid(template, pid, "EndAnnexEc2Fleets")
+    assert deleted.actions == ["ec2:DeleteFleets"]
+    assert deleted.body["Condition"] == RESOURCE_TAGGED
+    tagging = by_sid(template, pid, "TagAtLaunchOnly")
+    assert "CreateFleet" in tagging.body["Condition"]["StringEquals"]["ec2:CreateAction"]
+    describe = by_sid(template, pid, "DescribeForStatusAndLaunch")
+    assert {"ec2:DescribeFleets", "ec2:DescribeFleetInstances"} <= set(describe.actions)
+    # Nothing else may create or delete EC2 Fleets.
+    for statement in statements_of(template, pid):
+        if {"ec2:CreateFleet", "ec2:DeleteFleets"} & set(statement.actions):
+            assert statement.body.get("Sid") in {
+                "CreateAnnexEc2FleetsTagged",
+                "CreateEc2FleetsFromAnnexLaunchTemplates",
+                "CreateEc2FleetsWithExistingResources",
+                "EndAnnexEc2Fleets",
+            }
