@@ -130,7 +130,6 @@ def _request(**kw) -> CreateRequest:
         ({"user_data": b"x" * 20000}, "user data"),
         ({"subnet_ids": ("sn-1",)}, "subnet"),
         ({"ami_id": "image-1"}, "AMI"),
-        ({"ami_id": None}, "AMI"),
         ({"annex_name": "a" * 40}, "characters"),
         ({"owner": ""}, "-owner"),
     ],
@@ -139,6 +138,11 @@ def test_request_validation_names_the_bad_value(change, named):
     with pytest.raises(InvalidInput) as caught:
         validate_request(_request(**change))
     assert named in str(caught.value)
+
+
+def test_no_ami_is_valid_because_the_default_image_is_used():
+    # Without an AMI the create resolves the region's Amazon Linux 2023 image (docs/AGENT.md).
+    validate_request(_request(ami_id=None))
 
 
 def test_spot_request_needs_types_or_a_file():
