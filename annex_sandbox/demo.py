@@ -1,9 +1,13 @@
 """`make demo`: the whole condor_annex flow on the local AWS, one numbered step at a time.
 
-Starts the local AWS (as a process) and the IMDSv2 emulator, pretends to be a pool (a collector
-port and a POOL signing key), runs `condor_annex -setup`, creates an on-demand annex, a Spot
-Fleet annex and an EC2 Fleet annex (each create shows its cost preview first), boots every emulated instance with the real `condor-annex-ec2` under its own
-`--root`, shows `condor_annex status`, lets one lease expire and watches the lease Lambda clean up,
+Starts the local AWS (as a process), the IMDSv2 emulator and a real HTCondor pool (central manager
+from ../shared/htcondor, see annex_sandbox/htcondor_dist.py; where those daemons are missing, a
+pretend collector port and a POOL signing key, said in one line), runs `condor_annex -setup`,
+creates an on-demand annex, a Spot Fleet annex and an EC2 Fleet annex (each create shows its cost
+preview first), boots every emulated instance with the real `condor-annex-ec2` under its own
+`--root` (with the real pool, each instance then runs its own master + startd from what the agent
+installed), shows `condor_annex status`, runs an ordinary user's job on an annex slot and watches
+an idle instance power itself off, lets one lease expire and watches the lease Lambda clean up,
 switches the other annex off and removes the setup. Everything it started is stopped at the end,
 whatever happened; the exit code is non-zero when any step failed.
 """
@@ -29,6 +33,7 @@ from pathlib import Path
 from typing import Any, Optional, TextIO
 
 from annex_sandbox.local_aws import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY
+from annex_sandbox.pool import install_image_config
 from condor_annex import annex, contract
 
 REGION = "us-east-1"
@@ -37,6 +42,9 @@ SPOT_ANNEX = "demo_spot"
 FLEET_ANNEX = "demo_fleet"
 """Spot capacity through EC2 Fleet (`-aws-fleet`), with a price cap."""
 TRUST_DOMAIN = "demo.pool.example"
+DEMO_USER = "annexdemo"
+"""The ordinary user whose job runs on the on-demand annex (created when missing; needs root)."""
+DEMO_IDLE = "1m"
 POOL_KEY_SCRAMBLE = bytes([0xDE, 0xAD, 0xBE, 0xEF])
 
 
@@ -63,6 +71,12 @@ class Outcomes:
     after_lease: dict[str, Any] = field(default_factory=dict)
     after_off: dict[str, Any] = field(default_factory=dict)
     destroyed: bool = False
+    pool: str = ""
+    """`real` (HTCondor daemons) or `pretend` (a TCP listener), with the reason for the latter."""
+    slots_in_pool: list[str] = field(default_factory=list)
+    job_output: Optional[str] = None
+    job_host: Optional[str] = None
+    powered_off: dict[str, int] = field(default_factory=dict)
     step_seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -137,10 +151,13 @@ def write_pool_signing_key(path: Path) -> None:
 class Demo:
     """The demo's state: processes it started, paths it uses, what it observed."""
 
-    STEPS = 10
+    STEPS = 12
 
-    def __init__(self, workdir: Path, out: TextIO = sys.stdout) -> None:
+    def __init__(self, workdir: Path, out: TextIO = sys.stdout, *, real_pool: bool = True) -> None:
         self.workdir = workdir
+        self.want_real_pool = real_pool
+        self.manager: Any = None
+        self.nodes: dict[str, Any] = {}
         self.console = Console(out, self.STEPS)
         self.outcomes = Outcomes()
         self.bin_dir = Path(sys.executable).parent
@@ -169,6 +186,10 @@ class Demo:
             XDG_CACHE_HOME=str(self.workdir / ".cache"),
             JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION="20",
         )
+        if self.manager is not None:
+            # The admin works on the central manager: its HTCondor config and tools.
+            env.update(CONDOR_CONFIG=str(self.manager.config_file))
+            env.update(PATH=self.manager.dist.path_env(env.get("PATH", "")))
         return env
 
     def client(self, service: str) -> Any:
@@ -245,11 +266,36 @@ class Demo:
         self.endpoint = first.split("=", 1)[1]
         self.control = SandboxControl(self.endpoint)
         self.imds = ImdsServer().start()
-        self.collector = PretendCollector().start()
-        write_pool_signing_key(self.key_file)
         self.console.detail(f"local AWS (moto + fidelity fixes): {self.endpoint}")
         self.console.detail(f"IMDSv2 emulator: {self.imds.endpoint}")
-        self.console.detail(f"pretend collector: 127.0.0.1:{self.collector.port}")
+        self.start_pool()
+
+    def start_pool(self) -> None:
+        from annex_sandbox import htcondor_dist
+        from annex_sandbox.pool import CentralManager
+
+        found: Any = htcondor_dist.Missing("the pretend collector was asked for")
+        if self.want_real_pool:
+            found = htcondor_dist.find()
+            if isinstance(found, htcondor_dist.Distribution) and os.geteuid() != 0:
+                found = htcondor_dist.Missing("running daemons and a user's job needs root")
+        if isinstance(found, htcondor_dist.Missing):
+            self.collector = PretendCollector().start()
+            write_pool_signing_key(self.key_file)
+            self.outcomes.pool = "pretend"
+            self.console.detail(
+                f"no real HTCondor pool ({found.reason}): a pretend collector at "
+                f"127.0.0.1:{self.collector.port}"
+            )
+            return
+        pool_dir = self.workdir / "pool"
+        self.manager = CentralManager.create(found, pool_dir, trust_domain=TRUST_DOMAIN).start()
+        self.key_file = self.manager.key_file
+        self.outcomes.pool = "real"
+        self.console.detail(
+            f"real HTCondor pool: collector + negotiator + schedd at {self.manager.address} "
+            f"(HTCondor from {found.source}), IDTOKENs only, pool signing key {self.key_file}"
+        )
 
     def setup(self) -> None:
         code, _ = self.condor_annex("-setup", "-aws-region", REGION, "-pool-cidr", "127.0.0.1/32")
@@ -271,6 +317,8 @@ class Demo:
         self.expect(code == 0, f"condor_annex -check-setup exited {code}")
 
     def collector_address(self) -> str:
+        if self.manager is not None:
+            return str(self.manager.address)
         assert self.collector is not None
         return f"127.0.0.1:{self.collector.port}"
 
@@ -295,7 +343,11 @@ class Demo:
             "15m",
             "-yes",
         ]
-        code, _ = self.condor_annex("-annex-name", ON_DEMAND_ANNEX, "-count", "2", *common)
+        # The on-demand annex belongs to the demo's ordinary user and idles out quickly.
+        code, _ = self.condor_annex(
+            "-annex-name", ON_DEMAND_ANNEX, "-count", "2", *common,
+            "-owner", DEMO_USER, "-idle", DEMO_IDLE,
+        )  # fmt: skip
         self.expect(code == 0, f"on-demand create exited {code}")
         code, _ = self.condor_annex(
             "-annex-name", SPOT_ANNEX, "-slots", "4", "-aws-spot-instance-types", "m5.large:2",
@@ -345,10 +397,17 @@ class Demo:
         agents: dict[str, subprocess.Popen[str]] = {}
         for annex_name, ids in self.outcomes.annex_instances.items():
             for instance_id in ids:
-                instance = instance_from_ec2(ec2, iam, instance_id, sts_client=sts, region=REGION)
+                # A public IP would become TCP_FORWARDING_HOST (the image's config); the demo's
+                # instances reach the pool on loopback, like instances in a private subnet.
+                public: Any = None if self.manager is not None else ...
+                instance = instance_from_ec2(
+                    ec2, iam, instance_id, sts_client=sts, region=REGION, public_ipv4=public
+                )
                 url = self.imds.add_instance(instance)
                 root = self.workdir / "instances" / instance_id
                 root.mkdir(parents=True)
+                if self.manager is not None:
+                    install_image_config(root)
                 env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
                 env.update(AWS_ENDPOINT_URL=self.endpoint, AWS_EC2_METADATA_SERVICE_ENDPOINT=url)
                 agents[instance_id] = subprocess.Popen(
@@ -377,12 +436,100 @@ class Demo:
             self.outcomes.configured_files[instance_id] = files
         failed = {i: c for i, c in self.outcomes.boots.items() if c != 0}
         self.expect(not failed, f"agents failed: {failed}")
+        if self.manager is not None:
+            self.join_pool()
+
+    def join_pool(self) -> None:
+        """Start each instance's HTCondor from what its agent installed; wait for its slot."""
+        from annex_sandbox.pool import ExecuteNode
+
+        started = time.monotonic()
+        for instance_id in self.outcomes.boots:
+            root = self.workdir / "instances" / instance_id
+            node = ExecuteNode.create(self.manager.dist, root, name=instance_id)
+            self.nodes[instance_id] = node.start()
+        slots = self.manager.wait_for(
+            f"{contract.INSTANCE_ID_ATTRIBUTE} =!= undefined", count=len(self.nodes), timeout=90
+        )
+        self.outcomes.slots_in_pool = sorted(str(s["Name"]) for s in slots)
+        self.console.detail(
+            f"{len(slots)} annex slots in the pool {time.monotonic() - started:.1f} s after "
+            "their masters started:"
+        )
+        for slot in sorted(slots, key=lambda s: str(s["Name"])):
+            self.console.detail(
+                f"  {slot['Name']}  {contract.ANNEX_NAME_ATTRIBUTE}={slot.get('AnnexName')}  "
+                f"owner={slot.get('AnnexOwner')}  as {slot.get('AuthenticatedIdentity')}"
+            )
 
     def status(self) -> None:
-        code, text = self.condor_annex("status", "--json", show=False)
+        where = ["-collector", self.collector_address()] if self.manager is not None else []
+        code, text = self.condor_annex("status", "--json", *where, show=False)
         self.expect(code == 0, f"status exited {code}")
         self.outcomes.status = json.loads(text)
-        self.condor_annex("status")
+        self.condor_annex("status", *where)
+        if self.manager is not None:
+            joined = [
+                i["instance_id"]
+                for a in self.outcomes.status["annexes"]
+                for i in a["instances"]
+                if i.get("joined_pool")
+            ]
+            self.expect(len(joined) == len(self.nodes), f"IN POOL says {joined}")
+
+    def run_job(self) -> None:
+        if self.manager is None:
+            self.console.detail("skipped: no real pool (see step 1)")
+            return
+        description = (
+            "executable = /bin/echo\n"
+            # $$(...) is filled in from the machine ad of the slot the job lands on.
+            'arguments = "hello from annex $$(AnnexName), instance $$(EC2InstanceID)"\n'
+            "transfer_executable = false\n"
+            "should_transfer_files = YES\n"
+            "output = out.txt\nerror = err.txt\nlog = job.log\n"
+            "request_memory = 64\nrequest_disk = 1024\n"
+            f'+TargetAnnexName = "{ON_DEMAND_ANNEX}"\n'
+            "queue\n"
+        )
+        jobs = self.workdir / "jobs"
+        self.console.detail(f"$ su {DEMO_USER} -c 'condor_submit job.sub'   (+TargetAnnexName)")
+        cluster = self.manager.submit_as(DEMO_USER, jobs, description)
+        deadline = time.monotonic() + 180
+        ad: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            ad = self.manager.job(cluster) or {}
+            if ad.get("JobStatus") == 4:
+                break
+            time.sleep(0.5)
+        self.expect(ad.get("JobStatus") == 4, f"job {cluster} did not complete: {ad}")
+        self.outcomes.job_host = str(ad.get("LastRemoteHost"))
+        self.outcomes.job_output = (jobs / "out.txt").read_text().strip()
+        self.console.detail(f"job {cluster} by {ad.get('Owner')} ran on {self.outcomes.job_host}")
+        self.console.detail(f"its output: {self.outcomes.job_output}")
+
+    def idle_power_off(self) -> None:
+        if self.manager is None:
+            self.console.detail("skipped: no real pool (see step 1)")
+            return
+        ours = self.outcomes.annex_instances[ON_DEMAND_ANNEX]
+        self.console.detail(
+            f"{ON_DEMAND_ANNEX} was created with -idle {DEMO_IDLE}: its unclaimed startds exit, "
+            "their masters follow and run the image's shutdown script (power-off)"
+        )
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            done = {i: self.nodes[i].poweroffs for i in ours if not self.nodes[i].running()}
+            if len(done) == len(ours):
+                break
+            time.sleep(1)
+        self.outcomes.powered_off = {i: self.nodes[i].poweroffs for i in ours}
+        for instance_id, count in self.outcomes.powered_off.items():
+            self.console.detail(f"{instance_id}: HTCondor exited, power-off hook called {count}x")
+        self.expect(
+            all(count == 1 for count in self.outcomes.powered_off.values()),
+            f"expected one power-off per idle instance: {self.outcomes.powered_off}",
+        )
 
     def expire_one_lease(self) -> None:
         from condor_annex import lease
@@ -428,8 +575,9 @@ class Demo:
         )
 
     def off(self) -> None:
+        where = ["-collector", self.collector_address()] if self.manager is not None else []
         for annex_name in (SPOT_ANNEX, FLEET_ANNEX):
-            code, _ = self.condor_annex("off", "-annex-name", annex_name, "-yes")
+            code, _ = self.condor_annex("off", "-annex-name", annex_name, "-yes", *where)
             self.expect(code == 0, f"off {annex_name} exited {code}")
         live_fleets = [
             f["FleetId"]
@@ -456,6 +604,10 @@ class Demo:
         self.outcomes.destroyed = True
 
     def stop(self) -> None:
+        for node in self.nodes.values():
+            node.stop()
+        if self.manager is not None:
+            self.manager.stop()
         if self.imds is not None:
             self.imds.stop()
         if self.collector is not None:
@@ -473,7 +625,7 @@ class Demo:
     def run(self) -> Outcomes:
         c, o = self.console, self.outcomes
         try:
-            with c.step("Start the local AWS, the IMDSv2 emulator and a pretend pool", o):
+            with c.step("Start the local AWS, the IMDSv2 emulator and an HTCondor pool", o):
                 self.start_emulators()
             with c.step("condor_annex -setup (the CDK app through the pinned CDK CLI)", o):
                 self.setup()
@@ -487,8 +639,12 @@ class Demo:
                 self.create_annexes()
             with c.step("Boot every instance with the real condor-annex-ec2", o):
                 self.boot_instances()
-            with c.step("condor_annex status", o):
+            with c.step("condor_annex status (IN POOL from the collector)", o):
                 self.status()
+            with c.step(f"An ordinary user's job runs on a {ON_DEMAND_ANNEX} slot", o):
+                self.run_job()
+            with c.step(f"{ON_DEMAND_ANNEX}'s idle instances power themselves off", o):
+                self.idle_power_off()
             with c.step(f"Let {ON_DEMAND_ANNEX}'s lease expire; the lease Lambda cleans up", o):
                 self.expire_one_lease()
             with c.step(f"condor_annex off -annex-name {SPOT_ANNEX} (and {FLEET_ANNEX})", o):

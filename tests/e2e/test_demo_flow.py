@@ -100,14 +100,37 @@ def test_off_and_destroy_leave_nothing_behind(demo_run) -> None:
 def test_the_demo_stops_every_process_it_started(demo_run) -> None:
     demo, _, transcript, _ = demo_run
     assert demo.aws_process is not None and demo.aws_process.poll() is not None
+    # The pool's daemons too (each master was our child; stop() reaped it).
+    assert all(not node.running() for node in demo.nodes.values())
+    assert demo.manager is None or not demo.manager.running()
     port = int(demo.endpoint.rsplit(":", 1)[1])
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
         pass
-    assert "[10/10] Stop the emulators" in transcript
+    assert f"[{demo.STEPS}/{demo.STEPS}] Stop the emulators" in transcript
 
 
 def test_the_transcript_never_shows_a_secret(demo_run) -> None:
-    _, _, transcript, workdir = demo_run
+    demo, _, transcript, _ = demo_run
     assert "eyJ" not in transcript  # no JWT (IDTOKEN) header
     assert "demo-secret-key" not in transcript
-    assert Path(workdir / "POOL").stat().st_mode & 0o077 == 0
+    assert Path(demo.key_file).stat().st_mode & 0o077 == 0
+
+
+def test_with_real_daemons_a_users_job_runs_on_the_annex_and_idle_instances_power_off(
+    demo_run,
+) -> None:
+    _, outcomes, transcript, _ = demo_run
+    if outcomes.pool != "real":
+        reason = [line.strip() for line in transcript.splitlines() if "no real HTCondor" in line]
+        pytest.skip(f"the demo used its pretend collector: {reason}")
+    instances = [i for ids in outcomes.annex_instances.values() for i in ids]
+    assert len(outcomes.slots_in_pool) == len(instances)
+    joined = {
+        i["instance_id"]: i["joined_pool"]
+        for annex in outcomes.status["annexes"]
+        for i in annex["instances"]
+    }
+    assert joined == dict.fromkeys(instances, True)
+    assert any(i in (outcomes.job_host or "") for i in outcomes.annex_instances[ON_DEMAND_ANNEX])
+    assert outcomes.job_output is not None and ON_DEMAND_ANNEX in outcomes.job_output
+    assert outcomes.powered_off == dict.fromkeys(outcomes.annex_instances[ON_DEMAND_ANNEX], 1)
