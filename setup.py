@@ -21,6 +21,9 @@ SETUP_APP_FILES = ("app.py", "cdk.json")
 CDK_CLI_PACKAGE = "aws-cdk"
 SETUP_APP_DIRS = ("stacks", "lambda")
 SETUP_APP_PACKAGE_DIR = "condor_annex/setup_app"
+# The image files a stock image installs at first boot (condor_annex.images) travel too.
+IMAGE_DIR = "image"
+IMAGE_PACKAGE_DIR = "condor_annex/image"
 
 
 def _ignore(_: str, names: list[str]) -> set[str]:
@@ -46,6 +49,9 @@ class BuildWithSetupApp(build_py):  # type: ignore[misc]  # setuptools has no ty
             "devDependencies": {CDK_CLI_PACKAGE: pins[CDK_CLI_PACKAGE]},
         }
         (target / "package.json").write_text(json.dumps(package, indent=2) + "\n")
+        shutil.copytree(
+            ROOT / IMAGE_DIR, Path(self.build_lib) / IMAGE_PACKAGE_DIR, dirs_exist_ok=True
+        )
 
 
 setup(cmdclass={"build_py": BuildWithSetupApp})

@@ -43,7 +43,14 @@ READY_IMAGE_TAG = "htcondor:AnnexImage"
 HTCONDOR_SERIES = "25.0"
 AGENT_PIP_SPEC = f"condor-annex=={__version__}"
 """What the first boot installs the agent from with pip (PyPI, or the index in /etc/pip.conf)."""
-IMAGE_DIR = Path(__file__).resolve().parents[1] / "image"
+# Installed from a wheel the image files are package data (setup.py copies them); in a checkout
+# they are the repository's top-level image/ directory.
+_PACKAGED_IMAGE_DIR = Path(__file__).resolve().parent / "image"
+IMAGE_DIR = (
+    _PACKAGED_IMAGE_DIR
+    if _PACKAGED_IMAGE_DIR.is_dir()
+    else Path(__file__).resolve().parents[1] / "image"
+)
 """The image's files (units, HTCondor config, shutdown script) the first boot writes."""
 MIME_BOUNDARY = "==condor-annex-user-data=="
 

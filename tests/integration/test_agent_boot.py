@@ -132,7 +132,8 @@ def test_spot_fleet_tag_that_never_comes_powers_off(world: AnnexWorld) -> None:
     done = world.run_agent("--fleet-tag-timeout", "2")
     assert done.returncode == Exit.FLEET_TAG_TIMEOUT
     assert "step=annex-name result=error" in done.stderr
-    assert f"no {contract.SPOT_FLEET_REQUEST_ID_TAG} tag within 2s" in done.stderr
+    wanted = f"no {contract.SPOT_FLEET_REQUEST_ID_TAG} or {contract.EC2_FLEET_ID_TAG} tag within 2s"
+    assert wanted in done.stderr
     assert "step=poweroff result=ok" in done.stderr
     assert world.powered_off
     assert not world.config_dir.exists()

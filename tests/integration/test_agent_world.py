@@ -87,7 +87,11 @@ def role_policy(bucket: str, *, iam_read: bool = True) -> dict[str, Any]:
         },
         {
             "Effect": "Allow",
-            "Action": ["ec2:DescribeInstances", "ec2:DescribeSpotFleetRequests"],
+            "Action": [
+                "ec2:DescribeInstances",
+                "ec2:DescribeSpotFleetRequests",
+                "ec2:DescribeFleets",
+            ],
             "Resource": "*",
         },
     ]

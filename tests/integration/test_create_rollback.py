@@ -21,7 +21,7 @@ from condor_annex.create import (
     STEP_VALIDATE,
     create_annex,
 )
-from condor_annex.errors import AnnexError, AwsThrottled, ConnectivityFailed
+from condor_annex.errors import AnnexError, AwsThrottled, ConnectivityFailed, VerbInterrupted
 from tests.integration import annex_env as _annex_env
 
 shared_annex_env = _annex_env.shared_annex_env  # the fixture, shared by this module
@@ -90,7 +90,8 @@ def test_spot_fleet_create_failing_after_each_step_leaves_nothing(env, step):
 
 
 def test_interrupted_create_rolls_back_and_propagates_the_interrupt(env):
-    with pytest.raises(KeyboardInterrupt):
+    # The interrupt reaches the caller as VerbInterrupted (exit 130), after the rollback.
+    with pytest.raises(VerbInterrupted, match="rolled back"):
         create_annex(
             _on_demand(env),
             settings=env.settings,
