@@ -171,7 +171,7 @@ def test_the_readme_commands_work_from_the_wheel_and_the_agent_needs_only_boto3(
 
     created = outputs["-annex-name"]
     status = outputs["status"]
-    instance_ids = re.findall(r"i-[0-9a-f]+", created)
+    instance_ids = re.findall(r"\bi-[0-9a-f]+", created)  # not the tail of "ami-..."
     assert len(set(instance_ids)) == 3
     assert all(i in status for i in instance_ids)
     assert "Setup" in outputs["-destroy-setup"]
