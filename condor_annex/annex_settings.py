@@ -43,6 +43,7 @@ FIELD_BY_OUTPUT_KEY: dict[str, str] = {
     contract.OUTPUT_CONNECTIVITY_FUNCTION_ARN.key: "connectivity_function_arn",
     contract.OUTPUT_SCHEDULER_ROLE_ARN.key: "scheduler_role_arn",
     contract.OUTPUT_OPERATOR_POLICY_ARN.key: "operator_policy_arn",
+    contract.OUTPUT_OPERATOR_LAUNCH_POLICY_ARN.key: "operator_launch_policy_arn",
 }
 if set(FIELD_BY_OUTPUT_KEY) != {o.key for o in contract.STACK_OUTPUTS}:  # pragma: no cover
     raise RuntimeError("annex_settings.FIELD_BY_OUTPUT_KEY is out of step with contract")
@@ -141,6 +142,7 @@ class Settings:
     connectivity_function_arn: str = ""
     scheduler_role_arn: str = ""
     operator_policy_arn: str = ""
+    operator_launch_policy_arn: str = ""
     region: str = ""
     stack_name: str = contract.STACK_NAME
     account_id: str = ""

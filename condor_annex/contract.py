@@ -75,7 +75,12 @@ OUTPUT_SCHEDULER_ROLE_ARN = StackOutput(
 OUTPUT_OPERATOR_POLICY_ARN = StackOutput(
     "OperatorPolicyArn",
     "ANNEX_DEFAULT_OPERATOR_POLICY_ARN",
-    "Managed policy for day-to-day condor_annex use",
+    "Managed policy for day-to-day condor_annex use (attach with OperatorLaunchPolicyArn)",
+)
+OUTPUT_OPERATOR_LAUNCH_POLICY_ARN = StackOutput(
+    "OperatorLaunchPolicyArn",
+    "ANNEX_DEFAULT_OPERATOR_LAUNCH_POLICY_ARN",
+    "Managed policy for launching annexes (attach with OperatorPolicyArn)",
 )
 
 STACK_OUTPUTS: tuple[StackOutput, ...] = (
@@ -90,6 +95,7 @@ STACK_OUTPUTS: tuple[StackOutput, ...] = (
     OUTPUT_CONNECTIVITY_FUNCTION_ARN,
     OUTPUT_SCHEDULER_ROLE_ARN,
     OUTPUT_OPERATOR_POLICY_ARN,
+    OUTPUT_OPERATOR_LAUNCH_POLICY_ARN,
 )
 MACRO_BY_OUTPUT_KEY: dict[str, str] = {o.key: o.macro for o in STACK_OUTPUTS}
 OUTPUT_KEY_BY_MACRO: dict[str, str] = {o.macro: o.key for o in STACK_OUTPUTS}
@@ -134,9 +140,15 @@ def lease_key(annex_name: str) -> str:
     return f"{LEASE_KEY_PREFIX}{annex_name}.json"
 
 
-def config_object_arn_pattern(bucket: str) -> str:
-    """The S3 resource ARN the instance role is granted `s3:GetObject` on."""
-    return f"arn:aws:s3:::{bucket}/{CONFIG_KEY_PATTERN}"
+COMMERCIAL_PARTITION = "aws"
+"""The ARN partition of every region outside China and GovCloud (IAM rejects a policy naming
+another partition's ARNs, so the setup stack passes its own `AWS::Partition` instead)."""
+
+
+def config_object_arn_pattern(bucket: str, *, partition: str = COMMERCIAL_PARTITION) -> str:
+    """The S3 resource ARN the instance role is granted `s3:GetObject` on (the setup stack passes
+    its own `AWS::Partition`)."""
+    return f"arn:{partition}:s3:::{bucket}/{CONFIG_KEY_PATTERN}"
 
 
 _S3_OBJECT_ARN = re.compile(r"^arn:aws[a-zA-Z-]*:s3:::(?P<bucket>[^/]+)/(?P<key>.+)$")
@@ -146,7 +158,7 @@ def bucket_from_policy_resource(resource: str) -> Optional[str]:
     """The bucket named by an S3 resource ARN whose key part is exactly the config pattern.
 
     The agent scans its role's policies with this: a resource such as
-    `arn:aws:s3:::my-bucket/config-*.tar.gz` yields `my-bucket`; anything else yields None.
+    `arn:<partition>:s3:::my-bucket/config-*.tar.gz` yields `my-bucket`; anything else yields None.
     """
     match = _S3_OBJECT_ARN.fullmatch(resource)
     if match is None or match.group("key") != CONFIG_KEY_PATTERN:

@@ -222,8 +222,9 @@ def translate_aws_error(exc: Exception, *, action: str, region: Optional[str] = 
         return CredentialsError(
             f"cannot {action}: the AWS identity in use is not allowed to ({detail})",
             next_step=(
-                "use credentials that carry the setup's operator policy "
-                f"({contract.OUTPUT_OPERATOR_POLICY_ARN.macro}) or an administrator's"
+                "use credentials that carry the setup's operator policies "
+                f"({contract.OUTPUT_OPERATOR_POLICY_ARN.macro} and "
+                f"{contract.OUTPUT_OPERATOR_LAUNCH_POLICY_ARN.macro}) or an administrator's"
             ),
         )
     if code in _THROTTLE_CODES:

@@ -142,7 +142,8 @@ def check_spot_plan(
         launch_template_version="1",
         client_token=contract.new_client_token(request.annex_name),
         slots=int(request.slots or 0),
-        fleet_role_arn=settings.spot_fleet_role_arn or "arn:aws:iam::123456789012:role/x",
+        fleet_role_arn=settings.spot_fleet_role_arn
+        or f"arn:{contract.COMMERCIAL_PARTITION}:iam::123456789012:role/x",
         valid_until="2030-01-01T00:00:00Z",
         tags=annex_tags(request),
         subnet_ids=request.subnet_ids,

@@ -2,13 +2,13 @@
 
 The boot agent discovers the config bucket by reading this role's policies (docs/RULES.md, "Configuration transport"): the
 inline policy named `contract.INSTANCE_ROLE_POLICY_NAME` holds exactly one statement, `s3:GetObject`
-on `arn:aws:s3:::<bucket>/config-*.tar.gz`. A second inline policy grants the introspection the
+on `arn:<partition>:s3:::<bucket>/config-*.tar.gz`. A second inline policy grants the introspection the
 agent needs, IAM reads scoped to this role and this profile only.
 """
 
 from __future__ import annotations
 
-from aws_cdk import Stack
+from aws_cdk import Aws, Stack
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
@@ -26,7 +26,9 @@ def config_read_document(bucket_name: str) -> iam.PolicyDocument:
             iam.PolicyStatement(
                 sid="ReadAnnexConfig",
                 actions=["s3:GetObject"],
-                resources=[contract.config_object_arn_pattern(bucket_name)],
+                resources=[
+                    contract.config_object_arn_pattern(bucket_name, partition=Aws.PARTITION)
+                ],
             )
         ]
     )
@@ -43,7 +45,7 @@ class InstanceRole(Construct):
     def __init__(self, scope: Construct, id: str, *, bucket_name: str) -> None:
         super().__init__(scope, id)
         stack = Stack.of(self)
-        name = iam_name("annex-instance")
+        name = iam_name(self, "annex-instance")
         own_role_arn = iam_arn(stack, "role", name)
         own_profile_arn = iam_arn(stack, "instance-profile", name)
         introspection = iam.PolicyDocument(
@@ -101,7 +103,7 @@ class InstanceRole(Construct):
         )
         acknowledge_wildcard_resources(
             self.role,
-            [contract.config_object_arn_pattern(bucket_name)],
+            [contract.config_object_arn_pattern(bucket_name, partition=Aws.PARTITION)],
             "The `*` in config-*.tar.gz is the annex name: every annex instance reads its own "
             "annex's tarball and nothing else in S3 (per-annex isolation is a stretch goal).",
         )

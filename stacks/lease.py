@@ -18,8 +18,8 @@ from constructs import Construct
 from condor_annex import contract
 from stacks.config_bucket import annex_object_arns
 from stacks.function_role import PythonFunction
+from stacks.launch_guard_rails import ec2_arn
 from stacks.nag import acknowledge_wildcard_resources
-from stacks.spot_fleet_role import ec2_arn
 
 SWEEP_RATE = Duration.minutes(15)
 

@@ -1,11 +1,13 @@
 """The "annex operator" managed policy: day-to-day `condor_annex` use without admin rights.
 
-docs/RULES.md, "Least privilege for day-to-day use": launch only annex-tagged instances and fleets with this setup's instance profile,
-terminate and cancel only annex-tagged ones, create, launch from and delete only annex-tagged
-launch templates (each Spot Fleet annex has its own, `contract.launch_template_name`, because a
-Spot Fleet launch specification cannot require IMDSv2), pass exactly the instance and Spot Fleet roles
-(and the Scheduler role for lease schedules), manage tarballs and lease records, schedules
-named for annexes, invoke the connectivity and lease functions, and read the setup stack.
+docs/RULES.md, "Least privilege for day-to-day use": launch only annex-tagged instances and
+fleets with this setup's instance profile and IMDSv2 required, into this setup's security group
+and VPC (stacks/launch_guard_rails.py, shared with the Spot Fleet role); terminate and cancel only
+annex-tagged ones; create, launch from and delete only annex-tagged launch templates (each Spot
+Fleet annex has its own, `contract.launch_template_name`, because a Spot Fleet launch
+specification cannot require IMDSv2); pass exactly the instance and Spot Fleet roles (and the
+Scheduler role for lease schedules); manage tarballs and lease records, schedules named for
+annexes; invoke the connectivity and lease functions; read the setup stack.
 Attach it to the users' group or role; credentials come from the standard boto3 chain.
 """
 
@@ -19,22 +21,26 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from condor_annex import contract
 from stacks.config_bucket import annex_object_arns
+from stacks.launch_guard_rails import (
+    ANNEX_LAUNCH_TEMPLATES,
+    CHOSEN_IMAGES,
+    REQUEST_TAGGED,
+    RESOURCE_TAGGED,
+    LaunchGuardRails,
+    ec2_arn,
+)
 from stacks.lease import schedule_arn_pattern
 from stacks.nag import acknowledge_wildcard_resources
-from stacks.spot_fleet_role import ec2_arn
 
-_ANNEX_TAG = contract.TAG_ANNEX_NAME
-EXISTING_LAUNCH_RESOURCES = [
-    ec2_arn("image/*", account=False),
-    *(
-        ec2_arn(f"{kind}/*")
-        for kind in ("network-interface", "security-group", "subnet", "key-pair")
-    ),
+LAUNCH_ACTIONS = ["ec2:RunInstances", "ec2:RequestSpotFleet", "ec2:CreateFleet"]
+"""Every way the operator launches: each also authorizes the template, network and image named."""
+LAUNCHED_WITH_GENERATED_IDS = [
+    ec2_arn("instance/*"),
+    ec2_arn("volume/*"),
+    ec2_arn("spot-fleet-request/*"),
+    ec2_arn("fleet/*"),
 ]
-LAUNCH_TEMPLATES = ec2_arn("launch-template/*")
-"""Annex launch templates get generated ids; every grant on them is conditioned on the annex tag."""
 DEFAULT_IMAGE_PARAMETERS = (
     f"arn:{Aws.PARTITION}:ssm:{Aws.REGION}::parameter/aws/service/ami-amazon-linux-latest/*"
 )
@@ -42,9 +48,16 @@ DEFAULT_IMAGE_PARAMETERS = (
 
 
 class OperatorPolicy(Construct):
-    """`policy`: the customer-managed policy to attach to annex operators."""
+    """`policy` and `launch_policy`: the customer-managed policies to attach to annex operators.
+
+    Two documents, split by verb (`launch_policy`: what `create` launches with; `policy`: the
+    rest of `create` and every other verb), because one would not fit IAM's 6,144-character
+    managed-policy limit with the longest names a deploy can produce
+    (tests/stacks/test_policy_size.py).
+    """
 
     policy: iam.ManagedPolicy
+    launch_policy: iam.ManagedPolicy
 
     def __init__(
         self,
@@ -53,26 +66,29 @@ class OperatorPolicy(Construct):
         *,
         bucket: s3.IBucket,
         instance_role_arn: str,
-        instance_profile_arn: str,
+        guard_rails: LaunchGuardRails,
         spot_fleet_role_arn: str,
         scheduler_role_arn: str,
         functions: Sequence[lambda_.IFunction],
     ) -> None:
         super().__init__(scope, id)
-        request_tagged = {"Null": {f"aws:RequestTag/{_ANNEX_TAG}": "false"}}
-        resource_tagged = {"Null": {f"aws:ResourceTag/{_ANNEX_TAG}": "false"}}
-        statements = [
+        request_tagged, resource_tagged = REQUEST_TAGGED, RESOURCE_TAGGED
+        pass_annex_roles = iam.PolicyStatement(
+            sid="PassAnnexRolesToEc2",
+            actions=["iam:PassRole"],
+            resources=[instance_role_arn, spot_fleet_role_arn],
+            conditions={
+                "StringEquals": {
+                    "iam:PassedToService": ["ec2.amazonaws.com", "spotfleet.amazonaws.com"]
+                }
+            },
+        )
+        launch_statements = [
             iam.PolicyStatement(
                 sid="LaunchAnnexInstancesTagged",
                 actions=["ec2:RunInstances"],
                 resources=[ec2_arn("instance/*")],
-                # Guard rails the operator cannot bypass: the annex tag, the setup's instance
-                # profile and IMDSv2 required (ec2:MetadataHttpTokens, SAR "RunInstances").
-                conditions={
-                    **request_tagged,
-                    "ArnEquals": {"ec2:InstanceProfile": instance_profile_arn},
-                    "StringEquals": {"ec2:MetadataHttpTokens": "required"},
-                },
+                conditions=guard_rails.instance_conditions(),
             ),
             iam.PolicyStatement(
                 sid="LaunchAnnexVolumesTagged",
@@ -80,38 +96,23 @@ class OperatorPolicy(Construct):
                 resources=[ec2_arn("volume/*")],
                 conditions=request_tagged,
             ),
-            iam.PolicyStatement(
-                sid="LaunchWithExistingResources",
-                actions=["ec2:RunInstances"],
-                resources=EXISTING_LAUNCH_RESOURCES,
-            ),
             # A Spot Fleet annex launches from its own template: RunInstances authorizes the
             # template as a resource ("Use launch templates to control launching instances").
-            iam.PolicyStatement(
-                sid="LaunchFromAnnexLaunchTemplates",
-                actions=["ec2:RunInstances"],
-                resources=[LAUNCH_TEMPLATES],
-                conditions=resource_tagged,
-            ),
+            *guard_rails.launch_resources("Launch", LAUNCH_ACTIONS),
             # create.py: CreateLaunchTemplate(TagSpecifications=[launch-template: annex tags]).
+            # What a template holds cannot be limited here (launch_guard_rails): the launches
+            # from it can.
             iam.PolicyStatement(
                 sid="CreateAnnexLaunchTemplatesTagged",
                 actions=["ec2:CreateLaunchTemplate"],
-                resources=[LAUNCH_TEMPLATES],
+                resources=[ANNEX_LAUNCH_TEMPLATES],
                 conditions=request_tagged,
             ),
             iam.PolicyStatement(
                 sid="TagLaunchTemplatesAtCreationOnly",
                 actions=["ec2:CreateTags"],
-                resources=[LAUNCH_TEMPLATES],
+                resources=[ANNEX_LAUNCH_TEMPLATES],
                 conditions={"StringEquals": {"ec2:CreateAction": "CreateLaunchTemplate"}},
-            ),
-            # create.py rollback and `off`: DeleteLaunchTemplate(LaunchTemplateId=...).
-            iam.PolicyStatement(
-                sid="DeleteAnnexLaunchTemplates",
-                actions=["ec2:DeleteLaunchTemplate"],
-                resources=[LAUNCH_TEMPLATES],
-                conditions=resource_tagged,
             ),
             iam.PolicyStatement(
                 sid="RequestAnnexFleetsTagged",
@@ -120,10 +121,11 @@ class OperatorPolicy(Construct):
                 conditions=request_tagged,
             ),
             # EC2 Fleet (create.py `build_ec2_fleet_request`): the fleet is created tagged; CreateFleet
-            # is also authorized against every resource the launch uses (Service Authorization
-            # Reference, "ec2:CreateFleet": fleet, instance, volume, launch-template, image,
-            # subnet, security-group, network-interface, key-pair), and an instant fleet launches
-            # with the caller's own RunInstances permissions (granted above).
+            # is also authorized against the instance, volumes, template, subnets and image (Service
+            # Authorization Reference, "ec2:CreateFleet"), and an instant fleet launches with the
+            # caller's own RunInstances permissions (guarded above). CreateFleet sees no values
+            # from the template ("Resource-level permissions for this action do not include the
+            # resources specified in a launch template"): the profile is checked where it is seen.
             iam.PolicyStatement(
                 sid="CreateAnnexEc2FleetsTagged",
                 actions=["ec2:CreateFleet"],
@@ -131,48 +133,39 @@ class OperatorPolicy(Construct):
                 conditions=request_tagged,
             ),
             iam.PolicyStatement(
-                sid="CreateEc2FleetsFromAnnexLaunchTemplates",
+                sid="CreateEc2FleetsOfSetupInstances",
                 actions=["ec2:CreateFleet"],
-                resources=[LAUNCH_TEMPLATES],
-                conditions=resource_tagged,
+                resources=[ec2_arn("instance/*")],
+                conditions={
+                    "ArnEqualsIfExists": {"ec2:InstanceProfile": guard_rails.instance_profile_arn}
+                },
             ),
             iam.PolicyStatement(
-                sid="CreateEc2FleetsWithExistingResources",
+                sid="CreateEc2FleetsWithVolumes",
                 actions=["ec2:CreateFleet"],
-                resources=[
-                    ec2_arn("instance/*"),
-                    ec2_arn("volume/*"),
-                    *EXISTING_LAUNCH_RESOURCES,
-                ],
-            ),
-            # RequestSpotFleet also authorizes the launch template, subnets, images, security
-            # groups and key pairs the request names (optional resource types in the Service
-            # Authorization Reference): the annex's own template, the user's chosen resources.
-            iam.PolicyStatement(
-                sid="RequestFleetsFromAnnexLaunchTemplates",
-                actions=["ec2:RequestSpotFleet"],
-                resources=[LAUNCH_TEMPLATES],
-                conditions=resource_tagged,
-            ),
-            iam.PolicyStatement(
-                sid="RequestFleetsWithExistingResources",
-                actions=["ec2:RequestSpotFleet"],
-                resources=EXISTING_LAUNCH_RESOURCES,
+                resources=[ec2_arn("volume/*")],
             ),
             iam.PolicyStatement(
                 sid="TagAtLaunchOnly",
                 actions=["ec2:CreateTags"],
-                resources=[
-                    ec2_arn("instance/*"),
-                    ec2_arn("volume/*"),
-                    ec2_arn("spot-fleet-request/*"),
-                    ec2_arn("fleet/*"),
-                ],
+                resources=LAUNCHED_WITH_GENERATED_IDS,
                 conditions={
                     "StringEquals": {
                         "ec2:CreateAction": ["RunInstances", "RequestSpotFleet", "CreateFleet"]
                     }
                 },
+            ),
+            # PassRole is checked at RunInstances/RequestSpotFleet (the roles named in the
+            # request: the instance profile's, the fleet role).
+            pass_annex_roles,
+        ]
+        statements = [
+            # create.py rollback and `off`: DeleteLaunchTemplate(LaunchTemplateId=...).
+            iam.PolicyStatement(
+                sid="DeleteAnnexLaunchTemplates",
+                actions=["ec2:DeleteLaunchTemplate"],
+                resources=[ANNEX_LAUNCH_TEMPLATES],
+                conditions=resource_tagged,
             ),
             iam.PolicyStatement(
                 sid="EndAnnexInstances",
@@ -223,16 +216,6 @@ class OperatorPolicy(Construct):
                 resources=[DEFAULT_IMAGE_PARAMETERS],
             ),
             iam.PolicyStatement(
-                sid="PassAnnexRolesToEc2",
-                actions=["iam:PassRole"],
-                resources=[instance_role_arn, spot_fleet_role_arn],
-                conditions={
-                    "StringEquals": {
-                        "iam:PassedToService": ["ec2.amazonaws.com", "spotfleet.amazonaws.com"]
-                    }
-                },
-            ),
-            iam.PolicyStatement(
                 sid="PassSchedulerRole",
                 actions=["iam:PassRole"],
                 resources=[scheduler_role_arn],
@@ -268,7 +251,7 @@ class OperatorPolicy(Construct):
             iam.PolicyStatement(
                 sid="ReadSetupInstanceProfile",
                 actions=["iam:GetInstanceProfile"],
-                resources=[instance_profile_arn],
+                resources=[guard_rails.instance_profile_arn],
             ),
             iam.PolicyStatement(
                 sid="ReadSetupStack",
@@ -279,50 +262,56 @@ class OperatorPolicy(Construct):
         self.policy = iam.ManagedPolicy(
             self,
             "Policy",
-            description="condor_annex day-to-day use: launch, inspect and end annexes",
+            description="condor_annex day-to-day use: inspect, extend and end annexes",
             statements=statements,
         )
+        self.launch_policy = iam.ManagedPolicy(
+            self,
+            "LaunchPolicy",
+            description="condor_annex day-to-day use: launch annexes (with the operator policy)",
+            statements=launch_statements,
+        )
         acknowledge_wildcard_resources(
-            self.policy,
+            self,
             ["*"],
             "EC2 Describe* calls support no resource-level permissions (status, images, "
             "subnets, prices, launch templates); pricing:GetProducts has no resource types.",
         )
         acknowledge_wildcard_resources(
-            self.policy,
-            [
-                ec2_arn("instance/*"),
-                ec2_arn("volume/*"),
-                ec2_arn("spot-fleet-request/*"),
-                ec2_arn("fleet/*"),
-            ],
+            self,
+            LAUNCHED_WITH_GENERATED_IDS,
             "Instances, volumes and fleets get generated ids: launching requires the "
-            "htcondor:AnnexName request tag (and the setup's instance profile), tagging is "
-            "limited to launch time, terminating, cancelling and deleting to annex-tagged "
+            "htcondor:AnnexName request tag, the setup's instance profile and IMDSv2, tagging "
+            "is limited to launch time, terminating, cancelling and deleting to annex-tagged "
             "resources.",
         )
         acknowledge_wildcard_resources(
-            self.policy,
-            EXISTING_LAUNCH_RESOURCES,
-            "Annexes launch from an image, subnet, security group or key pair the user "
-            "chooses per annex; limited to this account and region (images may be owned by "
-            "others).",
+            self,
+            [ec2_arn("subnet/*"), ec2_arn("network-interface/*")],
+            "Subnets and network interfaces only in the setup's VPC (ec2:Vpc); the user picks "
+            "the subnet per annex, interfaces get generated ids.",
         )
         acknowledge_wildcard_resources(
-            self.policy,
+            self,
+            [CHOSEN_IMAGES, ec2_arn("key-pair/*")],
+            "Annexes launch from an image or key pair the user chooses per annex; limited to "
+            "this account and region (images may be owned by others).",
+        )
+        acknowledge_wildcard_resources(
+            self,
             [DEFAULT_IMAGE_PARAMETERS],
             "Amazon's public parameters naming the current Amazon Linux images (read-only; "
             "one per architecture and kernel).",
         )
         acknowledge_wildcard_resources(
-            self.policy,
-            [LAUNCH_TEMPLATES],
+            self,
+            [ANNEX_LAUNCH_TEMPLATES],
             "Each Spot Fleet annex gets its own launch template with a generated id: creating "
             "one requires the htcondor:AnnexName request tag, tagging is limited to its "
             "creation, launching from and deleting one require the htcondor:AnnexName tag on it.",
         )
         acknowledge_wildcard_resources(
-            self.policy,
+            self,
             [
                 *annex_object_arns(bucket),
                 schedule_arn_pattern(),

@@ -15,6 +15,7 @@ from condor_annex import contract
 from stacks.config_bucket import ConfigBucket
 from stacks.connectivity import ConnectivityCheck
 from stacks.instance_role import InstanceRole
+from stacks.launch_guard_rails import LaunchGuardRails, ec2_arn
 from stacks.lease import LeaseEnforcement
 from stacks.network import AnnexNetwork
 from stacks.operator_policy import OperatorPolicy
@@ -53,13 +54,22 @@ class SetupStack(Stack):
             access_logs=settings.access_logs,
         )
         instance = InstanceRole(self, "Instance", bucket_name=config.bucket_name)
-        spot_fleet = SpotFleetRole(self, "SpotFleet", instance_role=instance.role)
         network = AnnexNetwork(
             self,
             "Network",
             default_vpc_id=settings.vpc_id or self._default_vpc_id(),
             pool_cidrs=settings.pool_cidrs,
             ssh_cidrs=settings.ssh_cidrs,
+        )
+        guard_rails = LaunchGuardRails(
+            security_group_arn=ec2_arn(
+                f"security-group/{network.security_group.security_group_id}"
+            ),
+            vpc_arn=ec2_arn(f"vpc/{network.vpc_id}"),
+            instance_profile_arn=instance.profile_arn,
+        )
+        spot_fleet = SpotFleetRole(
+            self, "SpotFleet", instance_role=instance.role, guard_rails=guard_rails
         )
         lease = LeaseEnforcement(self, "LeaseEnforcement", bucket=config.bucket)
         connectivity = ConnectivityCheck(self, "Connectivity")
@@ -68,7 +78,7 @@ class SetupStack(Stack):
             "Operator",
             bucket=config.bucket,
             instance_role_arn=instance.role_arn,
-            instance_profile_arn=instance.profile_arn,
+            guard_rails=guard_rails,
             spot_fleet_role_arn=spot_fleet.role_arn,
             scheduler_role_arn=lease.scheduler_role.role_arn,
             functions=[lease.lease_function, lease.sweep_function, connectivity.function],
@@ -88,6 +98,9 @@ class SetupStack(Stack):
             contract.OUTPUT_CONNECTIVITY_FUNCTION_ARN.key: connectivity.function.function_arn,
             contract.OUTPUT_SCHEDULER_ROLE_ARN.key: lease.scheduler_role.role_arn,
             contract.OUTPUT_OPERATOR_POLICY_ARN.key: operator.policy.managed_policy_arn,
+            contract.OUTPUT_OPERATOR_LAUNCH_POLICY_ARN.key: (
+                operator.launch_policy.managed_policy_arn
+            ),
         }
         for output in contract.STACK_OUTPUTS:
             CfnOutput(self, output.key, value=values[output.key], description=output.description)

@@ -185,6 +185,16 @@ def _as_list(value: Any) -> list[Any]:
     return members(value)
 
 
+def _merged_launch(
+    world: World, req: AwsRequest, launch: dict[str, Any]
+) -> tuple[Any, dict[str, Any]]:
+    """(template or None, the launch's parameters merged over its template's data)."""
+    template_spec = launch.get("LaunchTemplate") or {}
+    template = _launch_template(world, req, template_spec) if template_spec else None
+    data = dict(_template_data(template, template_spec.get("Version")))
+    return template, {**data, **{k: v for k, v in launch.items() if k != "LaunchTemplate"}}
+
+
 def launch_checks(
     world: World,
     req: AwsRequest,
@@ -194,10 +204,7 @@ def launch_checks(
     as_role: Optional[str] = None,
 ) -> list[Check]:
     """What `ec2:RunInstances` authorizes for one launch (request merged over its template)."""
-    template_spec = launch.get("LaunchTemplate") or {}
-    template = _launch_template(world, req, template_spec) if template_spec else None
-    data = dict(_template_data(template, template_spec.get("Version")))
-    merged = {**data, **{k: v for k, v in launch.items() if k != "LaunchTemplate"}}
+    template, merged = _merged_launch(world, req, launch)
     tags = _tag_specs(merged.get("TagSpecification", merged.get("TagSpecifications")))
     profile = merged.get("IamInstanceProfile") or {}
     profile_arn = (
@@ -436,7 +443,30 @@ def request_spot_fleet(req: AwsRequest, world: World, caller: Caller) -> list[Ch
             checks += launch_checks(
                 world, req, launch, create_action="RunInstances", as_role=fleet_role
             )
+            checks += _fleet_tagging_checks(world, req, launch, fleet_role)
     return checks
+
+
+def _fleet_tagging_checks(
+    world: World, req: AwsRequest, launch: dict[str, Any], fleet_role: str
+) -> list[Check]:
+    """Spot Fleet also tags the instances it launched in a call of its own, with no
+    `ec2:CreateAction` (EC2 User Guide, "Spot Fleet permissions": without `ec2:CreateTags` on the
+    fleet role "some of the instances launched by the fleet might not be tagged"; AWS's
+    AmazonEC2SpotFleetTaggingRole grants it unconditioned)."""
+    _, merged = _merged_launch(world, req, launch)
+    tags = _tag_specs(merged.get("TagSpecification", merged.get("TagSpecifications")))
+    instance_tags = tags.get("instance", {})
+    if not instance_tags:
+        return []
+    return [
+        Check(
+            "ec2:CreateTags",
+            _ec2(world, req, "instance/*"),
+            request_tag_context(instance_tags),
+            fleet_role,
+        )
+    ]
 
 
 def create_fleet(req: AwsRequest, world: World, caller: Caller) -> list[Check]:

@@ -325,7 +325,7 @@ def _scan_role(iam: Any, role: str) -> Optional[BucketFound]:
 
 
 def profile_name_from_arn(arn: str) -> str:
-    """`arn:aws:iam::123:instance-profile/path/name` → `name` (profiles may have paths)."""
+    """`arn:<partition>:iam::123:instance-profile/path/name` → `name` (profiles may have paths)."""
     return arn.rsplit("/", 1)[-1]
 
 

@@ -252,6 +252,9 @@ def make_setup(local: LocalAws) -> dict[str, str]:
         contract.OUTPUT_OPERATOR_POLICY_ARN.key: (
             f"arn:aws:iam::{local.account_id}:policy/annex-operator"
         ),
+        contract.OUTPUT_OPERATOR_LAUNCH_POLICY_ARN.key: (
+            f"arn:aws:iam::{local.account_id}:policy/annex-operator-launch"
+        ),
     }
 
 

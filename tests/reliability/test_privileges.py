@@ -35,11 +35,14 @@ mark = pytest.mark.reliability
 
 
 def operator_documents(env: AnnexEnv) -> list[dict[str, Any]]:
+    """The operator policy, then the operator launch policy (split by verb to fit IAM's size)."""
     iam = env.local.client("iam")
-    arn = env.settings.operator_policy_arn
-    version = iam.get_policy(PolicyArn=arn)["Policy"]["DefaultVersionId"]
-    document = iam.get_policy_version(PolicyArn=arn, VersionId=version)["PolicyVersion"]
-    return [_document(document["Document"])]
+    documents = []
+    for arn in (env.settings.operator_policy_arn, env.settings.operator_launch_policy_arn):
+        version = iam.get_policy(PolicyArn=arn)["Policy"]["DefaultVersionId"]
+        document = iam.get_policy_version(PolicyArn=arn, VersionId=version)["PolicyVersion"]
+        documents.append(_document(document["Document"]))
+    return documents
 
 
 def instance_role_documents(env: AnnexEnv) -> dict[str, dict[str, Any]]:
@@ -65,25 +68,29 @@ _users = iter(range(1, 10_000))
 
 @contextmanager
 def operator_credentials(
-    env: AnnexEnv, document: dict[str, Any] | None = None
+    env: AnnexEnv, documents: list[dict[str, Any]] | None = None
 ) -> Iterator[tuple[AnnexClients, str]]:
-    """(clients, user ARN) of a fresh IAM user holding the deployed operator policy (or
-    `document`); the local AWS's IAM engine decides every request those clients make."""
+    """(clients, user ARN) of a fresh IAM user holding the deployed operator policies (or
+    `documents`); the local AWS's IAM engine decides every request those clients make."""
     iam = env.local.client("iam")
     user = f"annex-operator-{next(_users)}"
     arn = iam.create_user(UserName=user)["User"]["Arn"]
-    policy = iam.create_policy(
-        PolicyName=f"{user}-policy",
-        PolicyDocument=json.dumps(document or operator_documents(env)[0]),
-    )["Policy"]["Arn"]
-    iam.attach_user_policy(UserName=user, PolicyArn=policy)
+    policies = [
+        iam.create_policy(PolicyName=f"{user}-policy-{number}", PolicyDocument=json.dumps(doc))[
+            "Policy"
+        ]["Arn"]
+        for number, doc in enumerate(documents or operator_documents(env))
+    ]
+    for policy in policies:
+        iam.attach_user_policy(UserName=user, PolicyArn=policy)
     key = iam.create_access_key(UserName=user)["AccessKey"]
     env.local.enforce_iam(True)
     try:
         yield _clients_for(key["AccessKeyId"], key["SecretAccessKey"], env), arn
     finally:
-        iam.detach_user_policy(UserName=user, PolicyArn=policy)
-        iam.delete_policy(PolicyArn=policy)
+        for policy in policies:
+            iam.detach_user_policy(UserName=user, PolicyArn=policy)
+            iam.delete_policy(PolicyArn=policy)
         iam.delete_access_key(UserName=user, AccessKeyId=key["AccessKeyId"])
         iam.delete_user(UserName=user)
 
@@ -163,14 +170,15 @@ def test_operator_policy_allows_spot_fleet_create(env: AnnexEnv, observed: Any) 
 def test_a_removed_grant_is_caught(env: AnnexEnv, observed: Any) -> None:
     """The "allows" tests can fail: drop one statement and the engine refuses the flow."""
     assert cli(env, *od_args(env, "op-mutant")).code == 0
-    document = operator_documents(env)[0]
-    mutant = {
-        **document,
-        "Statement": [s for s in document["Statement"] if s.get("Sid") != "EndAnnexInstances"],
-    }
-    assert len(mutant["Statement"]) == len(document["Statement"]) - 1
+    documents = operator_documents(env)
+    mutants = [
+        {**d, "Statement": [s for s in d["Statement"] if s.get("Sid") != "EndAnnexInstances"]}
+        for d in documents
+    ]
+    removed = sum(len(d["Statement"]) - len(m["Statement"]) for d, m in zip(documents, mutants))
+    assert removed == 1
     try:
-        with operator_credentials(env, mutant) as (clients, arn):
+        with operator_credentials(env, mutants) as (clients, arn):
             run = cli(env, "off", "-annex-name", "op-mutant", clients=clients)
         _, refused = decisions(env, arn)
     finally:
@@ -202,9 +210,11 @@ def test_operator_cannot_launch_outside_the_guard_rails(env: AnnexEnv, observed:
         "MaxCount": 1,
         "IamInstanceProfile": {"Arn": env.settings.instance_profile_arn},
         "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 1},
+        "SecurityGroupIds": list(env.settings.security_group_ids),
         "TagSpecifications": annex_tags,
         "DryRun": True,
     }
+    elsewhere = _another_vpc(env)
     try:
         with operator_credentials(env) as (clients, arn):
             ec2 = clients.ec2
@@ -223,12 +233,120 @@ def test_operator_cannot_launch_outside_the_guard_rails(env: AnnexEnv, observed:
                         **{**launch, "MetadataOptions": {"HttpTokens": "optional"}}
                     )
                 ),
+                "into another security group": _code(
+                    lambda: ec2.run_instances(
+                        **{**launch, "SecurityGroupIds": [elsewhere["default_group"]]}
+                    )
+                ),
+                "into a subnet of another VPC": _code(
+                    lambda: ec2.run_instances(**{**launch, "SubnetId": elsewhere["subnet"]})
+                ),
             }
         refusals = decisions(env, arn)[1]
     finally:
         iam.delete_instance_profile(InstanceProfileName="Admin")
+        _remove_vpc(env, elsewhere)
     observed("engine: " + "; ".join(f"{k}: {v}" for k, v in outcomes.items()))
     assert outcomes.pop("guarded launch (dry run)") == "DryRunOperation", refusals
+    assert set(outcomes.values()) == {"UnauthorizedOperation"}, outcomes
+
+
+def _another_vpc(env: AnnexEnv) -> dict[str, str]:
+    """A VPC that is not the setup's, with a subnet, and the default VPC's default group (a
+    security group that is not the setup's)."""
+    ec2 = env.clients.ec2
+    vpc = ec2.create_vpc(CidrBlock="10.99.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.99.1.0/24")["Subnet"]["SubnetId"]
+    groups = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": ["default"]}])[
+        "SecurityGroups"
+    ]
+    default_group = next(
+        g["GroupId"] for g in groups if g["GroupId"] not in env.settings.security_group_ids
+    )
+    return {"vpc": vpc, "subnet": subnet, "default_group": default_group}
+
+
+def _remove_vpc(env: AnnexEnv, made: dict[str, str]) -> None:
+    env.clients.ec2.delete_subnet(SubnetId=made["subnet"])
+    env.clients.ec2.delete_vpc(VpcId=made["vpc"])
+
+
+@mark(AREA, "operator credentials, IAM engine: Spot Fleets from templates outside the guard rails")
+def test_spot_fleet_cannot_launch_outside_the_guard_rails(env: AnnexEnv, observed: Any) -> None:
+    """Nothing authorizes what a launch template holds when it is created (EC2 User Guide,
+    "Control the use of launch templates"): an annex-tagged template may name another security
+    group, profile or IMDSv1, and the Spot Fleet role's launch from it must be refused."""
+    iam = env.local.client("iam")
+    admin_profile = iam.create_instance_profile(InstanceProfileName="FleetAdmin")
+    elsewhere = _another_vpc(env)
+    annex_tag = [{"Key": contract.TAG_ANNEX_NAME, "Value": "guard"}]
+    data = {
+        "ImageId": env.ami_id,
+        "IamInstanceProfile": {"Arn": env.settings.instance_profile_arn},
+        "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 1},
+        "SecurityGroupIds": list(env.settings.security_group_ids),
+        "TagSpecifications": [
+            {"ResourceType": kind, "Tags": annex_tag} for kind in ("instance", "volume")
+        ],
+    }
+    variants = {
+        "guarded template (dry run)": data,
+        "template with another security group": {
+            **data,
+            "SecurityGroupIds": [elsewhere["default_group"]],
+        },
+        "template with another instance profile": {
+            **data,
+            "IamInstanceProfile": {"Arn": admin_profile["InstanceProfile"]["Arn"]},
+        },
+        "template without IMDSv2": {**data, "MetadataOptions": {"HttpTokens": "optional"}},
+    }
+    templates: dict[str, str] = {}
+    try:
+        for number, (what, template_data) in enumerate(variants.items()):
+            templates[what] = env.clients.ec2.create_launch_template(
+                LaunchTemplateName=f"guard-rail-{number}",
+                LaunchTemplateData=template_data,
+                TagSpecifications=[{"ResourceType": "launch-template", "Tags": annex_tag}],
+            )["LaunchTemplate"]["LaunchTemplateId"]
+
+        def request(template_id: str, subnet: str | None = None) -> Any:
+            override: dict[str, Any] = {"InstanceType": "m5.large"}
+            if subnet:
+                override["SubnetId"] = subnet
+            return clients.ec2.request_spot_fleet(
+                DryRun=True,
+                SpotFleetRequestConfig={
+                    "IamFleetRole": env.settings.spot_fleet_role_arn,
+                    "TargetCapacity": 1,
+                    "LaunchTemplateConfigs": [
+                        {
+                            "LaunchTemplateSpecification": {
+                                "LaunchTemplateId": template_id,
+                                "Version": "1",
+                            },
+                            "Overrides": [override],
+                        }
+                    ],
+                    "TagSpecifications": [
+                        {"ResourceType": "spot-fleet-request", "Tags": annex_tag}
+                    ],
+                },
+            )
+
+        with operator_credentials(env) as (clients, arn):
+            outcomes = {what: _code(lambda t=t: request(t)) for what, t in templates.items()}
+            outcomes["guarded template into a subnet of another VPC"] = _code(
+                lambda: request(templates["guarded template (dry run)"], elsewhere["subnet"])
+            )
+        refusals = decisions(env, arn)[1]
+    finally:
+        for template_id in templates.values():
+            env.clients.ec2.delete_launch_template(LaunchTemplateId=template_id)
+        iam.delete_instance_profile(InstanceProfileName="FleetAdmin")
+        _remove_vpc(env, elsewhere)
+    observed("engine: " + "; ".join(f"{k}: {v}" for k, v in outcomes.items()))
+    assert outcomes.pop("guarded template (dry run)") == "DryRunOperation", refusals
     assert set(outcomes.values()) == {"UnauthorizedOperation"}, outcomes
 
 

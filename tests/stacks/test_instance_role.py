@@ -39,7 +39,7 @@ def test_well_known_policy_grants_only_get_object_on_config_tarballs(synthesized
     (statement,) = named
     assert statement.allows and statement.actions == ["s3:GetObject"]
     assert [rendered(r) for r in statement.resources] == [
-        contract.config_object_arn_pattern(bucket_ref(template))
+        contract.config_object_arn_pattern(bucket_ref(template), partition="${AWS::Partition}")
     ]
     assert "Condition" not in statement.body
 
@@ -52,7 +52,9 @@ def test_agent_finds_the_bucket_in_the_well_known_policy(synthesized_setup):
         if s.policy_name == contract.INSTANCE_ROLE_POLICY_NAME
     ]
     resource = rendered(statement.resources[0]).replace(bucket_ref(template), "my-config-bucket")
-    assert contract.bucket_from_policy_resource(resource) == "my-config-bucket"
+    for partition in ("aws", "aws-cn", "aws-us-gov"):
+        deployed = resource.replace("${AWS::Partition}", partition)
+        assert contract.bucket_from_policy_resource(deployed) == "my-config-bucket"
 
 
 def test_no_other_s3_permission_on_the_instance_role(synthesized_setup):

@@ -48,7 +48,7 @@ def test_resource_counts_do_not_multiply(synthesized_setup):
     assertions.resource_count_is("AWS::S3::Bucket", 2)
     assertions.resource_count_is("AWS::IAM::Role", 6)
     assertions.resource_count_is("AWS::IAM::InstanceProfile", 1)
-    assertions.resource_count_is("AWS::IAM::ManagedPolicy", 2)
+    assertions.resource_count_is("AWS::IAM::ManagedPolicy", 3)
     assertions.resource_count_is("AWS::Lambda::Function", 3)
     assertions.resource_count_is("AWS::Events::Rule", 1)
     assertions.resource_count_is("AWS::EC2::SecurityGroup", 1)
