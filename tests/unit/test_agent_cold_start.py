@@ -35,7 +35,11 @@ def test_importing_the_agent_loads_neither_boto3_nor_the_subcommands_modules() -
     outside_the_agent = {
         m for m in loaded if not m.startswith("condor_annex.agent") and m != "condor_annex"
     }
-    assert outside_the_agent <= {"condor_annex.contract", "condor_annex.aws", "condor_annex.backoff"}
+    assert outside_the_agent <= {
+        "condor_annex.contract",
+        "condor_annex.aws",
+        "condor_annex.backoff",
+    }
 
 
 def test_the_agents_session_parses_only_the_trimmed_models() -> None:
