@@ -29,12 +29,13 @@ from typing import Any, Callable, Optional
 from botocore.exceptions import BotoCoreError, ClientError
 
 from condor_annex import contract
-from condor_annex.agent import discovery, firewall, image_check
+from condor_annex.agent import discovery, firewall
 from condor_annex.agent.exits import Exit
 from condor_annex.agent.files import CONFIG_FILE_MODE, write_atomic
 from condor_annex.agent.imds import ImdsClient, ImdsNotFound, ImdsUnavailable
 from condor_annex.agent.log import StepFailed, StepRecord, emit, step
 from condor_annex.agent.root import Root
+from condor_annex.agent.service_models import MODELS_DIR
 from condor_annex.agent.tarball_unpack import Limits, TarballRefused, install, verify
 from condor_annex.aws import error_code
 
@@ -188,24 +189,27 @@ def configure(options: Options, *, session_hook: Optional[Callable[[Any], None]]
             public_ip = str(ipaddress.IPv4Address(public_ip))
         record.note(instance=instance_id, region=region, public_ip=public_ip or "none")
 
-    session = make_session(region=region)
+    # The trimmed API models: parsing EC2's full model was most of the cold start.
+    session = make_session(region=region, model_dirs=[MODELS_DIR])
     if session_hook is not None:
         session_hook(session)
-    ec2 = make_client(session, "ec2")
-    iam = make_client(session, "iam")
-    s3 = make_client(session, "s3")
 
+    # Each client is made just before the step that first needs it: a boot that fails early
+    # never parses the models of the services it did not reach.
+    ec2 = make_client(session, "ec2")
     with agent_step("annex-name") as record:
         identity = discovery.annex_name(
             ec2, imds, instance_id, record, fleet_tag_timeout=options.fleet_tag_timeout
         )
         record.note(annex=identity.name, kind=identity.kind)
 
+    iam = make_client(session, "iam")
     with agent_step("bucket") as record:
         found = discovery.find_bucket(iam, imds, record)
         record.note(bucket=found.bucket, source=found.source, scanned=found.scanned)
 
     key = contract.config_key(identity.name)
+    s3 = make_client(session, "s3")
     with agent_step("download") as record:
         record.note(object=f"s3://{found.bucket}/{key}")
         data, etag = _download(s3, found.bucket, key, options.limits.compressed_bytes)
@@ -335,6 +339,8 @@ def _check_image_main(argv: Sequence[str]) -> int:
     )
     _add_common(parser)
     args = parser.parse_args(argv)
+    from condor_annex.agent import image_check  # only this subcommand needs it
+
     results = image_check.check(Root(args.root))
     print(image_check.report(results))
     return int(Exit.OK if image_check.all_musts_met(results) else Exit.CHECK_FAILED)

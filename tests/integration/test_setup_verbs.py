@@ -21,7 +21,12 @@ import pytest
 from annex_sandbox import LocalAws
 from condor_annex import contract
 from condor_annex import setup as setup_verbs
+from condor_annex.annex_settings import AnnexClients, load_settings
+from condor_annex.create import CreateHooks, create_annex
+from condor_annex.create_request import CreateRequest
 from condor_annex.errors import AnnexError, CredentialsError, InvalidInput, SetupMissing
+from condor_annex.images import READY_IMAGE_TAG
+from condor_annex.off import annex_off
 from condor_annex.setup import (
     SetupResult,
     check_setup,
@@ -30,9 +35,14 @@ from condor_annex.setup import (
     run_setup,
 )
 from condor_annex.user_config import read_annex_macros, write_annex_macros
+from tests.integration.annex_env import POOL_KEY, TRUST_DOMAIN, write_scrambled_key
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 POOL_CIDR = "198.51.100.0/24"
+NEW_POOL_CIDR = "203.0.113.0/24"
+SECOND_NEW_POOL_CIDR = "192.0.2.0/24"
+HTCONDOR_PORT = 9618
+STOCK_IMAGE = "ami-12c6146b"  # one of the emulator's stock images (listing them takes seconds)
 USER_LINES = "# my settings\nSCHEDD_HOST = submit.example.org\n"
 
 KEY_FILE_ACCESS_KEY_ID = "AKIAFROMKEYFILE00001"
@@ -306,6 +316,120 @@ def test_destroy_refuses_while_a_lease_is_recorded(deployed):
             )
     finally:
         s3.delete_object(Bucket=bucket, Key=contract.lease_key("leased-annex"))
+
+
+def _rerun_setup(deployed: Deployed, pool_cidrs: list[str]) -> SetupResult:
+    keys = deployed.config_file.parent
+    return run_setup(
+        region=deployed.aws.region,
+        pool_cidrs=pool_cidrs,
+        config_file=deployed.config_file,
+        project_dir=PROJECT_DIR,
+        env=deployed.env,
+        credentials_files=(keys / "publicKeyFile", keys / "privateKeyFile"),
+    )
+
+
+def _pool_ingress(aws: LocalAws, group_ids: str) -> set[str]:
+    """The address ranges the setup's security groups admit to HTCondor's port."""
+    groups = aws.client("ec2").describe_security_groups(GroupIds=group_ids.split(","))
+    return {
+        ip_range["CidrIp"]
+        for group in groups["SecurityGroups"]
+        for permission in group["IpPermissions"]
+        if permission.get("FromPort") == HTCONDOR_PORT
+        for ip_range in permission.get("IpRanges", [])
+    }
+
+
+def _change_sets(aws: LocalAws) -> list[dict[str, Any]]:
+    summaries: list[dict[str, Any]] = aws.client("cloudformation").list_change_sets(
+        StackName=contract.STACK_NAME
+    )["Summaries"]
+    return summaries
+
+
+def _create_one_instance_annex(
+    deployed: Deployed, collector: str, tmp_path: Path
+) -> tuple[Any, AnnexClients, Any]:
+    """`create` from what `-setup` recorded in the user config (one on-demand instance)."""
+    region = deployed.aws.region
+    clients = AnnexClients.from_session(region=region)
+    clients.ec2.create_tags(
+        Resources=[STOCK_IMAGE], Tags=[{"Key": READY_IMAGE_TAG, "Value": "tests"}]
+    )
+    key_file = tmp_path / "POOL"
+    write_scrambled_key(key_file, POOL_KEY)
+    probe = _connectivity_handler()
+    request = CreateRequest(
+        annex_name="after_update",
+        collector=collector,
+        ami_id=STOCK_IMAGE,
+        owner="alice",
+        signing_key_file=key_file,
+        trust_domain=TRUST_DOMAIN,
+        count=1,
+        duration_seconds=3600,
+    )
+    hooks = CreateHooks(
+        connectivity_probe=lambda host, port: probe({"host": host, "port": port, "timeout": 2})
+    )
+    settings = load_settings(deployed.config_file, region)
+    return settings, clients, create_annex(request, settings=settings, clients=clients, hooks=hooks)
+
+
+@cdk
+def test_rerunning_setup_with_a_changed_pool_cidr_updates_the_stack_twice_over(
+    deployed, collector, tmp_path, monkeypatch
+):
+    """Re-running `-setup` to update: each changed `-pool-cidr` becomes the security group's
+    ingress in place (the group annexes run in stays), the outputs are recorded again, no
+    change set is left behind, an unchanged re-run after it is a no-op, `-check-setup` is
+    green, and an annex can be created from the updated setup."""
+    aws = deployed.aws
+    group_ids = _stack_outputs(aws, contract.STACK_NAME)[contract.OUTPUT_SECURITY_GROUP_IDS.key]
+    assert _pool_ingress(aws, group_ids) == {POOL_CIDR}
+
+    for pool_cidrs in ([NEW_POOL_CIDR], [NEW_POOL_CIDR, SECOND_NEW_POOL_CIDR]):
+        updated = _rerun_setup(deployed, pool_cidrs)
+
+        assert updated.changed
+        (stack,) = aws.client("cloudformation").describe_stacks(StackName=contract.STACK_NAME)[
+            "Stacks"
+        ]
+        assert stack["StackStatus"] == "UPDATE_COMPLETE"
+        assert updated.outputs == _stack_outputs(aws, contract.STACK_NAME)
+        assert updated.outputs[contract.OUTPUT_SECURITY_GROUP_IDS.key] == group_ids
+        assert _pool_ingress(aws, group_ids) == set(pool_cidrs)
+        macros = read_annex_macros(deployed.config_file)
+        for output in contract.STACK_OUTPUTS:
+            assert macros[output.macro] == updated.outputs[output.key], output.macro
+        assert _change_sets(aws) == []
+
+        again = _rerun_setup(deployed, pool_cidrs)
+        assert not again.changed
+        assert again.outputs == updated.outputs
+        assert _pool_ingress(aws, group_ids) == set(pool_cidrs)
+        assert _change_sets(aws) == []
+
+    checked = check_setup(
+        session=aws.session(),
+        config_file=deployed.config_file,
+        collector=collector,
+        connectivity_probe=_connectivity_handler(),
+    )
+    assert checked.problems == []
+
+    monkeypatch.setenv("PATH", os.defpath)  # tokens minted in-process, not by condor_token_create
+    settings, clients, made = _create_one_instance_annex(deployed, collector, tmp_path)
+    try:
+        (reservation,) = clients.ec2.describe_instances(InstanceIds=made.instance_ids)[
+            "Reservations"
+        ]
+        (instance,) = reservation["Instances"]
+        assert [g["GroupId"] for g in instance["SecurityGroups"]] == group_ids.split(",")
+    finally:
+        annex_off("after_update", settings=settings, clients=clients)
 
 
 @cdk
