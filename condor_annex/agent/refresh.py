@@ -164,6 +164,7 @@ def main(argv: Sequence[str]) -> int:
     except SystemExit as exit_:
         return int(exit_.code or 0) and int(Exit.USAGE)
     root = Root(args.root)
+    from condor_annex.agent.service_models import MODELS_DIR
     from condor_annex.aws import make_client, make_session
 
     try:
@@ -171,7 +172,8 @@ def main(argv: Sequence[str]) -> int:
     except (OSError, ValueError, KeyError):
         region = ""
     try:
-        s3 = make_client(make_session(region=region or None), "s3")
+        # The agent's trimmed models (agent/service_models.py): GetObject is in them.
+        s3 = make_client(make_session(region=region or None, model_dirs=[MODELS_DIR]), "s3")
         outcome = refresh(root, s3, args.reconfig_command or None)
     except StepFailed as failure:
         emit("refresh", "error", exit_code=int(failure.exit_code), reason=failure.reason)
