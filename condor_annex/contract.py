@@ -173,6 +173,10 @@ TARBALL_CONFIG_FILE = "50-annex.config"
 TARBALL_TOKEN_DIR = "tokens.d"  # noqa: S105 - a directory name, not a secret
 """Token directory inside the tarball; HTCondor skips subdirectories of LOCAL_CONFIG_DIR."""
 TARBALL_TOKEN_FILE = f"{TARBALL_TOKEN_DIR}/annex.token"
+AGENT_REFRESH_INTERVAL_MINUTES = 5
+"""How often an instance re-reads its tarball for a fresh token (image/systemd timer)."""
+AGENT_STATE_FILE = "/var/lib/condor-annex/tarball.json"
+"""Where the agent remembers which tarball (bucket, key, ETag) it installed, for `refresh`."""
 INSTANCE_MACROS_FILE = "00-annex-instance.config"
 """Written by the agent; sorts first so `if defined EC2PublicIP` in later files sees it."""
 MACRO_INSTANCE_ID = "EC2InstanceID"
