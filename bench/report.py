@@ -45,6 +45,16 @@ def _agent(doc: dict[str, Any]) -> list[str]:
             f"{r['baseline_metadata_requests']} |"
         )
     rows = doc["data"].get("rows", [])
+    cold = doc["data"].get("cold_start")
+    if cold:
+        lines += [
+            "",
+            f"Cold start ({cold['kind']} boot, each side a whole process from interpreter start, "
+            f"same run): ours {cold['ours_s']:.2f} s against the old script's "
+            f"{cold['baseline_s']:.2f} s, **{_x(cold['speedup'])}** (goal {cold['goal']:.0f}x); CPU "
+            f"seconds of every process each side started {cold['ours_cpu_s']:.2f} against "
+            f"{cold['baseline_cpu_s']:.2f}, {_x(cold['cpu_speedup'])}.",
+        ]
     if rows:
         lines += [
             "",

@@ -249,12 +249,23 @@ def provision_setup(aws: RemoteAws, workdir: Path, *, prefer_stack: bool = True)
     return setup
 
 
+OLD_SCRIPT_INTROSPECTION = [
+    "iam:GetInstanceProfile", "iam:ListRolePolicies", "iam:GetRolePolicy",
+    "iam:ListAttachedRolePolicies", "iam:GetPolicy", "iam:GetPolicyVersion",
+    "ec2:DescribeInstances", "ec2:DescribeSpotFleetRequests",
+]  # fmt: skip
+"""The old setup's `Introspection` grants (shared/research/reference-condor-annex.md): the
+baseline's role scan needs them, and our stack's least-privilege instance role lacks GetPolicy*."""
+
+
 def _attach_extra_policy(aws: RemoteAws, setup: Setup) -> None:
     iam = aws.client("iam")
+    # In the managed policy, not a new inline one: the old script's call count stays the same.
     document = {
         "Version": "2012-10-17",
         "Statement": [
-            {"Effect": "Allow", "Action": ["ssm:UpdateInstanceInformation"], "Resource": "*"}
+            {"Effect": "Allow", "Action": ["ssm:UpdateInstanceInformation"], "Resource": "*"},
+            {"Effect": "Allow", "Action": OLD_SCRIPT_INTROSPECTION, "Resource": "*"},
         ],
     }
     arn = iam.create_policy(

@@ -21,6 +21,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
+from condor_annex import contract
 from stacks.config_bucket import annex_object_arns
 from stacks.launch_guard_rails import (
     ANNEX_LAUNCH_TEMPLATES,
@@ -40,6 +41,10 @@ LAUNCHED_WITH_GENERATED_IDS = [
     ec2_arn("volume/*"),
     ec2_arn("spot-fleet-request/*"),
     ec2_arn("fleet/*"),
+]
+SERVICE_LINKED_ROLE_ARNS = [
+    f"arn:{Aws.PARTITION}:iam::{Aws.ACCOUNT_ID}:{role.arn_path()}"
+    for role in contract.SERVICE_LINKED_ROLES
 ]
 DEFAULT_IMAGE_PARAMETERS = (
     f"arn:{Aws.PARTITION}:ssm:{Aws.REGION}::parameter/aws/service/ami-amazon-linux-latest/*"
@@ -120,12 +125,13 @@ class OperatorPolicy(Construct):
                 resources=[ec2_arn("spot-fleet-request/*")],
                 conditions=request_tagged,
             ),
-            # EC2 Fleet (create.py `build_ec2_fleet_request`): the fleet is created tagged; CreateFleet
-            # is also authorized against the instance, volumes, template, subnets and image (Service
-            # Authorization Reference, "ec2:CreateFleet"), and an instant fleet launches with the
-            # caller's own RunInstances permissions (guarded above). CreateFleet sees no values
-            # from the template ("Resource-level permissions for this action do not include the
-            # resources specified in a launch template"): the profile is checked where it is seen.
+            # EC2 Fleet (launch_spec.py `build_ec2_fleet_request`): the fleet is created tagged;
+            # CreateFleet is also authorized against the instance, volumes, template, subnets and
+            # image (Service Authorization Reference, "ec2:CreateFleet"), and an instant fleet
+            # launches with the caller's own RunInstances permissions (guarded above). CreateFleet
+            # sees no values from the template ("Resource-level permissions for this action do not
+            # include the resources specified in a launch template"): the profile is checked where
+            # it is seen.
             iam.PolicyStatement(
                 sid="CreateAnnexEc2FleetsTagged",
                 actions=["ec2:CreateFleet"],
@@ -252,6 +258,24 @@ class OperatorPolicy(Construct):
                 sid="ReadSetupInstanceProfile",
                 actions=["iam:GetInstanceProfile"],
                 resources=[guard_rails.instance_profile_arn],
+            ),
+            # The fleets' service-linked roles (contract.SERVICE_LINKED_ROLES): `-check-setup`
+            # reads them, and an operator in an account that lacks one may create exactly those
+            # (the grant AWS's "Spot Fleet permissions" user policy makes), nothing else.
+            iam.PolicyStatement(
+                sid="CreateFleetServiceLinkedRoles",
+                actions=["iam:CreateServiceLinkedRole"],
+                resources=SERVICE_LINKED_ROLE_ARNS,
+                conditions={
+                    "StringEquals": {
+                        "iam:AWSServiceName": [r.service for r in contract.SERVICE_LINKED_ROLES]
+                    }
+                },
+            ),
+            iam.PolicyStatement(
+                sid="ReadFleetServiceLinkedRoles",
+                actions=["iam:GetRole"],
+                resources=SERVICE_LINKED_ROLE_ARNS,
             ),
             iam.PolicyStatement(
                 sid="ReadSetupStack",
