@@ -409,3 +409,29 @@ JOB_TARGET_ANNEX_ATTRIBUTE = "TargetAnnexName"
 """Job attribute (`+TargetAnnexName = "NAME"`) that asks for one annex by name."""
 JOB_MAY_USE_AWS_ATTRIBUTE = "MayUseAWS"
 """Job attribute (`+MayUseAWS = True`) that lets a job run on any of its owner's annexes."""
+
+
+# --- Account-wide prerequisites (created by `-setup`, checked by `-check-setup`) ----------------
+
+
+@dataclass(frozen=True)
+class ServiceLinkedRole:
+    """A role AWS names and owns for one service; one per account, shared by every region."""
+
+    service: str
+    """The `iam:AWSServiceName` (`aws iam create-service-linked-role --aws-service-name ...`)."""
+    role_name: str
+
+    def arn_path(self) -> str:
+        """`role/aws-service-role/<service>/<name>`: the resource part of its ARN."""
+        return f"role/aws-service-role/{self.service}/{self.role_name}"
+
+
+SERVICE_LINKED_ROLES = (
+    ServiceLinkedRole("spotfleet.amazonaws.com", "AWSServiceRoleForEC2SpotFleet"),
+    ServiceLinkedRole("spot.amazonaws.com", "AWSServiceRoleForEC2Spot"),
+    ServiceLinkedRole("ec2fleet.amazonaws.com", "AWSServiceRoleForEC2Fleet"),
+)
+"""Spot Fleet, Spot Instances and EC2 Fleet act through these ("Spot Fleet permissions",
+"Service-linked role for EC2 Fleet", Amazon EC2 User Guide); a fresh account has none of them
+until the console or `-setup` creates them."""

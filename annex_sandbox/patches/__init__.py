@@ -32,6 +32,7 @@ from annex_sandbox.patches.ec2_fleet import (
 )
 from annex_sandbox.patches.ec2_instances import (
     describe_instances_filters,
+    ec2_dry_runs_launch_nothing,
     run_instances_idempotent_on_client_token,
     run_instances_profile_on_every_instance,
 )
@@ -39,6 +40,7 @@ from annex_sandbox.patches.iam import (
     cloudformation_roles_attach_managed_policy_arns,
     iam_authorizes_against_resource_arns,
     iam_inline_policies_stored_as_json,
+    iam_service_linked_roles_named_and_unique_like_aws,
     iam_trust_policy_account_principals,
 )
 from annex_sandbox.patches.scheduler import scheduler_update_replaces_every_field
@@ -82,6 +84,9 @@ PATCHES: tuple[Callable[[], None], ...] = (
     iam_authorizes_against_resource_arns,
     iam_inline_policies_stored_as_json,
     cloudformation_roles_attach_managed_policy_arns,
+    iam_service_linked_roles_named_and_unique_like_aws,
+    # Outermost on the four launch/create operations: a dry run reaches none of the above.
+    ec2_dry_runs_launch_nothing,
 )
 
 _applied = False

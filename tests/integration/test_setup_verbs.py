@@ -34,6 +34,8 @@ from condor_annex.setup import (
     raise_for_problems,
     run_setup,
 )
+from condor_annex.setup_checks import ensure_service_linked_roles
+from condor_annex.target import WrongAccount
 from condor_annex.user_config import read_annex_macros, write_annex_macros
 from tests.integration.annex_env import POOL_KEY, TRUST_DOMAIN, write_scrambled_key
 
@@ -182,19 +184,33 @@ def test_setup_deploys_with_the_keys_from_the_key_files(deployed):
 
 
 @cdk
+def test_setup_creates_the_fleet_service_linked_roles(deployed):
+    iam = deployed.aws.client("iam")
+    for role in contract.SERVICE_LINKED_ROLES:
+        found = iam.get_role(RoleName=role.role_name)["Role"]
+        assert found["Path"] == f"/aws-service-role/{role.service}/"
+        assert f"created service-linked role {role.role_name}" in deployed.progress
+
+
+@cdk
 def test_rerunning_setup_changes_nothing_and_keeps_the_file(deployed):
     before = deployed.config_file.read_bytes()
     keys = deployed.config_file.parent
+    progress: list[str] = []
     again = run_setup(
         region=deployed.aws.region,
         pool_cidrs=[POOL_CIDR],
         config_file=deployed.config_file,
         project_dir=PROJECT_DIR,
         env=deployed.env,
+        progress=progress.append,
         credentials_files=(keys / "publicKeyFile", keys / "privateKeyFile"),
     )
     assert not again.changed
     assert deployed.config_file.read_bytes() == before
+    # IAM answered "has been taken" for each role (the local AWS as AWS does): not an error.
+    for role in contract.SERVICE_LINKED_ROLES:
+        assert f"service-linked role {role.role_name} already exists" in progress
 
 
 @cdk
@@ -207,6 +223,71 @@ def test_check_setup_is_green_after_setup(deployed, collector):
     )
     assert result.problems == []
     assert result.ok
+    for action in (
+        "ec2:RunInstances",
+        "ec2:CreateLaunchTemplate",
+        "ec2:RequestSpotFleet",
+        "ec2:CreateFleet",
+        "scheduler:GetSchedule",
+    ):
+        assert any(line.startswith(f"{action} would be allowed") for line in result.checked)
+    # Dry runs: nothing was launched or created by the check.
+    ec2 = deployed.aws.client("ec2")
+    assert ec2.describe_instances()["Reservations"] == []
+    assert ec2.describe_launch_templates()["LaunchTemplates"] == []
+
+
+@cdk
+def test_check_setup_names_each_missing_service_linked_role(deployed, collector):
+    iam = deployed.aws.client("iam")
+    for role in contract.SERVICE_LINKED_ROLES:
+        iam.delete_service_linked_role(RoleName=role.role_name)
+    try:
+        result = check_setup(
+            session=deployed.aws.session(),
+            config_file=deployed.config_file,
+            collector=collector,
+            connectivity_probe=_connectivity_handler(),
+        )
+    finally:
+        created, problems = ensure_service_linked_roles(iam)
+    assert not result.ok
+    assert len(result.problems) == len(contract.SERVICE_LINKED_ROLES)
+    for role, problem in zip(contract.SERVICE_LINKED_ROLES, result.problems):
+        assert role.role_name in problem.what and "does not exist" in problem.what
+        assert "condor_annex -setup" in problem.next_step
+        assert f"aws iam create-service-linked-role --aws-service-name {role.service}" in (
+            problem.next_step
+        )
+    assert (created, problems) == ([r.role_name for r in contract.SERVICE_LINKED_ROLES], [])
+
+
+@cdk
+def test_check_setup_reports_credentials_of_another_account(deployed, tmp_path):
+    elsewhere = tmp_path / "user_config"
+    elsewhere.write_text(deployed.config_file.read_text())
+    write_annex_macros(elsewhere, {contract.MACRO_AWS_ACCOUNT_ID: "999999999999"})
+    result = check_setup(session=deployed.aws.session(), config_file=elsewhere, collector="x")
+    [problem] = result.problems
+    assert "999999999999" in problem.what and deployed.aws.account_id in problem.what
+    assert "credentials of account 999999999999" in problem.next_step
+    with pytest.raises(WrongAccount):
+        raise_for_problems(result)
+
+
+@cdk
+def test_check_setup_reports_a_region_without_a_setup(deployed):
+    other = "eu-west-1" if deployed.aws.region != "eu-west-1" else "us-west-2"
+    result = check_setup(
+        session=deployed.aws.session(region_name=other),
+        config_file=deployed.config_file,
+        collector="x",
+    )
+    [problem] = result.problems
+    assert problem.what.startswith(f"no setup is recorded for {other}")
+    assert f"-aws-region {deployed.aws.region}" in problem.next_step
+    with pytest.raises(SetupMissing):
+        raise_for_problems(result)
 
 
 @cdk
