@@ -74,3 +74,20 @@ def test_each_trimmed_model_is_complete_and_current(service: str) -> None:
         referenced += [shape[p]["shape"] for p in ("member", "key", "value") if p in shape]
         referenced += [m["shape"] for m in shape.get("members", {}).values()]
     assert sorted(set(referenced) - set(shapes)) == []
+
+
+@pytest.mark.parametrize("region", ["us-east-1", "eu-west-3", "cn-north-1", "us-gov-west-1"])
+def test_the_trimmed_endpoints_resolve_like_botocores(
+    region: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    trimmed = make_session(region=region, model_dirs=[MODELS_DIR])
+    full = make_session(region=region)
+    for service in AGENT_OPERATIONS:
+        ours, theirs = make_client(trimmed, service), make_client(full, service)
+        assert ours.meta.endpoint_url == theirs.meta.endpoint_url, service
+        assert ours.meta.region_name == theirs.meta.region_name, service
+        # IAM is global: signed for the partition's home region whatever the instance's region.
+        assert ours._request_signer.region_name == theirs._request_signer.region_name, service
