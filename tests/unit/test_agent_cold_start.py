@@ -16,11 +16,19 @@ import botocore.session
 import pytest
 
 from condor_annex.agent.service_models import AGENT_OPERATIONS, MODEL_FILE, MODELS_DIR
-from condor_annex.aws import make_client, make_session
+from condor_annex.aws import make_client, make_client_session, make_session
 
 _LOADED_BY_IMPORT = (
     "import sys, json, condor_annex.agent.main; "
     "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('boto3', 'condor_annex')))))"
+)
+_LOADED_BY_CLIENTS = (
+    "import sys, condor_annex.agent.main; "
+    "from condor_annex.aws import make_client, make_client_session; "
+    "from condor_annex.agent.service_models import AGENT_OPERATIONS, MODELS_DIR; "
+    "session = make_client_session(region='us-east-1', model_dirs=[MODELS_DIR]); "
+    "[make_client(session, service) for service in AGENT_OPERATIONS]; "
+    "print('boto3' in sys.modules)"
 )
 
 
@@ -42,8 +50,15 @@ def test_importing_the_agent_loads_neither_boto3_nor_the_subcommands_modules() -
     }
 
 
+def test_the_agents_clients_come_without_boto3s_resources_and_transfer_manager() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _LOADED_BY_CLIENTS], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "False"
+
+
 def test_the_agents_session_parses_only_the_trimmed_models() -> None:
-    session = make_session(region="us-east-1", model_dirs=[MODELS_DIR])
+    session = make_client_session(region="us-east-1", model_dirs=[MODELS_DIR])
     for service, operations in AGENT_OPERATIONS.items():
         client = make_client(session, service)
         assert sorted(client.meta.service_model.operation_names) == sorted(operations), service
@@ -83,7 +98,7 @@ def test_the_trimmed_endpoints_resolve_like_botocores(
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
-    trimmed = make_session(region=region, model_dirs=[MODELS_DIR])
+    trimmed = make_client_session(region=region, model_dirs=[MODELS_DIR])
     full = make_session(region=region)
     for service in AGENT_OPERATIONS:
         ours, theirs = make_client(trimmed, service), make_client(full, service)
