@@ -8,6 +8,7 @@ billing) and exits with the failure class's code (see `exits.Exit` and docs/AGEN
     condor-annex-ec2 [--root DIR] [--dry-run] [--no-firewall] [--fleet-tag-timeout S] ...
     condor-annex-ec2 check-image [--root DIR]
     condor-annex-ec2 firewall [--root DIR] [--dry-run]
+    condor-annex-ec2 refresh [--root DIR] [--reconfig-command CMD]   (agent/refresh.py)
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ def instance_macros(instance_id: str, public_ip: Optional[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _download(s3: Any, bucket: str, key: str, cap: int) -> bytes:
+def _download(s3: Any, bucket: str, key: str, cap: int) -> tuple[bytes, str]:
+    """The tarball's bytes and its ETag (which `refresh` later asks S3 about)."""
     try:
         response = s3.get_object(Bucket=bucket, Key=key)
     except ClientError as error:
@@ -122,7 +124,7 @@ def _download(s3: Any, bucket: str, key: str, cap: int) -> bytes:
         body.close()
     if len(data) > cap:
         raise TarballRefused(f"compressed size exceeds {cap} bytes")
-    return data
+    return data, str(response.get("ETag", ""))
 
 
 def power_off(options: Options, reason: str) -> None:
@@ -210,7 +212,7 @@ def configure(options: Options, *, session_hook: Optional[Callable[[Any], None]]
     s3 = make_client(session, "s3")
     with agent_step("download") as record:
         record.note(object=f"s3://{found.bucket}/{key}")
-        data = _download(s3, found.bucket, key, options.limits.compressed_bytes)
+        data, etag = _download(s3, found.bucket, key, options.limits.compressed_bytes)
         record.note(bytes=len(data))
 
     with agent_step("verify") as record:
@@ -228,6 +230,9 @@ def configure(options: Options, *, session_hook: Optional[Callable[[Any], None]]
         else:
             files = tuple(install(tarball.members, target, root.privileged))
             record.note(files=",".join(files))
+            from condor_annex.agent import refresh
+
+            refresh.remember(root, refresh.Installed(found.bucket, key, etag, region))
 
     macros_path = root.config_dir / contract.INSTANCE_MACROS_FILE
     with agent_step("instance-macros") as record:
@@ -274,7 +279,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="condor-annex-ec2",
         description="Configure this EC2 instance as a member of its HTCondor annex.",
-        epilog="Subcommands: `check-image [--root DIR]`, `firewall [--root DIR] [--dry-run]`. "
+        epilog="Subcommands: `check-image [--root DIR]`, `firewall [--root DIR] [--dry-run]`, "
+        "`refresh [--root DIR] [--reconfig-command CMD]`. "
         "Exit codes are listed in docs/AGENT.md.",
     )
     _add_common(parser)
@@ -340,22 +346,31 @@ def _check_image_main(argv: Sequence[str]) -> int:
     return int(Exit.OK if image_check.all_musts_met(results) else Exit.CHECK_FAILED)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list and args_list[0] == "check-image":
-        return _check_image_main(args_list[1:])
-    if args_list and args_list[0] == "firewall":
-        return _firewall_main(args_list[1:])
-    try:
-        args = _parser().parse_args(args_list)
-    except SystemExit as exit_:
-        return int(exit_.code or 0) and int(Exit.USAGE)
+def _sdk_environment() -> None:
     # The SDK's own metadata credential fetch: a few attempts with a sane timeout at early boot.
     os.environ.setdefault("AWS_METADATA_SERVICE_NUM_ATTEMPTS", "5")
     os.environ.setdefault("AWS_METADATA_SERVICE_TIMEOUT", "2")
     # Annex instances require IMDSv2: when a token request times out the SDK must retry it,
     # never fall back to a v1 request the instance refuses (seen at 1,000 concurrent boots).
     os.environ.setdefault("AWS_EC2_METADATA_V1_DISABLED", "true")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] == "check-image":
+        return _check_image_main(args_list[1:])
+    if args_list and args_list[0] == "firewall":
+        return _firewall_main(args_list[1:])
+    if args_list and args_list[0] == "refresh":
+        from condor_annex.agent import refresh
+
+        _sdk_environment()
+        return refresh.main(args_list[1:])
+    try:
+        args = _parser().parse_args(args_list)
+    except SystemExit as exit_:
+        return int(exit_.code or 0) and int(Exit.USAGE)
+    _sdk_environment()
     options = Options(
         root=Root(args.root),
         dry_run=args.dry_run,
