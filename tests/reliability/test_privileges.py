@@ -23,6 +23,8 @@ from botocore.exceptions import ClientError
 
 from condor_annex import contract
 from condor_annex.annex_settings import USER_DEFAULT_MACROS, AnnexClients
+from condor_annex.errors import CredentialsError
+from condor_annex.setup import raise_for_problems
 from condor_annex.user_config import write_annex_macros
 from tests.integration.annex_env import AnnexEnv
 from tests.reliability.conftest import cli, od_args
@@ -534,3 +536,5 @@ def test_check_setup_names_a_missing_request_spot_fleet_grant(
     assert env.settings.spot_fleet_role_arn in problem.what
     assert env.settings.operator_policy_arn in problem.next_step
     assert any(r.startswith("ec2:RequestSpotFleet") for r in refused), refused
+    with pytest.raises(CredentialsError):
+        raise_for_problems(result)
