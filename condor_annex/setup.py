@@ -474,6 +474,9 @@ def run_setup(
                 "--all",
                 "--require-approval",
                 "never",
+                # Given every time: `cdk deploy` would keep the VPC of the previous deploy.
+                "--parameters",
+                f"{contract.STACK_VPC_PARAMETER}={vpc_id}",
                 "--progress",
                 "events",
                 "--outputs-file",

@@ -23,6 +23,7 @@ from annex_sandbox.patches.cloudformation import (
     cloudformation_stack_outputs_from_change_sets,
     cloudformation_updates_security_group_rules_in_place,
     cloudformation_use_previous_value_of_ssm_parameters,
+    cloudformation_validates_vpc_id_parameters,
 )
 from annex_sandbox.patches.ec2_fleet import (
     delete_fleets_ends_every_instance,
@@ -76,6 +77,7 @@ PATCHES: tuple[Callable[[], None], ...] = (
     cloudformation_change_set_without_changes_fails,
     cloudformation_use_previous_value_of_ssm_parameters,
     cloudformation_updates_security_group_rules_in_place,
+    cloudformation_validates_vpc_id_parameters,
     cloudformation_deletes_managed_policies,
     scheduler_update_replaces_every_field,
     cloudformation_resolves_s3_template_urls,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -430,3 +431,67 @@ def cloudformation_updates_security_group_rules_in_place() -> None:
         return original_resource
 
     SecurityGroup.update_from_cloudformation_json = classmethod(update_from_cloudformation_json)  # type: ignore[method-assign,assignment]
+
+
+def _parsed_template(template: str) -> dict[str, Any]:
+    """A JSON template's document; {} for YAML (not checked here: the CDK writes JSON)."""
+    try:
+        parsed: Any = json.loads(template)
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _refuse_missing_vpcs(
+    backend: CloudFormationBackend, template: str, parameters: dict[str, Any]
+) -> None:
+    from moto.ec2.models import ec2_backends
+
+    slots = _parsed_template(template).get("Parameters") or {}
+    vpcs = ec2_backends[backend.account_id][backend.region_name].vpcs
+    for name, slot in slots.items():
+        if not isinstance(slot, dict) or slot.get("Type") != "AWS::EC2::VPC::Id":
+            continue
+        value = parameters.get(name, slot.get("Default"))
+        if value and value not in vpcs:
+            raise ValidationError(
+                message=(
+                    f"Parameter validation failed: parameter value {value} for parameter name "
+                    f"{name} does not exist"
+                )
+            )
+
+
+def cloudformation_validates_vpc_id_parameters() -> None:
+    """An `AWS::EC2::VPC::Id` parameter naming no VPC is refused before anything changes.
+
+    "Specify existing resources at runtime with CloudFormation-supplied parameter types" (AWS
+    CloudFormation User Guide,
+    https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/cloudformation-supplied-parameter-types.html):
+    AWS-specific parameter types are validated "against existing values in the user's account"
+    when the stack or change set is created; a missing VPC is ValidationError "Parameter
+    validation failed: parameter value vpc-… for parameter name … does not exist". moto accepts
+    any string and fails while executing: a re-run of `-setup -vpc-id` with a typo deleted the
+    security group and then answered an EC2 error, leaving the stack half-updated.
+    """
+    original_change_set: Callable[..., tuple[str, str]] = CloudFormationBackend.create_change_set
+    original_stack: Callable[..., Any] = CloudFormationBackend.create_stack
+
+    def create_change_set(
+        self: CloudFormationBackend, stack_name: str, change_set_name: str, template: str,
+        parameters: dict[str, str], *args: Any, **kwargs: Any,
+    ) -> tuple[str, str]:  # fmt: skip
+        _refuse_missing_vpcs(self, template, parameters)
+        return original_change_set(
+            self, stack_name, change_set_name, template, parameters, *args, **kwargs
+        )
+
+    def create_stack(
+        self: CloudFormationBackend, name: str, template: str, parameters: dict[str, Any],
+        *args: Any, **kwargs: Any,
+    ) -> Any:  # fmt: skip
+        _refuse_missing_vpcs(self, template, parameters)
+        return original_stack(self, name, template, parameters, *args, **kwargs)
+
+    CloudFormationBackend.create_change_set = create_change_set  # type: ignore[method-assign]
+    CloudFormationBackend.create_stack = create_stack  # type: ignore[method-assign]

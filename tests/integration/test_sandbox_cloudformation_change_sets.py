@@ -224,3 +224,41 @@ def test_changing_only_a_security_groups_ingress_updates_the_group_in_place(aws)
     replaced = deploy("UPDATE", _group_template(vpc_id, ["192.0.2.0/24"], description="other"))
     assert replaced != first
     assert ingress(replaced) == ["192.0.2.0/24"]
+
+
+def test_a_vpc_id_parameter_naming_no_vpc_is_refused_before_anything_changes(aws):
+    """AWS-specific parameter types are validated against the account when the change set is
+    created ("CloudFormation-supplied parameter types"): a missing VPC is ValidationError
+    "Parameter validation failed: …", and the stack keeps its group and rules."""
+    cfn, ec2 = aws.client("cloudformation"), aws.client("ec2")
+    vpc_id = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0][
+        "VpcId"
+    ]
+    template = json.loads(_group_template("unused", ["198.51.100.0/24"]))
+    template["Parameters"] = {"TargetVpcId": {"Type": "AWS::EC2::VPC::Id", "Default": vpc_id}}
+    template["Resources"]["Group"]["Properties"]["VpcId"] = {"Ref": "TargetVpcId"}
+    cfn.create_stack(StackName="in-vpc", TemplateBody=json.dumps(template))
+    (group,) = ec2.describe_security_groups(
+        Filters=[
+            {"Name": "vpc-id", "Values": [vpc_id]},
+            {"Name": "description", "Values": ["annex"]},
+        ]
+    )["SecurityGroups"]
+
+    missing = "vpc-0123456789abcdef0"
+    with pytest.raises(ClientError) as info:
+        cfn.create_change_set(
+            StackName="in-vpc", ChangeSetName=CDK_CHANGE_SET, ChangeSetType="UPDATE",
+            TemplateBody=json.dumps(template),
+            Parameters=[{"ParameterKey": "TargetVpcId", "ParameterValue": missing}],
+        )  # fmt: skip
+
+    assert _error(info) == (
+        "ValidationError",
+        400,
+        f"Parameter validation failed: parameter value {missing} for parameter name "
+        "TargetVpcId does not exist",
+    )
+    assert cfn.list_change_sets(StackName="in-vpc")["Summaries"] == []
+    (kept,) = ec2.describe_security_groups(GroupIds=[group["GroupId"]])["SecurityGroups"]
+    assert kept["IpPermissions"] == group["IpPermissions"]
