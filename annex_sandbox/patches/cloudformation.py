@@ -372,6 +372,71 @@ def cloudformation_use_previous_value_of_ssm_parameters() -> None:
     Stack.stack_parameters = property(stack_parameters)  # type: ignore[method-assign,assignment]
 
 
+def _authorize_ingress(backend: Any, group: Any, rules: list[dict[str, Any]]) -> None:
+    """Add a template's `SecurityGroupIngress` rules (IPv4, IPv6 or group sources) to `group`."""
+    for rule in rules:
+        source = {
+            key: rule[field]
+            for key, field in (
+                ("GroupId", "SourceSecurityGroupId"),
+                ("GroupName", "SourceSecurityGroupName"),
+            )
+            if rule.get(field)
+        }
+        ranges = [{key: rule[key]} for key in ("CidrIp", "CidrIpv6") if rule.get(key)]
+        backend.authorize_security_group_ingress(
+            group_name_or_id=group.id,
+            ip_protocol=str(rule["IpProtocol"]),
+            from_port=rule.get("FromPort"),
+            to_port=rule.get("ToPort"),
+            ip_ranges=ranges,
+            source_groups=[source] if source else [],
+            vpc_id=group.vpc_id,
+        )
+
+
+def cloudformation_security_groups_admit_ipv6_ranges() -> None:
+    """A template's `SecurityGroupIngress` rule with `CidrIpv6` admits that IPv6 range.
+
+    "AWS::EC2::SecurityGroup Ingress" (AWS CloudFormation User Guide,
+    https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/aws-properties-ec2-security-group-ingress.html):
+    a rule names its source as `CidrIp`, `CidrIpv6`, a source group or a prefix list; the CDK
+    writes IPv6 `-pool-cidr`s as `CidrIpv6`. moto reads `CidrIp` only, so IPv6 pool ranges
+    became rules admitting nothing.
+    """
+    from moto.ec2.models import ec2_backends
+    from moto.ec2.models.security_groups import SecurityGroup
+
+    original: Callable[..., Any] = SecurityGroup.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
+
+    def create_from_cloudformation_json(
+        cls: type[SecurityGroup],
+        /,
+        resource_name: str,
+        cloudformation_json: Any,
+        account_id: str,
+        region_name: str,
+        **kwargs: Any,
+    ) -> Any:
+        properties = cloudformation_json.get("Properties", {})
+        rules = properties.get("SecurityGroupIngress", [])
+        ipv6 = [r for r in rules if r.get("CidrIpv6")]
+        if not ipv6:
+            return original(
+                cls, resource_name, cloudformation_json, account_id, region_name, **kwargs
+            )
+        others = [r for r in rules if not r.get("CidrIpv6")]
+        template = {
+            **cloudformation_json,
+            "Properties": {**properties, "SecurityGroupIngress": others},
+        }
+        group = original(cls, resource_name, template, account_id, region_name, **kwargs)
+        _authorize_ingress(ec2_backends[account_id][region_name], group, ipv6)
+        return group
+
+    SecurityGroup.create_from_cloudformation_json = classmethod(create_from_cloudformation_json)  # type: ignore[method-assign,assignment]
+
+
 def cloudformation_updates_security_group_rules_in_place() -> None:
     """A stack update that changes only a security group's rules keeps the group.
 
@@ -408,24 +473,7 @@ def cloudformation_updates_security_group_rules_in_place() -> None:
             )  # fmt: skip
         backend = ec2_backends[account_id][region_name]
         original_resource.ingress_rules = []
-        for rule in properties.get("SecurityGroupIngress", []):
-            source = {
-                key: rule[field]
-                for key, field in (
-                    ("GroupId", "SourceSecurityGroupId"),
-                    ("GroupName", "SourceSecurityGroupName"),
-                )
-                if rule.get(field)
-            }
-            backend.authorize_security_group_ingress(
-                group_name_or_id=original_resource.id,
-                ip_protocol=rule["IpProtocol"],
-                from_port=rule.get("FromPort"),
-                to_port=rule.get("ToPort"),
-                ip_ranges=rule.get("CidrIp", []),
-                source_groups=[source] if source else [],
-                vpc_id=original_resource.vpc_id,
-            )
+        _authorize_ingress(backend, original_resource, properties.get("SecurityGroupIngress", []))
         for tag in properties.get("Tags", []):
             original_resource.add_tag(tag["Key"], tag["Value"])
         return original_resource

@@ -262,3 +262,40 @@ def test_a_vpc_id_parameter_naming_no_vpc_is_refused_before_anything_changes(aws
     assert cfn.list_change_sets(StackName="in-vpc")["Summaries"] == []
     (kept,) = ec2.describe_security_groups(GroupIds=[group["GroupId"]])["SecurityGroups"]
     assert kept["IpPermissions"] == group["IpPermissions"]
+
+
+def test_a_templates_ipv6_ingress_range_is_admitted_on_create_and_update(aws):
+    """ "AWS::EC2::SecurityGroup Ingress": a rule's source may be `CidrIpv6` (how the CDK writes an
+    IPv6 pool range); the group admits it, and an update replaces it in place."""
+    cfn, ec2 = aws.client("cloudformation"), aws.client("ec2")
+    vpc_id = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0][
+        "VpcId"
+    ]
+
+    def template(ipv6: str) -> str:
+        document = json.loads(_group_template(vpc_id, ["198.51.100.0/24"]))
+        document["Resources"]["Group"]["Properties"]["SecurityGroupIngress"].append(
+            {"IpProtocol": "tcp", "FromPort": 9618, "ToPort": 9618, "CidrIpv6": ipv6}
+        )
+        return json.dumps(document)
+
+    def ranges(group_id: str) -> tuple[list[str], list[str]]:
+        (group,) = ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"]
+        permissions = [p for p in group["IpPermissions"] if p.get("FromPort") == 9618]
+        return (
+            sorted(r["CidrIp"] for p in permissions for r in p.get("IpRanges", [])),
+            sorted(r["CidrIpv6"] for p in permissions for r in p.get("Ipv6Ranges", [])),
+        )
+
+    cfn.create_stack(StackName="v6", TemplateBody=template("2001:db8::/32"))
+    (resource,) = cfn.describe_stack_resources(StackName="v6")["StackResources"]
+    group_id = resource["PhysicalResourceId"]
+    assert ranges(group_id) == (["198.51.100.0/24"], ["2001:db8::/32"])
+
+    cfn.create_change_set(
+        StackName="v6", ChangeSetName=CDK_CHANGE_SET, ChangeSetType="UPDATE",
+        TemplateBody=template("2001:db8:1::/48"),
+    )  # fmt: skip
+    cfn.execute_change_set(StackName="v6", ChangeSetName=CDK_CHANGE_SET)
+
+    assert ranges(group_id) == (["198.51.100.0/24"], ["2001:db8:1::/48"])
