@@ -375,11 +375,14 @@ def register_instances(
     instance_ids: Sequence[str],
     *,
     tags_in_metadata: Optional[bool] = False,
+    public_ip: bool = True,
 ) -> dict[str, str]:
     """Each instance served by the IMDS emulator on its own port: instance id → endpoint URL.
 
     EC2 has an instance's role credentials in its metadata before the OS boots; the emulator
     fetches them (AssumeRole) on first request, so they are fetched here, before the boot.
+    `public_ip=False`: no public IPv4 in the metadata (a private subnet), for instances whose
+    real daemons must be reached on loopback (the image advertises a public IP to the pool).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -396,6 +399,7 @@ def register_instances(
             sts_client=sts,
             region=aws.region,
             tags_in_metadata=tags_in_metadata,
+            **({} if public_ip else {"public_ipv4": None}),
         )
         endpoint = imds.add_instance(instance)
         client = ImdsClient(endpoint=endpoint)

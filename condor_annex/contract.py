@@ -19,6 +19,10 @@ from typing import Any, Optional
 
 STACK_NAME = "HTCondorAnnexSetup"
 """Default CloudFormation stack name; `cdk.json` context `stackName` may override it."""
+STACK_VPC_PARAMETER = "TargetVpcId"
+"""The stack parameter naming the security group's VPC. `-setup` passes it on every deploy:
+`cdk deploy` keeps a parameter's previous value unless it is given, so a new `-vpc-id` passed
+only as the template default would be ignored on a re-run."""
 
 
 @dataclass(frozen=True)

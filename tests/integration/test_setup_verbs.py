@@ -21,13 +21,14 @@ import pytest
 from annex_sandbox import LocalAws
 from condor_annex import contract
 from condor_annex import setup as setup_verbs
-from condor_annex.annex_settings import AnnexClients, load_settings
+from condor_annex.annex_settings import AnnexClients, load_settings, region_prefix
 from condor_annex.create import CreateHooks, create_annex
 from condor_annex.create_request import CreateRequest
 from condor_annex.errors import AnnexError, CredentialsError, InvalidInput, SetupMissing
 from condor_annex.images import READY_IMAGE_TAG
 from condor_annex.off import annex_off
 from condor_annex.setup import (
+    CdkFailed,
     SetupResult,
     check_setup,
     destroy_setup,
@@ -44,6 +45,7 @@ POOL_CIDR = "198.51.100.0/24"
 NEW_POOL_CIDR = "203.0.113.0/24"
 SECOND_NEW_POOL_CIDR = "192.0.2.0/24"
 HTCONDOR_PORT = 9618
+SECOND_REGION = "us-west-2"
 STOCK_IMAGE = "ami-12c6146b"  # one of the emulator's stock images (listing them takes seconds)
 USER_LINES = "# my settings\nSCHEDD_HOST = submit.example.org\n"
 
@@ -511,6 +513,94 @@ def test_rerunning_setup_with_a_changed_pool_cidr_updates_the_stack_twice_over(
         assert [g["GroupId"] for g in instance["SecurityGroups"]] == group_ids.split(",")
     finally:
         annex_off("after_update", settings=settings, clients=clients)
+
+
+@cdk
+def test_a_failed_setup_update_says_why_and_changes_nothing(deployed):
+    """A re-run that CloudFormation refuses (a VPC that does not exist) fails with the reason
+    and the next step; the stack, its security group rules and the user config stay as they
+    were, and no change set is left behind."""
+    aws = deployed.aws
+    before_config = deployed.config_file.read_bytes()
+    before_outputs = _stack_outputs(aws, contract.STACK_NAME)
+    group_ids = before_outputs[contract.OUTPUT_SECURITY_GROUP_IDS.key]
+    before_ingress = _pool_ingress(aws, group_ids)
+    keys = deployed.config_file.parent
+    missing_vpc = "vpc-0123456789abcdef0"
+
+    with pytest.raises(CdkFailed) as info:
+        run_setup(
+            region=aws.region,
+            pool_cidrs=[POOL_CIDR],
+            vpc_id=missing_vpc,
+            config_file=deployed.config_file,
+            project_dir=PROJECT_DIR,
+            env=deployed.env,
+            credentials_files=(keys / "publicKeyFile", keys / "privateKeyFile"),
+        )
+
+    message = str(info.value)
+    assert f"parameter value {missing_vpc}" in message and "does not exist" in message
+    assert "re-run `condor_annex -setup`" in message
+    (stack,) = aws.client("cloudformation").describe_stacks(StackName=contract.STACK_NAME)["Stacks"]
+    assert stack["StackStatus"] in ("CREATE_COMPLETE", "UPDATE_COMPLETE")
+    assert _stack_outputs(aws, contract.STACK_NAME) == before_outputs
+    assert _pool_ingress(aws, group_ids) == before_ingress
+    assert _change_sets(aws) == []
+    assert deployed.config_file.read_bytes() == before_config
+
+
+@cdk
+def test_setup_in_a_second_region_records_a_per_region_setup(deployed, collector, tmp_path):
+    """`-setup -aws-region R2` after a setup in R1 deploys R2's own stack and records it under
+    the per-region names (`US_WEST_2.ANNEX_DEFAULT_*`), leaving R1's plain macros alone; each
+    region then reads its own setup and `-check-setup -aws-region R2` is green."""
+    aws, first_region = deployed.aws, deployed.aws.region
+    second_region = SECOND_REGION
+    assert second_region != first_region
+    # A copy of the user config: the module's last test destroys the first region's setup.
+    config = tmp_path / "user_config"
+    config.write_text(deployed.config_file.read_text())
+    first = read_annex_macros(config)
+    keys = deployed.config_file.parent
+
+    west = run_setup(
+        region=second_region,
+        pool_cidrs=[POOL_CIDR],
+        config_file=config,
+        project_dir=PROJECT_DIR,
+        env=deployed.env,
+        credentials_files=(keys / "publicKeyFile", keys / "privateKeyFile"),
+    )
+
+    west_cfn = aws.client("cloudformation", region_name=second_region)
+    (stack,) = west_cfn.describe_stacks(StackName=contract.STACK_NAME)["Stacks"]
+    assert f":{second_region}:" in stack["StackId"]
+    macros = read_annex_macros(config)
+    prefix = region_prefix(second_region)
+    for output in contract.STACK_OUTPUTS:
+        assert macros[f"{prefix}.{output.macro}"] == west.outputs[output.key], output.macro
+        assert macros[output.macro] == first[output.macro], output.macro
+    assert macros[contract.MACRO_AWS_REGION] == first_region
+    assert (
+        west.outputs[contract.OUTPUT_CONFIG_BUCKET.key]
+        != first[contract.OUTPUT_CONFIG_BUCKET.macro]
+    )
+    assert (
+        load_settings(config, second_region).config_bucket
+        == (west.outputs[contract.OUTPUT_CONFIG_BUCKET.key])
+    )
+    assert (
+        load_settings(config, first_region).config_bucket
+        == (first[contract.OUTPUT_CONFIG_BUCKET.macro])
+    )
+    checked = check_setup(
+        session=aws.session(region_name=second_region),
+        config_file=config,
+        collector=collector,
+        connectivity_probe=_connectivity_handler(),
+    )
+    assert checked.problems == []
 
 
 @cdk
