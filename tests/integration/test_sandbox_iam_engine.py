@@ -250,8 +250,9 @@ def _fleet_request(template_id: str, fleet_type: str) -> dict[str, Any]:
 
 
 def test_create_fleet_needs_the_fleet_request_tag_and_its_launch_template(aws):
-    """SAR ec2:CreateFleet: `fleet` (required, aws:RequestTag) and the `launch-template` the
-    request names; tagging at creation is ec2:CreateTags with ec2:CreateAction=CreateFleet."""
+    """SAR ec2:CreateFleet: `fleet` (required, aws:RequestTag), `instance` (required) and the
+    `launch-template`, subnets, image and volumes the launch uses; tagging at creation is
+    ec2:CreateTags with ec2:CreateAction=CreateFleet."""
     root = aws.client("ec2")
     template = root.create_launch_template(
         LaunchTemplateName="lt", LaunchTemplateData={"ImageId": _ami(aws)}
@@ -268,7 +269,22 @@ def test_create_fleet_needs_the_fleet_request_tag_and_its_launch_template(aws):
         "Resource": "arn:aws:ec2:*:*:fleet/*",
         "Condition": {"StringEquals": {"ec2:CreateAction": "CreateFleet"}},
     }
+    launch_resources = [
+        "arn:aws:ec2:*:*:launch-template/*",
+        "arn:aws:ec2:*:*:subnet/*",
+        "arn:aws:ec2:*::image/*",
+        "arn:aws:ec2:*:*:volume/*",
+    ]
     without_template = aws.client("ec2", **_user(aws, [fleet_tagged, tag_fleet], "no-lt"))
+    without_instance = aws.client(
+        "ec2",
+        **_user(
+            aws,
+            [fleet_tagged, tag_fleet,
+             {"Effect": "Allow", "Action": "ec2:CreateFleet", "Resource": launch_resources}],
+            "no-instance",
+        ),
+    )  # fmt: skip
     with_template = aws.client(
         "ec2",
         **_user(
@@ -279,7 +295,7 @@ def test_create_fleet_needs_the_fleet_request_tag_and_its_launch_template(aws):
                 {
                     "Effect": "Allow",
                     "Action": "ec2:CreateFleet",
-                    "Resource": ["arn:aws:ec2:*:*:launch-template/*", "arn:aws:ec2:*:*:subnet/*"],
+                    "Resource": [*launch_resources, "arn:aws:ec2:*:*:instance/*"],
                 },
             ],
             "with-lt",
@@ -290,10 +306,17 @@ def test_create_fleet_needs_the_fleet_request_tag_and_its_launch_template(aws):
 
     refused = _error(lambda: without_template.create_fleet(**_fleet_request(template, "maintain")))
     refused_untagged = _error(lambda: with_template.create_fleet(**untagged))
+    refused_instance = _error(
+        lambda: without_instance.create_fleet(**_fleet_request(template, "maintain"))
+    )
     created = with_template.create_fleet(**_fleet_request(template, "maintain"))
 
     assert f"launch-template/{template}" in refused["Message"]
     assert "fleet/" in refused_untagged["Message"]
+    assert (
+        "ec2:CreateFleet on resource: arn:aws:ec2:us-east-1:123456789012:instance/*"
+        in (refused_instance["Message"])
+    )
     assert created["FleetId"].startswith("fleet-")
 
 
