@@ -389,15 +389,19 @@ def terminate_instances(req: AwsRequest, world: World, caller: Caller) -> list[C
     ]
 
 
+def _spot_fleet_tags(world: World, req: AwsRequest, fleet_id: str) -> dict[str, str]:
+    fleet = world.ec2(req.region).spot_fleet_requests.get(fleet_id)
+    # moto keeps a fleet's tags by resource type: {"spot-fleet-request": {key: value}}.
+    stored = dict(getattr(fleet, "tags", {}) or {}) if fleet is not None else {}
+    tags = dict(stored.get("spot-fleet-request", {}))
+    tags.update(world.ec2_tags(req.region, fleet_id))
+    return tags
+
+
 def cancel_spot_fleet_requests(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
-    backend = world.ec2(req.region)
     checks = []
     for fleet_id in members(req.param("SpotFleetRequestId")):
-        fleet = backend.spot_fleet_requests.get(fleet_id)
-        # moto keeps a fleet's tags by resource type: {"spot-fleet-request": {key: value}}.
-        stored = dict(getattr(fleet, "tags", {}) or {}) if fleet is not None else {}
-        tags = dict(stored.get("spot-fleet-request", {}))
-        tags.update(world.ec2_tags(req.region, fleet_id))
+        tags = _spot_fleet_tags(world, req, fleet_id)
         checks.append(
             Check(
                 "ec2:CancelSpotFleetRequests",
@@ -613,6 +617,52 @@ def _iam_role(action: str) -> Builder:
     return build
 
 
+def _iam_entity(action: str) -> Builder:
+    """IAM writes on one user, role, instance profile or policy (the action's one resource
+    type), with its request tags and `iam:PolicyARN`. AddRoleToInstanceProfile also passes the
+    role ("Using instance profiles": the caller needs iam:PassRole on it)."""
+    listed = reference_names(action)
+
+    def build(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+        account = world.account_id
+        if "instance-profile" in listed:
+            resource = world.instance_profile_arn(str(req.param("InstanceProfileName", "")))
+        elif "policy" in listed:
+            path = str(req.param("Path") or "/")
+            resource = str(
+                req.param("PolicyArn")
+                or f"arn:{PARTITION}:iam::{account}:policy{path}{req.param('PolicyName', '')}"
+            )
+        elif "role" in listed:
+            name = str(req.param("RoleName", ""))
+            path = str(req.param("Path") or "/")
+            resource = f"arn:{PARTITION}:iam::{account}:role{path}{name}"
+            if world.role_exists(resource):
+                resource = str(world.role_by_arn(resource).arn)
+        else:
+            # No UserName: IAM acts on the caller's own user.
+            name = str(req.param("UserName") or "")
+            resource = (
+                f"arn:{PARTITION}:iam::{account}:user{req.param('Path') or '/'}{name}"
+                if name
+                else caller.arn
+            )
+        context: Context = request_tag_context(_key_values(req.param("Tags")))
+        if req.param("PolicyArn"):
+            context["iam:PolicyARN"] = str(req.param("PolicyArn"))
+        checks = [
+            Check(action, resource, {k: v for k, v in context.items() if _key_pattern(k) in listed})
+        ]
+        if action == "iam:AddRoleToInstanceProfile":
+            role = f"arn:{PARTITION}:iam::{account}:role/{req.param('RoleName', '')}"
+            if world.role_exists(role):
+                role = str(world.role_by_arn(role).arn)
+            checks.append(Check("iam:PassRole", role))
+        return checks
+
+    return build
+
+
 def get_instance_profile(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
     return [
         Check(
@@ -773,6 +823,59 @@ def _function(action: str) -> Builder:
         return [Check(action, name)]
 
     return build
+
+
+def create_function(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    """CreateFunction on the new function, with its tags; passing its execution role to
+    Lambda ("Lambda execution role": the caller needs iam:PassRole)."""
+    name = str(req.param("FunctionName", ""))
+    arn = f"arn:{PARTITION}:lambda:{req.region}:{world.account_id}:function:{name}"
+    tags = req.param("Tags") or {}
+    checks = [
+        Check(
+            "lambda:CreateFunction",
+            arn,
+            request_tag_context({str(k): str(v) for k, v in dict(tags).items()}),
+        )
+    ]
+    if req.param("Role"):
+        checks.append(
+            Check(
+                "iam:PassRole",
+                str(req.param("Role")),
+                {"iam:PassedToService": "lambda.amazonaws.com"},
+            )
+        )
+    return checks
+
+
+def put_parameter(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    name = str(req.param("Name", "")).lstrip("/")
+    context: Context = request_tag_context(_key_values(req.param("Tags")))
+    if req.param("Overwrite") is not None:
+        context["ssm:Overwrite"] = str(req.param("Overwrite")).lower()
+    return [
+        Check(
+            "ssm:PutParameter",
+            f"arn:{PARTITION}:ssm:{req.region}:{world.account_id}:parameter/{name}",
+            context,
+        )
+    ]
+
+
+def describe_spot_fleet_instances(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    fleet_id = str(req.param("SpotFleetRequestId", ""))
+    return [
+        Check(
+            "ec2:DescribeSpotFleetInstances",
+            _ec2(world, req, f"spot-fleet-request/{fleet_id}"),
+            resource_tag_context(_spot_fleet_tags(world, req, fleet_id)),
+        )
+    ]
+
+
+def list_buckets(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    return [Check("s3:ListAllMyBuckets", "*", s3_context(req, world))]
 
 
 def no_authorization(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
@@ -983,10 +1086,16 @@ def _rows(
     produces: frozenset[str],
     not_applicable: Optional[dict[str, str]] = None,
 ) -> dict[str, Mapping]:
-    """One row per action whose operation has the action's own name, built the same way."""
+    """One row per action whose operation has the action's own name, built the same way.
+
+    A family shares its builder and declarations; each row keeps the part of them the
+    reference lists for its own action (the builders produce only those keys)."""
     return {
         action: Mapping(
-            factory(action), dict(not_applicable or {}), action=action, produces=produces
+            factory(action),
+            {k: v for k, v in (not_applicable or {}).items() if k in reference_names(action)},
+            action=action,
+            produces=produces & reference_names(action),
         )
         for action in actions
     }
@@ -1124,6 +1233,51 @@ MAPPINGS: dict[str, Mapping] = {
             "iam:RoleTemplateARN",
         ),
     ),
+    **_rows(
+        _iam_entity,
+        [
+            f"iam:{operation}"
+            for operation in (
+                "CreateUser",
+                "DeleteUser",
+                "GetUser",
+                "PutUserPolicy",
+                "DeleteUserPolicy",
+                "AttachUserPolicy",
+                "DetachUserPolicy",
+                "CreateAccessKey",
+                "DeleteAccessKey",
+                "CreateRole",
+                "DeleteRole",
+                "PutRolePolicy",
+                "DeleteRolePolicy",
+                "AttachRolePolicy",
+                "DetachRolePolicy",
+                "CreateInstanceProfile",
+                "DeleteInstanceProfile",
+                "AddRoleToInstanceProfile",
+                "RemoveRoleFromInstanceProfile",
+                "CreatePolicy",
+                "DeletePolicy",
+            )
+        ],
+        produces=frozenset(
+            {
+                "user",
+                "role",
+                "instance-profile",
+                "policy",
+                "aws:RequestTag/${TagKey}",
+                "aws:TagKeys",
+                "iam:PolicyARN",
+            }
+        ),
+        not_applicable=na(
+            "no permissions boundaries or role templates in the setup or the tests",
+            "iam:PermissionsBoundary",
+            "iam:RoleTemplateARN",
+        ),
+    ),
     **_rows(_iam_policy, ["iam:GetPolicy", "iam:GetPolicyVersion"], produces=frozenset({"policy"})),
     "sts:AssumeRole": Mapping(
         assume_role,
@@ -1208,6 +1362,62 @@ MAPPINGS: dict[str, Mapping] = {
             "Scheduler schedules take no tags (only schedule groups do)",
             "aws:ResourceTag/${TagKey}",
         ),
+    ),
+    "lambda:CreateFunction": Mapping(
+        create_function,
+        na(
+            "the setup's functions use no layers, VPC or code signing",
+            "lambda:CodeSigningConfigArn",
+            "lambda:Layer",
+            "lambda:SecurityGroupIds",
+            "lambda:SubnetIds",
+            "lambda:VpcIds",
+        ),
+        produces=frozenset({"function", "aws:RequestTag/${TagKey}", "aws:TagKeys"}),
+    ),
+    "ssm:PutParameter": Mapping(
+        put_parameter,
+        na("no parameter policies (advanced tier) in the setup", "ssm:Policies"),
+        produces=frozenset(
+            {"parameter", "aws:RequestTag/${TagKey}", "aws:TagKeys", "ssm:Overwrite"}
+        ),
+    ),
+    "ec2:DescribeSpotFleetInstances": Mapping(
+        describe_spot_fleet_instances,
+        _EC2_NA,
+        produces=frozenset({"spot-fleet-request", "aws:ResourceTag/${TagKey}"}),
+    ),
+    "s3:ListBuckets": Mapping(
+        list_buckets,
+        _S3_NA,
+        action="s3:ListAllMyBuckets",
+        produces=_S3_BUCKET_PRODUCES - {"bucket"},
+    ),
+    **_rows(
+        _s3_bucket,
+        ["s3:CreateBucket", "s3:PutBucketPolicy"],
+        produces=_S3_BUCKET_PRODUCES
+        | {
+            f"s3:{h}"
+            for h in (
+                "x-amz-acl",
+                "x-amz-bucket-namespace",
+                "x-amz-grant-full-control",
+                "x-amz-grant-read",
+                "x-amz-grant-read-acp",
+                "x-amz-grant-write",
+                "x-amz-grant-write-acp",
+                "x-amz-object-ownership",
+            )
+        },
+        not_applicable={
+            **_S3_NA,
+            **na(
+                "buckets are made in the local AWS's one region; the body is not read",
+                "s3:locationconstraint",
+            ),
+            **na("no flow tags a bucket at creation", "aws:RequestTag/${TagKey}", "aws:TagKeys"),
+        },
     ),
     "lambda:Invoke": Mapping(
         _function("lambda:InvokeFunction"),
