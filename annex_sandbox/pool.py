@@ -151,6 +151,21 @@ class Daemons:
             check=False,
         )
 
+    def child_pid(self, program: str) -> Optional[int]:
+        """The pid of the daemon `program` (e.g. condor_startd) our master runs, if any."""
+        if self.process is None:
+            return None
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)
+                command = fields[0].split("(", 1)[1]
+                parent = int(fields[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if parent == self.process.pid and command == program[:15]:
+                return int(stat.parent.name)
+        return None
+
     def log_text(self, name: str) -> str:
         path = self.local_dir / "log" / name
         return path.read_text(errors="replace") if path.exists() else ""
@@ -480,4 +495,35 @@ def start_boot_agent(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+    )
+
+
+def run_refresh_agent(
+    root: Path,
+    *,
+    aws_endpoint: str,
+    imds_endpoint: str,
+    bin_dir: Path,
+    node: ExecuteNode,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """The real `condor-annex-ec2 refresh --root ROOT` for one booted instance, as its timer runs
+    it; its `condor_reconfig` talks to that instance's own master (its CONDOR_CONFIG)."""
+    env = agent_env(aws_endpoint=aws_endpoint, imds_endpoint=imds_endpoint, workdir=root)
+    env["CONDOR_CONFIG"] = str(node.config_file)
+    return subprocess.run(
+        [
+            str(bin_dir / AGENT_PROGRAM),
+            "refresh",
+            "--root",
+            str(root),
+            "--reconfig-command",
+            str(node.dist.program("condor_reconfig")),
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )

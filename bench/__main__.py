@@ -35,6 +35,7 @@ BENCHMARKS: dict[str, str] = {
     "lease": "bench.bench_lease",
     "status": "bench.bench_status",
     "setup": "bench.bench_setup",
+    "pool": "bench.bench_pool",
 }
 """Name → module with `run(ctx) -> Result`, in the order they run."""
 

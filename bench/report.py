@@ -45,6 +45,16 @@ def _agent(doc: dict[str, Any]) -> list[str]:
             f"{r['baseline_metadata_requests']} |"
         )
     rows = doc["data"].get("rows", [])
+    cold = doc["data"].get("cold_start")
+    if cold:
+        lines += [
+            "",
+            f"Cold start ({cold['kind']} boot, each side a whole process from interpreter start, "
+            f"same run): ours {cold['ours_s']:.2f} s against the old script's "
+            f"{cold['baseline_s']:.2f} s, **{_x(cold['speedup'])}** (goal {cold['goal']:.0f}x); CPU "
+            f"seconds of every process each side started {cold['ours_cpu_s']:.2f} against "
+            f"{cold['baseline_cpu_s']:.2f}, {_x(cold['cpu_speedup'])}.",
+        ]
     if rows:
         lines += [
             "",
@@ -167,12 +177,44 @@ def _setup(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _seconds(value: Optional[float]) -> str:
+    if value is None or math.isnan(value):
+        return "n/a"
+    return f"{value:.1f} s"
+
+
+def _pool(doc: dict[str, Any]) -> list[str]:
+    d = doc["data"]
+    lines = [
+        "| instances booting together | joined | boot-to-join median / p90 | agent alone median "
+        "| `create_annex` | create to all slots visible |",
+        "|---|---|---|---|---|---|",
+    ]
+    for w in d.get("waves", []):
+        joined, agent = w.get("boot_to_join") or {}, w.get("agent") or {}
+        lines.append(
+            f"| {w['instances']} | {w['joined']} | {_seconds(joined.get('median'))} / "
+            f"{_seconds(joined.get('p90'))} | {_seconds(agent.get('median'))} | "
+            f"{_seconds(w['create_s'])} | {_seconds(w['create_to_all_visible_s'])} |"
+        )
+    lines += [
+        "",
+        "Boot-to-join: the agent's start to the instance's startd ad first seen in a real "
+        "collector (HTCondor daemons, annex_sandbox/pool.py), polled every "
+        f"{d.get('poll_seconds', 0.25)} s. Create to all visible: `create_annex` called to the "
+        "last slot seen; the emulator launches at once, so EC2's own launch and OS boot are not "
+        "in it.",
+    ]
+    return lines
+
+
 SECTIONS = (
     ("agent", "Agent latency and AWS calls per boot", _agent),
     ("scale", "Scale: concurrent boots under the API throttles", _scale),
     ("lease", "Lease enforcement", _lease),
     ("status", "`status` on a large annex", _status),
     ("setup", "Synth and `-setup`", _setup),
+    ("pool", "Boot-to-join with real HTCondor daemons", _pool),
 )
 
 

@@ -249,12 +249,23 @@ def provision_setup(aws: RemoteAws, workdir: Path, *, prefer_stack: bool = True)
     return setup
 
 
+OLD_SCRIPT_INTROSPECTION = [
+    "iam:GetInstanceProfile", "iam:ListRolePolicies", "iam:GetRolePolicy",
+    "iam:ListAttachedRolePolicies", "iam:GetPolicy", "iam:GetPolicyVersion",
+    "ec2:DescribeInstances", "ec2:DescribeSpotFleetRequests",
+]  # fmt: skip
+"""The old setup's `Introspection` grants (shared/research/reference-condor-annex.md): the
+baseline's role scan needs them, and our stack's least-privilege instance role lacks GetPolicy*."""
+
+
 def _attach_extra_policy(aws: RemoteAws, setup: Setup) -> None:
     iam = aws.client("iam")
+    # In the managed policy, not a new inline one: the old script's call count stays the same.
     document = {
         "Version": "2012-10-17",
         "Statement": [
-            {"Effect": "Allow", "Action": ["ssm:UpdateInstanceInformation"], "Resource": "*"}
+            {"Effect": "Allow", "Action": ["ssm:UpdateInstanceInformation"], "Resource": "*"},
+            {"Effect": "Allow", "Action": OLD_SCRIPT_INTROSPECTION, "Resource": "*"},
         ],
     }
     arn = iam.create_policy(
@@ -364,11 +375,14 @@ def register_instances(
     instance_ids: Sequence[str],
     *,
     tags_in_metadata: Optional[bool] = False,
+    public_ip: bool = True,
 ) -> dict[str, str]:
     """Each instance served by the IMDS emulator on its own port: instance id → endpoint URL.
 
     EC2 has an instance's role credentials in its metadata before the OS boots; the emulator
     fetches them (AssumeRole) on first request, so they are fetched here, before the boot.
+    `public_ip=False`: no public IPv4 in the metadata (a private subnet), for instances whose
+    real daemons must be reached on loopback (the image advertises a public IP to the pool).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -385,6 +399,7 @@ def register_instances(
             sts_client=sts,
             region=aws.region,
             tags_in_metadata=tags_in_metadata,
+            **({} if public_ip else {"public_ipv4": None}),
         )
         endpoint = imds.add_instance(instance)
         client = ImdsClient(endpoint=endpoint)

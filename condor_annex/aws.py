@@ -9,6 +9,9 @@ This module is bundled into the lease Lambda: it imports nothing of condor_annex
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from botocore.config import Config
@@ -35,13 +38,29 @@ def client_config(max_attempts: int = DEFAULT_MAX_ATTEMPTS, **overrides: Any) ->
     )
 
 
-def make_session(region: Optional[str] = None, profile: Optional[str] = None) -> boto3.Session:
-    """A session from the standard credential chain (env, profile, SSO, instance metadata)."""
+def make_session(
+    region: Optional[str] = None,
+    profile: Optional[str] = None,
+    model_dirs: Sequence[Path] = (),
+) -> boto3.Session:
+    """A session from the standard credential chain (env, profile, SSO, instance metadata).
+
+    `model_dirs`: directories of API models searched before botocore's own (the agent's
+    trimmed models, `condor_annex.agent.service_models`).
+    """
     # Imported here: the error helpers below are used where no client is ever made (the
     # agent's `check-image`), and importing boto3 costs a cold start most of its time.
     import boto3
+    import botocore.session
 
-    return boto3.Session(region_name=region, profile_name=profile)
+    core = botocore.session.get_session()
+    if model_dirs:
+        # Set before boto3.Session creates the session's data loader from this variable.
+        searched = [str(d) for d in model_dirs]
+        if configured := core.get_config_variable("data_path"):
+            searched.append(str(configured))
+        core.set_config_variable("data_path", os.pathsep.join(searched))
+    return boto3.Session(botocore_session=core, region_name=region, profile_name=profile)
 
 
 def make_client(session: boto3.Session, service: str, **config_overrides: Any) -> Any:

@@ -19,6 +19,10 @@ from typing import Any, Optional
 
 STACK_NAME = "HTCondorAnnexSetup"
 """Default CloudFormation stack name; `cdk.json` context `stackName` may override it."""
+STACK_VPC_PARAMETER = "TargetVpcId"
+"""The stack parameter naming the security group's VPC. `-setup` passes it on every deploy:
+`cdk deploy` keeps a parameter's previous value unless it is given, so a new `-vpc-id` passed
+only as the template default would be ignored on a re-run."""
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,10 @@ TARBALL_CONFIG_FILE = "50-annex.config"
 TARBALL_TOKEN_DIR = "tokens.d"  # noqa: S105 - a directory name, not a secret
 """Token directory inside the tarball; HTCondor skips subdirectories of LOCAL_CONFIG_DIR."""
 TARBALL_TOKEN_FILE = f"{TARBALL_TOKEN_DIR}/annex.token"
+AGENT_REFRESH_INTERVAL_MINUTES = 5
+"""How often an instance re-reads its tarball for a fresh token (image/systemd timer)."""
+AGENT_STATE_FILE = "/var/lib/condor-annex/tarball.json"
+"""Where the agent remembers which tarball (bucket, key, ETag) it installed, for `refresh`."""
 INSTANCE_MACROS_FILE = "00-annex-instance.config"
 """Written by the agent; sorts first so `if defined EC2PublicIP` in later files sees it."""
 MACRO_INSTANCE_ID = "EC2InstanceID"
@@ -405,3 +413,29 @@ JOB_TARGET_ANNEX_ATTRIBUTE = "TargetAnnexName"
 """Job attribute (`+TargetAnnexName = "NAME"`) that asks for one annex by name."""
 JOB_MAY_USE_AWS_ATTRIBUTE = "MayUseAWS"
 """Job attribute (`+MayUseAWS = True`) that lets a job run on any of its owner's annexes."""
+
+
+# --- Account-wide prerequisites (created by `-setup`, checked by `-check-setup`) ----------------
+
+
+@dataclass(frozen=True)
+class ServiceLinkedRole:
+    """A role AWS names and owns for one service; one per account, shared by every region."""
+
+    service: str
+    """The `iam:AWSServiceName` (`aws iam create-service-linked-role --aws-service-name ...`)."""
+    role_name: str
+
+    def arn_path(self) -> str:
+        """`role/aws-service-role/<service>/<name>`: the resource part of its ARN."""
+        return f"role/aws-service-role/{self.service}/{self.role_name}"
+
+
+SERVICE_LINKED_ROLES = (
+    ServiceLinkedRole("spotfleet.amazonaws.com", "AWSServiceRoleForEC2SpotFleet"),
+    ServiceLinkedRole("spot.amazonaws.com", "AWSServiceRoleForEC2Spot"),
+    ServiceLinkedRole("ec2fleet.amazonaws.com", "AWSServiceRoleForEC2Fleet"),
+)
+"""Spot Fleet, Spot Instances and EC2 Fleet act through these ("Spot Fleet permissions",
+"Service-linked role for EC2 Fleet", Amazon EC2 User Guide); a fresh account has none of them
+until the console or `-setup` creates them."""

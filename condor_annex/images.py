@@ -150,12 +150,15 @@ def first_boot_script(image_dir: Path = IMAGE_DIR) -> str:
     ]
     files += [
         (f"/etc/systemd/system/{unit.name}", f"systemd/{unit.name}", "0644")
-        for unit in sorted((image_dir / "systemd").glob("*.service"))
+        for unit in sorted((image_dir / "systemd").glob("*.*"))
+        if unit.suffix in (".service", ".timer")
     ]
     writes = "".join(
         _heredoc(target, (image_dir / source).read_text(), mode) for target, source, mode in files
     )
-    units = " ".join(Path(target).name for target, _, _ in files if target.endswith(".service"))
+    units = " ".join(
+        Path(target).name for target, _, _ in files if target.endswith((".service", ".timer"))
+    )
     return f"""#!/bin/bash
 # condor_annex first boot: make this stock Amazon Linux 2023 instance annex-ready, then start it.
 set -euo pipefail
@@ -171,7 +174,7 @@ run systemctl enable {units} condor.service
 # In order: the firewall, the agent (configures HTCondor), then HTCondor itself.
 run systemctl start condor-annex-firewall.service
 run systemctl start condor-annex-ec2.service
-run systemctl start condor.service condor-annex-spot-watcher.service
+run systemctl start condor.service condor-annex-spot-watcher.service condor-annex-refresh.timer
 """
 
 

@@ -30,7 +30,7 @@ import boto3
 import botocore.exceptions
 
 from condor_annex import annex, contract
-from condor_annex.annex_settings import SETUP_MACROS, regional_macros, regional_name
+from condor_annex.annex_settings import SETUP_MACROS, Settings, regional_macros, regional_name
 from condor_annex.aws import error_code, make_client
 from condor_annex.collector import CONNECTIVITY_TIMEOUT_SECONDS, parse_collector
 from condor_annex.errors import (
@@ -42,8 +42,17 @@ from condor_annex.errors import (
     SetupMissing,
     translate_aws_error,
 )
+from condor_annex.setup_checks import (
+    Problem,
+    check_service_linked_roles,
+    ensure_service_linked_roles,
+    launch_probes,
+    recorded_target_problem,
+    run_launch_probes,
+)
 from condor_annex.target import (
     AwsTarget,
+    WrongAccount,
     caller_identity,
     check_recorded,
     session_for,
@@ -130,12 +139,6 @@ class SetupResult:
     outputs: dict[str, str]
     config_file: Path
     changed: bool
-
-
-@dataclass(frozen=True)
-class Problem:
-    what: str
-    next_step: str
 
 
 @dataclass
@@ -471,6 +474,9 @@ def run_setup(
                 "--all",
                 "--require-approval",
                 "never",
+                # Given every time: `cdk deploy` would keep the VPC of the previous deploy.
+                "--parameters",
+                f"{contract.STACK_VPC_PARAMETER}={vpc_id}",
                 "--progress",
                 "events",
                 "--outputs-file",
@@ -512,7 +518,23 @@ def run_setup(
         config_path, region, stack_name, outputs, account_id=account
     )
     progress(f"wrote {written} ANNEX_DEFAULT_* macros to {config_path}")
-    changed = stack_changed or macros_changed
+    # After the deploy, not before: the CDK CLI deploys through the bootstrap's roles, so these
+    # credentials may lack iam:CreateServiceLinkedRole; the stack is then still set up and
+    # recorded, and the error names the one command an administrator has to run.
+    try:
+        created, role_problems = ensure_service_linked_roles(
+            _client(session, "iam", cdk_env, region), progress
+        )
+    except botocore.exceptions.BotoCoreError as exc:
+        raise translate_aws_error(exc, action=action, region=region) from exc
+    if role_problems:
+        first = role_problems[0]
+        more = f" (and {len(role_problems) - 1} more)" if len(role_problems) > 1 else ""
+        raise SetupIncomplete(
+            f"stack {stack_name} is deployed and recorded, but {first.what}{more}",
+            next_step=first.next_step,
+        )
+    changed = stack_changed or macros_changed or bool(created)
     return SetupResult(
         stack_name=stack_name,
         region=region,
@@ -613,6 +635,7 @@ def check_setup(
         )
         result.ok = False
         return result
+    recorded_macros = macros
     region = session.region_name or macros.get(contract.MACRO_AWS_REGION)
     macros = regional_macros(macros, region)
     stack_name = macros.get(contract.MACRO_STACK_NAME) or contract.STACK_NAME
@@ -621,6 +644,21 @@ def check_setup(
 
     def client(service: str) -> Any:
         return make_client(session, service, region_name=region)
+
+    # Whose setup: another account's credentials would only see "no stack" and drifts.
+    identity = caller_identity(session, action="check the setup")
+    target = AwsTarget(
+        session=session,
+        account_id=identity["Account"],
+        region=region or "",
+        arn=identity.get("Arn", ""),
+    )
+    mismatch = recorded_target_problem(target, recorded_macros, str(config_file))
+    if mismatch is not None:
+        result.problems.append(mismatch)
+        result.ok = False
+        return result
+    result.checked.append(f"the credentials reach {target.describe()}, as recorded")
 
     try:
         stack = _stack(client("cloudformation"), stack_name)
@@ -679,12 +717,23 @@ def check_setup(
         s3 = client("s3")
         exists(f"bucket {bucket}", lambda: s3.head_bucket(Bucket=bucket))
     profile = outputs.get(contract.OUTPUT_INSTANCE_PROFILE_ARN.key)
+    iam = client("iam")
     if profile:
-        iam = client("iam")
         exists(
             f"instance profile {_arn_name(profile)}",
             lambda: iam.get_instance_profile(InstanceProfileName=_arn_name(profile)),
         )
+    try:
+        present, missing_roles = check_service_linked_roles(iam)
+        result.checked += present
+        result.problems += missing_roles
+        probed, refused = _probe_launch_path(
+            client, Settings.from_macros(recorded_macros, region), rerun
+        )
+        result.checked += probed
+        result.problems += refused
+    except botocore.exceptions.BotoCoreError as exc:
+        raise translate_aws_error(exc, action="check the setup", region=region) from exc
 
     if collector is None:
         collector = condor_params(["COLLECTOR_HOST"]).get("COLLECTOR_HOST")
@@ -713,14 +762,59 @@ def check_setup(
     return result
 
 
+def _probe_launch_path(
+    client: Callable[[str], Any], settings: Settings, rerun: str
+) -> tuple[list[str], list[Problem]]:
+    """The operator's launch path as dry runs with what `create` would launch with."""
+    from condor_annex.create_request import DEFAULT_INSTANCE_TYPE
+    from condor_annex.images import architecture_of, default_image
+    from condor_annex.launch_spec import vpc_subnets
+
+    if not settings.instance_profile_arn or not settings.security_group_ids:
+        return [], []  # reported above as missing outputs; nothing to launch with
+    ec2 = client("ec2")
+    instance_type = settings.defaults.instance_type or DEFAULT_INSTANCE_TYPE
+    try:
+        subnets = vpc_subnets(ec2, settings)
+        image = settings.defaults.ami_id or default_image(
+            client("ssm"), architecture_of(ec2, instance_type)
+        )
+    except botocore.exceptions.ClientError as exc:
+        return [], [
+            Problem(
+                f"the launch path could not be dry-run: {translate_aws_error(exc, action='list the setup VPC subnets')}",
+                rerun,
+            )
+        ]
+    except AnnexError as exc:
+        return [f"the launch path was not dry-run: {exc}"], []
+    if not subnets:
+        return [], [Problem(f"the setup's VPC {settings.vpc_id} has no subnets", rerun)]
+    probes = launch_probes(
+        ec2,
+        client("scheduler"),
+        settings,
+        image_id=image,
+        instance_type=instance_type,
+        subnet_id=subnets[0],
+    )
+    return run_launch_probes(probes, policy_arn=settings.operator_policy_arn, sts=client("sts"))
+
+
 def raise_for_problems(result: CheckResult) -> None:
     """Turn a failed check into the error the CLI exits with (the first problem leads)."""
     if result.ok:
         return
     first = result.problems[0]
     cls: type[AnnexError] = SetupIncomplete
-    if "does not exist in" in first.what or "holds no ANNEX_DEFAULT_" in first.what:
+    if (
+        "does not exist in" in first.what
+        or "holds no ANNEX_DEFAULT_" in first.what
+        or first.what.startswith("no setup is recorded for")
+    ):
         cls = SetupMissing
+    elif "was made in account" in first.what:
+        cls = WrongAccount
     elif first.what.startswith("AWS cannot reach"):
         cls = ConnectivityFailed
     more = f" (and {len(result.problems) - 1} more)" if len(result.problems) > 1 else ""

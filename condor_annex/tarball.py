@@ -161,8 +161,8 @@ def render_annex_config(cfg: AnnexConfig) -> str:
         "# Annex identity, advertised by the startd and the master.",
         f"{name_attr} = {classad_string(cfg.annex_name)}",
         f"{owner_attr} = {owner}",
-        "# The lease expiry this annex was launched with (Unix seconds). Extending the lease moves",
-        "# the AWS-side schedule only, so nothing on the node acts on this value.",
+        "# The lease end (Unix seconds); `extend` rewrites it with a fresh token. Informational:",
+        "# the AWS-side schedule ends the lease, nothing on the node acts on this value.",
         f"{lease_attr} = {int(cfg.lease_expires_at.timestamp())}",
         f"{IS_ANNEX_ATTRIBUTE} = True",
         f"STARTD_ATTRS = $(STARTD_ATTRS) {advertised}",
@@ -218,6 +218,66 @@ def build_config_tarball(cfg: AnnexConfig) -> bytes:
         )
         for name, content in cfg.config_files:
             _add_member(archive, config_dir_member(name), content, CONFIG_FILE_MODE)
+    compressed = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=compressed, mtime=TARBALL_MTIME) as gz:
+        gz.write(raw.getvalue())
+    return compressed.getvalue()
+
+
+# --- A fresh token for a running annex (extend) ------------------------------------------------
+
+MAX_REFRESH_TARBALL_BYTES = 16 * 1024 * 1024
+"""The agent's own cap on a tarball; anything bigger is not one this CLI wrote."""
+
+
+def _members(data: bytes) -> list[tuple[tarfile.TarInfo, bytes]]:
+    if len(data) > MAX_REFRESH_TARBALL_BYTES:
+        raise InvalidInput("the annex's configuration tarball is larger than any this tool writes")
+    members = []
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
+            for info in archive.getmembers():
+                stream = archive.extractfile(info) if info.isreg() else None
+                members.append((info, stream.read() if stream is not None else b""))
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise InvalidInput(
+            f"the annex's configuration tarball is unreadable ({type(exc).__name__})"
+        ) from None
+    return members
+
+
+def token_in(data: bytes) -> Optional[str]:
+    """The annex token in a tarball of this CLI's layout; None for any other layout."""
+    names = {info.name: content for info, content in _members(data) if info.isreg()}
+    if contract.TARBALL_CONFIG_FILE not in names or contract.TARBALL_TOKEN_FILE not in names:
+        return None
+    return names[contract.TARBALL_TOKEN_FILE].decode("ascii", errors="replace").strip()
+
+
+def with_fresh_token(data: bytes, token: str, lease_expires_at: datetime) -> bytes:
+    """The same tarball with `token` in place of the old one and the new lease end advertised.
+
+    Every other member stays byte for byte as `create` wrote it (owners, START, idle timeout,
+    -config-dir files): extend knows none of those inputs and must not change them.
+    """
+    token = token.strip()
+    if not token or _CONTROL.search(token) or token.count(".") != 2:
+        raise InvalidInput("the annex token is not a JWT")
+    lease_line = re.compile(rf"^{contract.ANNEX_LEASE_EXPIRY_ATTRIBUTE} = \d+$", re.MULTILINE)
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+        for info, content in _members(data):
+            if info.name == contract.TARBALL_TOKEN_FILE:
+                content = (token + "\n").encode("ascii")
+            elif info.name == contract.TARBALL_CONFIG_FILE:
+                seconds = int(lease_expires_at.timestamp())
+                content = lease_line.sub(
+                    f"{contract.ANNEX_LEASE_EXPIRY_ATTRIBUTE} = {seconds}", content.decode("utf-8")
+                ).encode("utf-8")
+            if info.isreg():
+                _add_member(archive, info.name, content, info.mode)
+            else:
+                archive.addfile(info)
     compressed = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=compressed, mtime=TARBALL_MTIME) as gz:
         gz.write(raw.getvalue())

@@ -44,7 +44,7 @@ install -d -m 0755 "$ROOT/etc/condor/config.d" "$ROOT/etc/systemd/system" \
     "$ROOT/usr/libexec/condor-annex" "$ROOT/etc/sysconfig"
 install -m 0644 "$IMAGE/condor/config.d/10-annex-image.config" "$ROOT/etc/condor/config.d/"
 install -m 0755 "$IMAGE/libexec/master-shutdown" "$ROOT/usr/libexec/condor-annex/master-shutdown"
-for unit in "$IMAGE"/systemd/*.service; do
+for unit in "$IMAGE"/systemd/*.service "$IMAGE"/systemd/*.timer; do
     install -m 0644 "$unit" "$ROOT/etc/systemd/system/"
 done
 if [ "$(id -u)" = 0 ]; then
@@ -52,7 +52,7 @@ if [ "$(id -u)" = 0 ]; then
         "$ROOT/etc/condor/config.d/10-annex-image.config"
 fi
 
-UNITS="condor-annex-firewall.service condor-annex-ec2.service condor-annex-spot-watcher.service"
+UNITS="condor-annex-firewall.service condor-annex-ec2.service condor-annex-spot-watcher.service condor-annex-refresh.timer"
 if command -v systemctl >/dev/null 2>&1; then
     # --root works offline (no running systemd needed), also for ROOT=/ during image builds.
     # shellcheck disable=SC2086
@@ -60,8 +60,9 @@ if command -v systemctl >/dev/null 2>&1; then
     if [ "$PACKAGES" = 1 ]; then systemctl --root="${ROOT:-/}" enable condor.service; fi
 else
     for unit in $UNITS; do
-        install -d -m 0755 "$ROOT/etc/systemd/system/multi-user.target.wants"
-        ln -sf "/etc/systemd/system/$unit" "$ROOT/etc/systemd/system/multi-user.target.wants/$unit"
+        case "$unit" in *.timer) wants=timers.target.wants ;; *) wants=multi-user.target.wants ;; esac
+        install -d -m 0755 "$ROOT/etc/systemd/system/$wants"
+        ln -sf "/etc/systemd/system/$unit" "$ROOT/etc/systemd/system/$wants/$unit"
     done
 fi
 

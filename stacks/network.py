@@ -15,9 +15,11 @@ from aws_cdk import Annotations, CfnParameter, Fn
 from aws_cdk import aws_ec2 as ec2
 from constructs import Construct
 
+from condor_annex import contract
+
 HTCONDOR_PORT = 9618
 SSH_PORT = 22
-VPC_PARAMETER = "TargetVpcId"
+VPC_PARAMETER = contract.STACK_VPC_PARAMETER
 """The stack parameter holding the VPC id (default: context `vpcId` or the default VPC)."""
 
 

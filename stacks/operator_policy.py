@@ -35,6 +35,10 @@ EXISTING_LAUNCH_RESOURCES = [
 ]
 LAUNCH_TEMPLATES = ec2_arn("launch-template/*")
 """Annex launch templates get generated ids; every grant on them is conditioned on the annex tag."""
+SERVICE_LINKED_ROLE_ARNS = [
+    f"arn:{Aws.PARTITION}:iam::{Aws.ACCOUNT_ID}:{role.arn_path()}"
+    for role in contract.SERVICE_LINKED_ROLES
+]
 DEFAULT_IMAGE_PARAMETERS = (
     f"arn:{Aws.PARTITION}:ssm:{Aws.REGION}::parameter/aws/service/ami-amazon-linux-latest/*"
 )
@@ -119,7 +123,7 @@ class OperatorPolicy(Construct):
                 resources=[ec2_arn("spot-fleet-request/*")],
                 conditions=request_tagged,
             ),
-            # EC2 Fleet (create.py `build_ec2_fleet_request`): the fleet is created tagged; CreateFleet
+            # EC2 Fleet (launch_spec.py `build_ec2_fleet_request`): the fleet is created tagged; CreateFleet
             # is also authorized against every resource the launch uses (Service Authorization
             # Reference, "ec2:CreateFleet": fleet, instance, volume, launch-template, image,
             # subnet, security-group, network-interface, key-pair), and an instant fleet launches
@@ -269,6 +273,24 @@ class OperatorPolicy(Construct):
                 sid="ReadSetupInstanceProfile",
                 actions=["iam:GetInstanceProfile"],
                 resources=[instance_profile_arn],
+            ),
+            # The fleets' service-linked roles (contract.SERVICE_LINKED_ROLES): `-check-setup`
+            # reads them, and an operator in an account that lacks one may create exactly those
+            # (the grant AWS's "Spot Fleet permissions" user policy makes), nothing else.
+            iam.PolicyStatement(
+                sid="CreateFleetServiceLinkedRoles",
+                actions=["iam:CreateServiceLinkedRole"],
+                resources=SERVICE_LINKED_ROLE_ARNS,
+                conditions={
+                    "StringEquals": {
+                        "iam:AWSServiceName": [r.service for r in contract.SERVICE_LINKED_ROLES]
+                    }
+                },
+            ),
+            iam.PolicyStatement(
+                sid="ReadFleetServiceLinkedRoles",
+                actions=["iam:GetRole"],
+                resources=SERVICE_LINKED_ROLE_ARNS,
             ),
             iam.PolicyStatement(
                 sid="ReadSetupStack",

@@ -473,7 +473,10 @@ def request_spot_fleet(req: AwsRequest, world: World, caller: Caller) -> list[Ch
             Check("iam:PassRole", fleet_role, {"iam:PassedToService": "spotfleet.amazonaws.com"})
         )
         # Spot Fleet launches with its role; a role that does not exist fails the PassRole check.
-        for launch in launches if world.role_exists(fleet_role) else []:
+        # A dry run launches nothing: EC2 checks only the caller's permissions ("DryRun" in the
+        # RequestSpotFleet API reference); the role's launch is decided when the fleet launches.
+        launching = world.role_exists(fleet_role) and not req.flag("DryRun")
+        for launch in launches if launching else []:
             checks += launch_checks(
                 world, req, launch, create_action="RunInstances", as_role=fleet_role
             )
@@ -663,6 +666,17 @@ def _iam_entity(action: str) -> Builder:
     return build
 
 
+def create_service_linked_role(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    """SAR "CreateServiceLinkedRole": the `role` it creates (under `/aws-service-role/<service>/`)
+    with `iam:AWSServiceName`; the role's name is the one AWS gives that service's role."""
+    from annex_sandbox.patches.iam import SERVICE_LINKED_ROLE_NAMES
+
+    service = str(req.param("AWSServiceName", ""))
+    name = SERVICE_LINKED_ROLE_NAMES.get(service, "*")
+    arn = f"arn:{PARTITION}:iam::{world.account_id}:role/aws-service-role/{service}/{name}"
+    return [Check("iam:CreateServiceLinkedRole", arn, {"iam:AWSServiceName": service})]
+
+
 def get_instance_profile(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
     return [
         Check(
@@ -768,14 +782,16 @@ def _stack(action: str) -> Builder:
 def _ssm_parameter(action: str) -> Builder:
     def build(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
         names = [req.param("Name")] if req.param("Name") else list(req.param("Names") or [])
-        return [
-            Check(
-                action,
-                f"arn:{PARTITION}:ssm:{req.region}:{world.account_id}:parameter/"
-                f"{str(name).lstrip('/')}",
+        out = []
+        for name in names:
+            path = str(name).lstrip("/")
+            # AWS's public parameters (/aws/service/...) belong to no account: their ARN has an
+            # empty account field ("Working with public parameters", Systems Manager User Guide).
+            account = "" if path.startswith("aws/service/") else world.account_id
+            out.append(
+                Check(action, f"arn:{PARTITION}:ssm:{req.region}:{account}:parameter/{path}")
             )
-            for name in names
-        ]
+        return out
 
     return build
 
@@ -1217,6 +1233,9 @@ MAPPINGS: dict[str, Mapping] = {
     ),
     "iam:GetInstanceProfile": Mapping(
         get_instance_profile, produces=frozenset({"instance-profile"})
+    ),
+    "iam:CreateServiceLinkedRole": Mapping(
+        create_service_linked_role, produces=frozenset({"role", "iam:AWSServiceName"})
     ),
     **_rows(
         _iam_role,

@@ -14,10 +14,16 @@ from annex_sandbox.patches.capacity import (
     run_instances_answers_injected_capacity_errors,
 )
 from annex_sandbox.patches.cloudformation import (
+    cloudformation_change_set_without_changes_fails,
+    cloudformation_change_sets_belong_to_their_stack,
     cloudformation_deletes_managed_policies,
+    cloudformation_executing_a_change_set_clears_the_stacks_change_sets,
     cloudformation_resolves_s3_template_urls,
     cloudformation_ssm_parameter_generated_name,
     cloudformation_stack_outputs_from_change_sets,
+    cloudformation_updates_security_group_rules_in_place,
+    cloudformation_use_previous_value_of_ssm_parameters,
+    cloudformation_validates_vpc_id_parameters,
 )
 from annex_sandbox.patches.ec2_fleet import (
     delete_fleets_ends_every_instance,
@@ -27,6 +33,7 @@ from annex_sandbox.patches.ec2_fleet import (
 )
 from annex_sandbox.patches.ec2_instances import (
     describe_instances_filters,
+    ec2_dry_runs_launch_nothing,
     run_instances_idempotent_on_client_token,
     run_instances_profile_on_every_instance,
 )
@@ -34,6 +41,7 @@ from annex_sandbox.patches.iam import (
     cloudformation_roles_attach_managed_policy_arns,
     iam_authorizes_against_resource_arns,
     iam_inline_policies_stored_as_json,
+    iam_service_linked_roles_named_and_unique_like_aws,
     iam_trust_policy_account_principals,
 )
 from annex_sandbox.patches.scheduler import scheduler_update_replaces_every_field
@@ -63,6 +71,13 @@ PATCHES: tuple[Callable[[], None], ...] = (
     delete_fleets_ends_every_instance,
     maintain_fleets_replace_lost_instances,
     cloudformation_stack_outputs_from_change_sets,
+    # Wraps the outputs fix: the executed change set is still there while that one reads it.
+    cloudformation_executing_a_change_set_clears_the_stacks_change_sets,
+    cloudformation_change_sets_belong_to_their_stack,
+    cloudformation_change_set_without_changes_fails,
+    cloudformation_use_previous_value_of_ssm_parameters,
+    cloudformation_updates_security_group_rules_in_place,
+    cloudformation_validates_vpc_id_parameters,
     cloudformation_deletes_managed_policies,
     scheduler_update_replaces_every_field,
     cloudformation_resolves_s3_template_urls,
@@ -71,6 +86,9 @@ PATCHES: tuple[Callable[[], None], ...] = (
     iam_authorizes_against_resource_arns,
     iam_inline_policies_stored_as_json,
     cloudformation_roles_attach_managed_policy_arns,
+    iam_service_linked_roles_named_and_unique_like_aws,
+    # Outermost on the four launch/create operations: a dry run reaches none of the above.
+    ec2_dry_runs_launch_nothing,
 )
 
 _applied = False

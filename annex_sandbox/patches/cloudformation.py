@@ -1,7 +1,8 @@
-"""CloudFormation fidelity fixes: outputs after change sets, S3 template URLs of every form."""
+"""CloudFormation fidelity fixes: change sets as stack updates use them, S3 template URLs."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -9,7 +10,10 @@ from urllib.parse import unquote, urlparse
 import moto.cloudformation.models as cfn_models
 import moto.cloudformation.responses as cfn_responses
 import moto.cloudformation.utils as cfn_utils
+from moto.cloudformation.exceptions import CloudFormationError, ValidationError
 from moto.cloudformation.models import CloudFormationBackend
+from moto.cloudformation.responses import CloudFormationResponse
+from moto.core.responses import ActionResult, EmptyResult
 
 
 def cloudformation_stack_outputs_from_change_sets() -> None:
@@ -162,3 +166,332 @@ def cloudformation_deletes_managed_policies() -> None:
         backend.delete_policy(arn)
 
     ManagedPolicy.delete_from_cloudformation_json = classmethod(delete_from_cloudformation_json)  # type: ignore[method-assign,assignment]
+
+
+class ChangeSetNotFound(CloudFormationError):
+    """CloudFormation's 404 for a change set name or ARN the stack does not have.
+
+    "ChangeSetNotFoundException" (AWS CloudFormation API Reference, Common errors of
+    DescribeChangeSet/ExecuteChangeSet): "The specified change set name or ID doesn't exist."
+    """
+
+    code = "ChangeSetNotFound"
+
+    def __init__(self, change_set_name: str) -> None:
+        super().__init__(f"ChangeSet [{change_set_name}] does not exist")
+
+
+class InvalidChangeSetStatus(CloudFormationError):
+    """ExecuteChangeSet of a change set that is not AVAILABLE (FAILED, already executed, ...)."""
+
+    code = "InvalidChangeSetStatus"
+
+    def __init__(self, change_set_id: str, status: str) -> None:
+        super().__init__(
+            f"ChangeSet [{change_set_id}] cannot be executed in its current status of [{status}]"
+        )
+
+
+def _change_set_stack(backend: CloudFormationBackend, stack_name: str | None) -> Any:
+    """The stack a change set is named in (by name, live stacks only, or by stack ID)."""
+    if not stack_name:
+        raise ValidationError(
+            message="StackName must be specified if ChangeSetName is not specified as an ARN."
+        )
+    try:
+        return backend.get_stack(stack_name)
+    except ValidationError:
+        raise ValidationError(message=f"Stack [{stack_name}] does not exist") from None
+
+
+def _find_change_set(
+    backend: CloudFormationBackend, change_set_name: str, stack_name: str | None
+) -> Any:
+    """The change set `change_set_name` (a name within `stack_name`, or an ARN), else None.
+
+    A name is unique within its stack only (`cdk-deploy-change-set` exists once per stack), so
+    a name is looked up in the named stack; an ARN identifies the change set on its own.
+    """
+    if change_set_name.startswith("arn:"):
+        return backend.change_sets.get(change_set_name)
+    stack = _change_set_stack(backend, stack_name)
+    return next(
+        (
+            c
+            for c in backend.change_sets.values()
+            if c.stack_id == stack.stack_id and c.change_set_name == change_set_name
+        ),
+        None,
+    )
+
+
+def cloudformation_change_sets_belong_to_their_stack() -> None:
+    """Change sets are found in the stack they name; a missing one answers as CloudFormation does.
+
+    AWS CloudFormation API Reference: "DescribeChangeSet" — StackName: "If you specified the
+    name of a change set, specify the stack name or ID (ARN) of the change set"; an unknown
+    change set is `ChangeSetNotFound` (HTTP 404), which the CDK CLI waits for after deleting
+    the previous `cdk-deploy-change-set`. "DeleteChangeSet" lists no not-found error: deleting a
+    change set the (existing) stack does not have succeeds, and the CDK CLI relies on it before
+    every update ("The delete request is successful as long as the stack exists"). "ExecuteChangeSet":
+    `ChangeSetNotFound`, and `InvalidChangeSetStatus` for a change set that is not AVAILABLE.
+    "ListChangeSets" lists the change sets of the stack named. moto looks names up across every
+    stack (the CDK bootstrap stack's `cdk-deploy-change-set` was found, or deleted, for the
+    setup stack), answers a missing change set with ValidationError "Stack with id … does not
+    exist", fails DeleteChangeSet of a missing one with HTTP 500 and lists every stack's.
+    """
+
+    def describe_change_set(self: CloudFormationResponse) -> ActionResult:
+        name = self._get_param("ChangeSetName")
+        change_set = _find_change_set(
+            self.cloudformation_backend, name, self._get_param("StackName")
+        )
+        if change_set is None:
+            raise ChangeSetNotFound(name)
+        return ActionResult(change_set)
+
+    def delete_change_set(self: CloudFormationResponse) -> ActionResult:
+        backend = self.cloudformation_backend
+        name = self._get_param("ChangeSetName")
+        change_set = _find_change_set(backend, name, self._get_param("StackName"))
+        if change_set is not None:
+            del backend.change_sets[change_set.change_set_id]
+        elif name.startswith("arn:"):
+            raise ChangeSetNotFound(name)
+        return EmptyResult()
+
+    def execute_change_set(self: CloudFormationResponse) -> ActionResult:
+        backend = self.cloudformation_backend
+        name = self._get_param("ChangeSetName")
+        stack_name = self._get_param("StackName")
+        change_set = _find_change_set(backend, name, stack_name)
+        if change_set is None:
+            raise ChangeSetNotFound(name)
+        if change_set.execution_status != "AVAILABLE":
+            raise InvalidChangeSetStatus(change_set.change_set_id, str(change_set.execution_status))
+        backend.execute_change_set(
+            change_set_name=change_set.change_set_id, stack_name=change_set.stack_id
+        )
+        return EmptyResult()
+
+    def list_change_sets(self: CloudFormationResponse) -> ActionResult:
+        stack = _change_set_stack(self.cloudformation_backend, self._get_param("StackName"))
+        summaries = [
+            c
+            for c in self.cloudformation_backend.change_sets.values()
+            if c.stack_id == stack.stack_id
+        ]
+        return ActionResult({"Summaries": summaries})
+
+    CloudFormationResponse.describe_change_set = describe_change_set  # type: ignore[method-assign]
+    CloudFormationResponse.delete_change_set = delete_change_set  # type: ignore[method-assign]
+    CloudFormationResponse.execute_change_set = execute_change_set  # type: ignore[method-assign]
+    CloudFormationResponse.list_change_sets = list_change_sets  # type: ignore[method-assign]
+
+
+def cloudformation_executing_a_change_set_clears_the_stacks_change_sets() -> None:
+    """After a change set executes, the stack has no change sets and takes its parameters.
+
+    "Execute a change set for a CloudFormation stack" (AWS CloudFormation User Guide,
+    https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/using-cfn-updating-stacks-changesets-execute.html):
+    "After you execute a change set, CloudFormation deletes any additional change sets that are
+    associated with the stack because they're no longer valid for the updated stack"; the
+    executed one leaves the stack's list too ("Unless you delete them, CloudFormation retains all
+    change sets until you update the stack", "Delete a change set"). The stack's parameters are
+    the executed change set's, so an unchanged re-submission is recognised as no change. moto
+    keeps every change set forever, and keeps the parameters the stack was created with.
+    """
+    original: Callable[..., None] = CloudFormationBackend.execute_change_set
+
+    def execute_change_set(
+        self: CloudFormationBackend, change_set_name: str, stack_name: str | None = None
+    ) -> None:
+        original(self, change_set_name, stack_name)
+        change_set = self.change_sets.get(change_set_name)
+        if change_set is None:
+            return
+        stack: Any = self.stacks[change_set.stack_id]
+        stack.parameters = dict(change_set.parameters)
+        for change_set_id in [
+            i for i, c in self.change_sets.items() if c.stack_id == change_set.stack_id
+        ]:
+            del self.change_sets[change_set_id]
+
+    CloudFormationBackend.execute_change_set = execute_change_set  # type: ignore[method-assign]
+
+
+def cloudformation_change_set_without_changes_fails() -> None:
+    """A change set that changes nothing is created FAILED, not refused.
+
+    "CreateChangeSet" / "Update CloudFormation stacks using change sets" (AWS CloudFormation User
+    Guide): submitting the stack's own template and parameters yields a change set with Status
+    FAILED, ExecutionStatus UNAVAILABLE and StatusReason "The submitted information didn't contain
+    changes. Submit different information to create a change set." — the answer the CDK CLI
+    treats as "no changes" (it then deletes that change set). Only UpdateStack answers
+    ValidationError "No updates are to be performed."; moto gives CreateChangeSet that error too
+    when the template comes as TemplateBody.
+    """
+    original: Callable[..., None] = CloudFormationResponse._validate_different_update
+
+    def _validate_different_update(
+        self: CloudFormationResponse,
+        incoming_params: list[dict[str, Any]] | None,
+        stack_body: str,
+        old_stack: Any,
+    ) -> None:
+        if self._get_action() == "CreateChangeSet":
+            return  # moto's backend marks the change set FAILED with AWS's StatusReason
+        original(self, incoming_params, stack_body, old_stack)
+
+    CloudFormationResponse._validate_different_update = _validate_different_update  # type: ignore[method-assign]
+
+
+def cloudformation_use_previous_value_of_ssm_parameters() -> None:
+    """`UsePreviousValue` of an SSM-typed parameter reuses its Parameter Store name.
+
+    "Parameter" / "UsePreviousValue" (AWS CloudFormation API Reference) and "Specify existing
+    resources at runtime with CloudFormation-supplied parameter types" (User Guide): for
+    `AWS::SSM::Parameter::Value<…>` parameters the parameter's value is the Parameter Store
+    key, resolved anew on every update (DescribeStacks shows it as ParameterValue, the value as
+    ResolvedValue). `cdk deploy` updates pass the CDK's `BootstrapVersion` that way. moto
+    reuses the resolved value ("30") as the key and ExecuteChangeSet fails with HTTP 500.
+    """
+    from moto.cloudformation.models import Stack
+
+    def stack_parameters(self: Any) -> dict[str, Any]:
+        values = dict(self.resource_map.resolved_parameters)
+        slots = self.resource_map._template.get("Parameters", {})
+        given = self.resource_map.input_parameters
+        for key, slot in slots.items():
+            if str(slot.get("Type", "")).startswith("AWS::SSM::Parameter::"):
+                key_in_store = given.get(key, slot.get("Default"))
+                if key_in_store is not None:
+                    values[key] = key_in_store
+        return values
+
+    Stack.stack_parameters = property(stack_parameters)  # type: ignore[method-assign,assignment]
+
+
+def cloudformation_updates_security_group_rules_in_place() -> None:
+    """A stack update that changes only a security group's rules keeps the group.
+
+    "AWS::EC2::SecurityGroup" (AWS CloudFormation User Guide,
+    https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/aws-resource-ec2-securitygroup.html):
+    `SecurityGroupIngress` (and `Tags`) update with "No interruption"; only `GroupDescription`,
+    `GroupName` and `VpcId` require replacement. Re-running `-setup` with another `-pool-cidr`
+    must keep the group annex instances run in. moto deletes the group and makes a new one on
+    every change (a new ID; against AWS the delete would fail while instances use it).
+    """
+    from moto.ec2.models import ec2_backends
+    from moto.ec2.models.security_groups import SecurityGroup
+
+    original: Callable[..., Any] = SecurityGroup.update_from_cloudformation_json.__func__  # type: ignore[attr-defined]
+
+    def update_from_cloudformation_json(
+        cls: type[SecurityGroup],
+        original_resource: Any,
+        new_resource_name: str,
+        cloudformation_json: Any,
+        account_id: str,
+        region_name: str,
+    ) -> Any:
+        properties = cloudformation_json.get("Properties", {})
+        replaced = (
+            properties.get("GroupDescription") != original_resource.description
+            or properties.get("VpcId") != original_resource.vpc_id
+            or properties.get("GroupName", original_resource.name) != original_resource.name
+        )
+        if replaced:
+            return original(
+                cls, original_resource, new_resource_name, cloudformation_json, account_id,
+                region_name,
+            )  # fmt: skip
+        backend = ec2_backends[account_id][region_name]
+        original_resource.ingress_rules = []
+        for rule in properties.get("SecurityGroupIngress", []):
+            source = {
+                key: rule[field]
+                for key, field in (
+                    ("GroupId", "SourceSecurityGroupId"),
+                    ("GroupName", "SourceSecurityGroupName"),
+                )
+                if rule.get(field)
+            }
+            backend.authorize_security_group_ingress(
+                group_name_or_id=original_resource.id,
+                ip_protocol=rule["IpProtocol"],
+                from_port=rule.get("FromPort"),
+                to_port=rule.get("ToPort"),
+                ip_ranges=rule.get("CidrIp", []),
+                source_groups=[source] if source else [],
+                vpc_id=original_resource.vpc_id,
+            )
+        for tag in properties.get("Tags", []):
+            original_resource.add_tag(tag["Key"], tag["Value"])
+        return original_resource
+
+    SecurityGroup.update_from_cloudformation_json = classmethod(update_from_cloudformation_json)  # type: ignore[method-assign,assignment]
+
+
+def _parsed_template(template: str) -> dict[str, Any]:
+    """A JSON template's document; {} for YAML (not checked here: the CDK writes JSON)."""
+    try:
+        parsed: Any = json.loads(template)
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _refuse_missing_vpcs(
+    backend: CloudFormationBackend, template: str, parameters: dict[str, Any]
+) -> None:
+    from moto.ec2.models import ec2_backends
+
+    slots = _parsed_template(template).get("Parameters") or {}
+    vpcs = ec2_backends[backend.account_id][backend.region_name].vpcs
+    for name, slot in slots.items():
+        if not isinstance(slot, dict) or slot.get("Type") != "AWS::EC2::VPC::Id":
+            continue
+        value = parameters.get(name, slot.get("Default"))
+        if value and value not in vpcs:
+            raise ValidationError(
+                message=(
+                    f"Parameter validation failed: parameter value {value} for parameter name "
+                    f"{name} does not exist"
+                )
+            )
+
+
+def cloudformation_validates_vpc_id_parameters() -> None:
+    """An `AWS::EC2::VPC::Id` parameter naming no VPC is refused before anything changes.
+
+    "Specify existing resources at runtime with CloudFormation-supplied parameter types" (AWS
+    CloudFormation User Guide,
+    https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/cloudformation-supplied-parameter-types.html):
+    AWS-specific parameter types are validated "against existing values in the user's account"
+    when the stack or change set is created; a missing VPC is ValidationError "Parameter
+    validation failed: parameter value vpc-… for parameter name … does not exist". moto accepts
+    any string and fails while executing: a re-run of `-setup -vpc-id` with a typo deleted the
+    security group and then answered an EC2 error, leaving the stack half-updated.
+    """
+    original_change_set: Callable[..., tuple[str, str]] = CloudFormationBackend.create_change_set
+    original_stack: Callable[..., Any] = CloudFormationBackend.create_stack
+
+    def create_change_set(
+        self: CloudFormationBackend, stack_name: str, change_set_name: str, template: str,
+        parameters: dict[str, str], *args: Any, **kwargs: Any,
+    ) -> tuple[str, str]:  # fmt: skip
+        _refuse_missing_vpcs(self, template, parameters)
+        return original_change_set(
+            self, stack_name, change_set_name, template, parameters, *args, **kwargs
+        )
+
+    def create_stack(
+        self: CloudFormationBackend, name: str, template: str, parameters: dict[str, Any],
+        *args: Any, **kwargs: Any,
+    ) -> Any:  # fmt: skip
+        _refuse_missing_vpcs(self, template, parameters)
+        return original_stack(self, name, template, parameters, *args, **kwargs)
+
+    CloudFormationBackend.create_change_set = create_change_set  # type: ignore[method-assign]
+    CloudFormationBackend.create_stack = create_stack  # type: ignore[method-assign]

@@ -128,3 +128,32 @@ def describe_instances_filters() -> None:
 
     ec2_utils.passes_filter_dict = passes_filter_dict
     ec2_utils.instance_value_in_filter_values = instance_value_in_filter_values
+
+
+def ec2_dry_runs_launch_nothing() -> None:
+    """`DryRun=true` on a launch or create answers `DryRunOperation` and creates nothing.
+
+    "DryRun" (RunInstances, CreateLaunchTemplate, RequestSpotFleet, CreateFleet API reference):
+    "Checks whether you have the required permissions for the action, without actually making
+    the request ... If you have the required permissions, the error response is DryRunOperation."
+    With the IAM engine on, it answers dry runs itself; moto, which answers them when the engine
+    is switched off (benchmarks), ignores the flag on these four operations and launches.
+    """
+    from moto.ec2.responses.fleets import Fleets
+    from moto.ec2.responses.instances import InstanceResponse
+    from moto.ec2.responses.launch_templates import LaunchTemplates
+    from moto.ec2.responses.spot_fleets import SpotFleets
+
+    for cls, name in (
+        (InstanceResponse, "run_instances"),
+        (LaunchTemplates, "create_launch_template"),
+        (SpotFleets, "request_spot_fleet"),
+        (Fleets, "create_fleet"),
+    ):
+        original: Callable[[Any], Any] = getattr(cls, name)
+
+        def checked(self: Any, _original: Callable[[Any], Any] = original) -> Any:
+            self.error_on_dryrun()
+            return _original(self)
+
+        setattr(cls, name, checked)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from typing import Any
@@ -167,3 +168,65 @@ def cloudformation_roles_attach_managed_policy_arns() -> None:
 
     Role.create_from_cloudformation_json = classmethod(create_from_cloudformation_json)  # type: ignore[method-assign,assignment,arg-type]
     Role.delete_from_cloudformation_json = classmethod(delete_from_cloudformation_json)  # type: ignore[method-assign,assignment]
+
+
+SERVICE_LINKED_ROLE_NAMES = {
+    "spotfleet.amazonaws.com": "AWSServiceRoleForEC2SpotFleet",
+    "spot.amazonaws.com": "AWSServiceRoleForEC2Spot",
+    "ec2fleet.amazonaws.com": "AWSServiceRoleForEC2Fleet",
+}
+"""The names AWS gives the EC2 fleets' service-linked roles ("Spot Fleet permissions",
+https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/spot-fleet-prerequisites.html; "Service-linked
+role for EC2 Fleet", https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/ec2-fleet-prerequisites.html)."""
+
+
+def iam_service_linked_roles_named_and_unique_like_aws() -> None:
+    """CreateServiceLinkedRole names EC2's roles as AWS does and refuses a second one.
+
+    AWS names them `AWSServiceRoleForEC2SpotFleet`, `AWSServiceRoleForEC2Spot` and
+    `AWSServiceRoleForEC2Fleet` (moto derives `AWSServiceRoleForspotfleet` from the host name).
+    Creating one that exists fails with `InvalidInput` ("Create Amazon EC2 spot fleet roles with
+    the AWS CLI", AWS Batch User Guide,
+    https://docs.aws.amazon.com/batch/latest/userguide/spot-fleet-roles-cli.html: "An error
+    occurred (InvalidInput) when calling the CreateServiceLinkedRole operation: Service role name
+    AWSServiceRoleForEC2Spot has been taken in this account, please try a different suffix.");
+    moto raises `EntityAlreadyExists` (or, for the names it mangles, nothing useful).
+    """
+    from moto.iam.exceptions import InvalidInput
+    from moto.iam.models import IAMBackend
+
+    original: Callable[..., Any] = IAMBackend.create_service_linked_role
+
+    def create_service_linked_role(
+        self: IAMBackend, service_name: str, description: str, suffix: str
+    ) -> Any:
+        name = SERVICE_LINKED_ROLE_NAMES.get(service_name)
+        if name is None or suffix:
+            return original(self, service_name, description, suffix)
+        if any(role.name == name for role in self.roles.values()):
+            raise InvalidInput(
+                f"Service role name {name} has been taken in this account, "
+                "please try a different suffix."
+            )
+        trust = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Action": ["sts:AssumeRole"],
+                    "Effect": "Allow",
+                    "Principal": {"Service": [service_name]},
+                }
+            ],
+        }
+        return self.create_role(
+            name,
+            json.dumps(trust),
+            f"/aws-service-role/{service_name}/",
+            permissions_boundary=None,
+            description=description,
+            tags=[],
+            max_session_duration="3600",
+            linked_service=service_name,
+        )
+
+    IAMBackend.create_service_linked_role = create_service_linked_role  # type: ignore[method-assign]

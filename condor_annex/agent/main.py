@@ -8,6 +8,7 @@ billing) and exits with the failure class's code (see `exits.Exit` and docs/AGEN
     condor-annex-ec2 [--root DIR] [--dry-run] [--no-firewall] [--fleet-tag-timeout S] ...
     condor-annex-ec2 check-image [--root DIR]
     condor-annex-ec2 firewall [--root DIR] [--dry-run]
+    condor-annex-ec2 refresh [--root DIR] [--reconfig-command CMD]   (agent/refresh.py)
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ from typing import Any, Callable, Optional
 from botocore.exceptions import BotoCoreError, ClientError
 
 from condor_annex import contract
-from condor_annex.agent import discovery, firewall, image_check
+from condor_annex.agent import discovery, firewall
 from condor_annex.agent.exits import Exit
 from condor_annex.agent.files import CONFIG_FILE_MODE, write_atomic
 from condor_annex.agent.imds import ImdsClient, ImdsNotFound, ImdsUnavailable
 from condor_annex.agent.log import StepFailed, StepRecord, emit, step
 from condor_annex.agent.root import Root
+from condor_annex.agent.service_models import MODELS_DIR
 from condor_annex.agent.tarball_unpack import Limits, TarballRefused, install, verify
 from condor_annex.aws import error_code
 
@@ -96,7 +98,8 @@ def instance_macros(instance_id: str, public_ip: Optional[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _download(s3: Any, bucket: str, key: str, cap: int) -> bytes:
+def _download(s3: Any, bucket: str, key: str, cap: int) -> tuple[bytes, str]:
+    """The tarball's bytes and its ETag (which `refresh` later asks S3 about)."""
     try:
         response = s3.get_object(Bucket=bucket, Key=key)
     except ClientError as error:
@@ -121,7 +124,7 @@ def _download(s3: Any, bucket: str, key: str, cap: int) -> bytes:
         body.close()
     if len(data) > cap:
         raise TarballRefused(f"compressed size exceeds {cap} bytes")
-    return data
+    return data, str(response.get("ETag", ""))
 
 
 def power_off(options: Options, reason: str) -> None:
@@ -186,27 +189,30 @@ def configure(options: Options, *, session_hook: Optional[Callable[[Any], None]]
             public_ip = str(ipaddress.IPv4Address(public_ip))
         record.note(instance=instance_id, region=region, public_ip=public_ip or "none")
 
-    session = make_session(region=region)
+    # The trimmed API models: parsing EC2's full model was most of the cold start.
+    session = make_session(region=region, model_dirs=[MODELS_DIR])
     if session_hook is not None:
         session_hook(session)
-    ec2 = make_client(session, "ec2")
-    iam = make_client(session, "iam")
-    s3 = make_client(session, "s3")
 
+    # Each client is made just before the step that first needs it: a boot that fails early
+    # never parses the models of the services it did not reach.
+    ec2 = make_client(session, "ec2")
     with agent_step("annex-name") as record:
         identity = discovery.annex_name(
             ec2, imds, instance_id, record, fleet_tag_timeout=options.fleet_tag_timeout
         )
         record.note(annex=identity.name, kind=identity.kind)
 
+    iam = make_client(session, "iam")
     with agent_step("bucket") as record:
         found = discovery.find_bucket(iam, imds, record)
         record.note(bucket=found.bucket, source=found.source, scanned=found.scanned)
 
     key = contract.config_key(identity.name)
+    s3 = make_client(session, "s3")
     with agent_step("download") as record:
         record.note(object=f"s3://{found.bucket}/{key}")
-        data = _download(s3, found.bucket, key, options.limits.compressed_bytes)
+        data, etag = _download(s3, found.bucket, key, options.limits.compressed_bytes)
         record.note(bytes=len(data))
 
     with agent_step("verify") as record:
@@ -224,6 +230,9 @@ def configure(options: Options, *, session_hook: Optional[Callable[[Any], None]]
         else:
             files = tuple(install(tarball.members, target, root.privileged))
             record.note(files=",".join(files))
+            from condor_annex.agent import refresh
+
+            refresh.remember(root, refresh.Installed(found.bucket, key, etag, region))
 
     macros_path = root.config_dir / contract.INSTANCE_MACROS_FILE
     with agent_step("instance-macros") as record:
@@ -270,7 +279,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="condor-annex-ec2",
         description="Configure this EC2 instance as a member of its HTCondor annex.",
-        epilog="Subcommands: `check-image [--root DIR]`, `firewall [--root DIR] [--dry-run]`. "
+        epilog="Subcommands: `check-image [--root DIR]`, `firewall [--root DIR] [--dry-run]`, "
+        "`refresh [--root DIR] [--reconfig-command CMD]`. "
         "Exit codes are listed in docs/AGENT.md.",
     )
     _add_common(parser)
@@ -329,9 +339,20 @@ def _check_image_main(argv: Sequence[str]) -> int:
     )
     _add_common(parser)
     args = parser.parse_args(argv)
+    from condor_annex.agent import image_check  # only this subcommand needs it
+
     results = image_check.check(Root(args.root))
     print(image_check.report(results))
     return int(Exit.OK if image_check.all_musts_met(results) else Exit.CHECK_FAILED)
+
+
+def _sdk_environment() -> None:
+    # The SDK's own metadata credential fetch: a few attempts with a sane timeout at early boot.
+    os.environ.setdefault("AWS_METADATA_SERVICE_NUM_ATTEMPTS", "5")
+    os.environ.setdefault("AWS_METADATA_SERVICE_TIMEOUT", "2")
+    # Annex instances require IMDSv2: when a token request times out the SDK must retry it,
+    # never fall back to a v1 request the instance refuses (seen at 1,000 concurrent boots).
+    os.environ.setdefault("AWS_EC2_METADATA_V1_DISABLED", "true")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -340,16 +361,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _check_image_main(args_list[1:])
     if args_list and args_list[0] == "firewall":
         return _firewall_main(args_list[1:])
+    if args_list and args_list[0] == "refresh":
+        from condor_annex.agent import refresh
+
+        _sdk_environment()
+        return refresh.main(args_list[1:])
     try:
         args = _parser().parse_args(args_list)
     except SystemExit as exit_:
         return int(exit_.code or 0) and int(Exit.USAGE)
-    # The SDK's own metadata credential fetch: a few attempts with a sane timeout at early boot.
-    os.environ.setdefault("AWS_METADATA_SERVICE_NUM_ATTEMPTS", "5")
-    os.environ.setdefault("AWS_METADATA_SERVICE_TIMEOUT", "2")
-    # Annex instances require IMDSv2: when a token request times out the SDK must retry it,
-    # never fall back to a v1 request the instance refuses (seen at 1,000 concurrent boots).
-    os.environ.setdefault("AWS_EC2_METADATA_V1_DISABLED", "true")
+    _sdk_environment()
     options = Options(
         root=Root(args.root),
         dry_run=args.dry_run,

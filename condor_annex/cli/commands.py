@@ -215,7 +215,7 @@ def run_create(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def run_extend(args: argparse.Namespace, ctx: CliContext) -> int:
-    from condor_annex.extend import extend_lease
+    from condor_annex.extend import TokenSource, extend_lease
 
     settings = settings_of(args)
     result = extend_lease(
@@ -223,6 +223,11 @@ def run_extend(args: argparse.Namespace, ctx: CliContext) -> int:
         cli_parser.parse_duration(args.duration),
         settings=settings,
         clients=clients_for(args, ctx, settings, action="extend the annex's lease"),
+        token_source=TokenSource(
+            token_file=path_of(args.token_file),
+            signing_key_file=path_of(args.signing_key_file),
+            trust_domain=args.trust_domain,
+        ),
     )
     ctx.stdout.write((render.to_json(result) if args.json else render.render_extend(result)) + "\n")
     return EXIT_OK

@@ -152,3 +152,50 @@ def test_describe_instances_paginates_with_max_results(aws):
 
     assert len(pages) == 2
     assert sorted(i for page in pages for i in _ids(page)) == launched
+
+
+def test_dry_runs_create_nothing_with_the_engine_off(aws):
+    """ "DryRun" (RunInstances, CreateLaunchTemplate, RequestSpotFleet, CreateFleet API
+    reference): checks the permissions without making the request; DryRunOperation when
+    allowed. moto answers when the IAM engine is off, and launched before the fix."""
+    aws.enforce_iam(False)
+    ec2 = aws.client("ec2")
+    template = {"ImageId": AMI, "InstanceType": "m5.large"}
+    calls = {
+        "run_instances": lambda: ec2.run_instances(
+            DryRun=True, ImageId=AMI, MinCount=1, MaxCount=1
+        ),
+        "create_launch_template": lambda: ec2.create_launch_template(
+            DryRun=True, LaunchTemplateName="probe", LaunchTemplateData=template
+        ),
+        "request_spot_fleet": lambda: ec2.request_spot_fleet(
+            DryRun=True,
+            SpotFleetRequestConfig={
+                "IamFleetRole": "arn:aws:iam::123456789012:role/fleet",
+                "TargetCapacity": 1,
+                "LaunchSpecifications": [template],
+            },
+        ),
+        "create_fleet": lambda: ec2.create_fleet(
+            DryRun=True,
+            Type="maintain",
+            TargetCapacitySpecification={
+                "TotalTargetCapacity": 1,
+                "DefaultTargetCapacityType": "spot",
+            },
+            LaunchTemplateConfigs=[
+                {"LaunchTemplateSpecification": {"LaunchTemplateName": "probe", "Version": "1"}}
+            ],
+        ),
+    }
+    codes = {}
+    for name, call in calls.items():
+        with pytest.raises(ClientError) as answer:
+            call()
+        codes[name] = answer.value.response["Error"]["Code"]
+
+    assert set(codes.values()) == {"DryRunOperation"}, codes
+    assert _ids(ec2.describe_instances()) == []
+    assert ec2.describe_launch_templates()["LaunchTemplates"] == []
+    assert ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"] == []
+    assert ec2.describe_fleets()["Fleets"] == []

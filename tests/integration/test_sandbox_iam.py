@@ -261,3 +261,33 @@ def test_role_inline_policy_created_by_cloudformation_reads_back_and_is_enforced
     )
     ec2.describe_instances()
     assert _denied(ec2.describe_spot_fleet_requests) in ("AccessDenied", "UnauthorizedOperation")
+
+
+def test_service_linked_roles_get_aws_names_and_a_repeat_is_invalid_input(aws):
+    """ "Spot Fleet permissions" (EC2 User Guide): the roles are AWSServiceRoleForEC2SpotFleet,
+    AWSServiceRoleForEC2Spot, AWSServiceRoleForEC2Fleet under /aws-service-role/<service>/.
+    A second create is InvalidInput ("Create Amazon EC2 spot fleet roles with the AWS CLI", AWS
+    Batch User Guide, https://docs.aws.amazon.com/batch/latest/userguide/spot-fleet-roles-cli.html:
+    "Service role name AWSServiceRoleForEC2Spot has been taken in this account, please try a
+    different suffix.")."""
+    iam = aws.client("iam")
+    names = {
+        "spotfleet.amazonaws.com": "AWSServiceRoleForEC2SpotFleet",
+        "spot.amazonaws.com": "AWSServiceRoleForEC2Spot",
+        "ec2fleet.amazonaws.com": "AWSServiceRoleForEC2Fleet",
+    }
+    for service, name in names.items():
+        role = iam.create_service_linked_role(AWSServiceName=service)["Role"]
+        assert (role["RoleName"], role["Path"]) == (name, f"/aws-service-role/{service}/")
+        assert iam.get_role(RoleName=name)["Role"]["Arn"].endswith(
+            f":role/aws-service-role/{service}/{name}"
+        )
+
+    with pytest.raises(ClientError) as again:
+        iam.create_service_linked_role(AWSServiceName="spot.amazonaws.com")
+
+    assert again.value.response["Error"]["Code"] == "InvalidInput"
+    assert again.value.response["Error"]["Message"] == (
+        "Service role name AWSServiceRoleForEC2Spot has been taken in this account, "
+        "please try a different suffix."
+    )

@@ -492,3 +492,71 @@ def test_every_mapping_names_an_action_of_the_reference(aws):
     del aws
     for operation, mapping in MAPPINGS.items():
         assert action_details(mapped_action(operation, mapping)) is not None, operation
+
+
+def test_create_service_linked_role_is_scoped_by_service_name(aws):
+    """SAR iam:CreateServiceLinkedRole: the `role` it creates, condition iam:AWSServiceName.
+    A grant for the Spot role's ARN and service name allows that one and no other."""
+    statements = [
+        {
+            "Effect": "Allow",
+            "Action": "iam:CreateServiceLinkedRole",
+            "Resource": f"arn:aws:iam::{ACCOUNT}:role/aws-service-role/spot.amazonaws.com/"
+            "AWSServiceRoleForEC2Spot",
+            "Condition": {"StringEquals": {"iam:AWSServiceName": "spot.amazonaws.com"}},
+        }
+    ]
+    iam = aws.client("iam", **_user(aws, statements))
+
+    refused = _error(
+        lambda: iam.create_service_linked_role(AWSServiceName="ec2fleet.amazonaws.com")
+    )
+    created = iam.create_service_linked_role(AWSServiceName="spot.amazonaws.com")["Role"]
+
+    assert refused["Code"] == "AccessDenied"
+    assert created["RoleName"] == "AWSServiceRoleForEC2Spot"
+
+
+def test_a_spot_fleet_dry_run_checks_the_caller_not_the_fleet_roles_launch(aws):
+    """RequestSpotFleet "DryRun": the caller's permissions; the fleet role launches later (and
+    is judged then). A caller allowed the request and the PassRole gets DryRunOperation even
+    though the fleet role could launch nothing; without RequestSpotFleet, UnauthorizedOperation."""
+    iam = aws.client("iam")
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "spotfleet.amazonaws.com"},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+    role = iam.create_role(RoleName="fleet", AssumeRolePolicyDocument=json.dumps(trust))["Role"]
+    passing = {
+        "Effect": "Allow",
+        "Action": "iam:PassRole",
+        "Resource": role["Arn"],
+        "Condition": {"StringEquals": {"iam:PassedToService": "spotfleet.amazonaws.com"}},
+    }
+    allowed = aws.client(
+        "ec2",
+        **_user(
+            aws, [passing, {"Effect": "Allow", "Action": "ec2:RequestSpotFleet", "Resource": "*"}]
+        ),
+    )
+    refused = aws.client("ec2", **_user(aws, [passing], name="no-fleets"))
+    config = {
+        "IamFleetRole": role["Arn"],
+        "TargetCapacity": 1,
+        "LaunchSpecifications": [{"ImageId": _ami(aws), "InstanceType": "m5.large"}],
+    }
+
+    codes = [
+        _error(lambda c=client: c.request_spot_fleet(DryRun=True, SpotFleetRequestConfig=config))[
+            "Code"
+        ]
+        for client in (allowed, refused)
+    ]
+
+    assert codes == ["DryRunOperation", "UnauthorizedOperation"]

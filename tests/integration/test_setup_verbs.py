@@ -21,18 +21,32 @@ import pytest
 from annex_sandbox import LocalAws
 from condor_annex import contract
 from condor_annex import setup as setup_verbs
+from condor_annex.annex_settings import AnnexClients, load_settings, region_prefix
+from condor_annex.create import CreateHooks, create_annex
+from condor_annex.create_request import CreateRequest
 from condor_annex.errors import AnnexError, CredentialsError, InvalidInput, SetupMissing
+from condor_annex.images import READY_IMAGE_TAG
+from condor_annex.off import annex_off
 from condor_annex.setup import (
+    CdkFailed,
     SetupResult,
     check_setup,
     destroy_setup,
     raise_for_problems,
     run_setup,
 )
+from condor_annex.setup_checks import ensure_service_linked_roles
+from condor_annex.target import WrongAccount
 from condor_annex.user_config import read_annex_macros, write_annex_macros
+from tests.integration.annex_env import POOL_KEY, TRUST_DOMAIN, write_scrambled_key
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 POOL_CIDR = "198.51.100.0/24"
+NEW_POOL_CIDR = "203.0.113.0/24"
+SECOND_NEW_POOL_CIDR = "192.0.2.0/24"
+HTCONDOR_PORT = 9618
+SECOND_REGION = "us-west-2"
+STOCK_IMAGE = "ami-12c6146b"  # one of the emulator's stock images (listing them takes seconds)
 USER_LINES = "# my settings\nSCHEDD_HOST = submit.example.org\n"
 
 KEY_FILE_ACCESS_KEY_ID = "AKIAFROMKEYFILE00001"
@@ -172,19 +186,33 @@ def test_setup_deploys_with_the_keys_from_the_key_files(deployed):
 
 
 @cdk
+def test_setup_creates_the_fleet_service_linked_roles(deployed):
+    iam = deployed.aws.client("iam")
+    for role in contract.SERVICE_LINKED_ROLES:
+        found = iam.get_role(RoleName=role.role_name)["Role"]
+        assert found["Path"] == f"/aws-service-role/{role.service}/"
+        assert f"created service-linked role {role.role_name}" in deployed.progress
+
+
+@cdk
 def test_rerunning_setup_changes_nothing_and_keeps_the_file(deployed):
     before = deployed.config_file.read_bytes()
     keys = deployed.config_file.parent
+    progress: list[str] = []
     again = run_setup(
         region=deployed.aws.region,
         pool_cidrs=[POOL_CIDR],
         config_file=deployed.config_file,
         project_dir=PROJECT_DIR,
         env=deployed.env,
+        progress=progress.append,
         credentials_files=(keys / "publicKeyFile", keys / "privateKeyFile"),
     )
     assert not again.changed
     assert deployed.config_file.read_bytes() == before
+    # IAM answered "has been taken" for each role (the local AWS as AWS does): not an error.
+    for role in contract.SERVICE_LINKED_ROLES:
+        assert f"service-linked role {role.role_name} already exists" in progress
 
 
 @cdk
@@ -197,6 +225,71 @@ def test_check_setup_is_green_after_setup(deployed, collector):
     )
     assert result.problems == []
     assert result.ok
+    for action in (
+        "ec2:RunInstances",
+        "ec2:CreateLaunchTemplate",
+        "ec2:RequestSpotFleet",
+        "ec2:CreateFleet",
+        "scheduler:GetSchedule",
+    ):
+        assert any(line.startswith(f"{action} would be allowed") for line in result.checked)
+    # Dry runs: nothing was launched or created by the check.
+    ec2 = deployed.aws.client("ec2")
+    assert ec2.describe_instances()["Reservations"] == []
+    assert ec2.describe_launch_templates()["LaunchTemplates"] == []
+
+
+@cdk
+def test_check_setup_names_each_missing_service_linked_role(deployed, collector):
+    iam = deployed.aws.client("iam")
+    for role in contract.SERVICE_LINKED_ROLES:
+        iam.delete_service_linked_role(RoleName=role.role_name)
+    try:
+        result = check_setup(
+            session=deployed.aws.session(),
+            config_file=deployed.config_file,
+            collector=collector,
+            connectivity_probe=_connectivity_handler(),
+        )
+    finally:
+        created, problems = ensure_service_linked_roles(iam)
+    assert not result.ok
+    assert len(result.problems) == len(contract.SERVICE_LINKED_ROLES)
+    for role, problem in zip(contract.SERVICE_LINKED_ROLES, result.problems):
+        assert role.role_name in problem.what and "does not exist" in problem.what
+        assert "condor_annex -setup" in problem.next_step
+        assert f"aws iam create-service-linked-role --aws-service-name {role.service}" in (
+            problem.next_step
+        )
+    assert (created, problems) == ([r.role_name for r in contract.SERVICE_LINKED_ROLES], [])
+
+
+@cdk
+def test_check_setup_reports_credentials_of_another_account(deployed, tmp_path):
+    elsewhere = tmp_path / "user_config"
+    elsewhere.write_text(deployed.config_file.read_text())
+    write_annex_macros(elsewhere, {contract.MACRO_AWS_ACCOUNT_ID: "999999999999"})
+    result = check_setup(session=deployed.aws.session(), config_file=elsewhere, collector="x")
+    [problem] = result.problems
+    assert "999999999999" in problem.what and deployed.aws.account_id in problem.what
+    assert "credentials of account 999999999999" in problem.next_step
+    with pytest.raises(WrongAccount):
+        raise_for_problems(result)
+
+
+@cdk
+def test_check_setup_reports_a_region_without_a_setup(deployed):
+    other = "eu-west-1" if deployed.aws.region != "eu-west-1" else "us-west-2"
+    result = check_setup(
+        session=deployed.aws.session(region_name=other),
+        config_file=deployed.config_file,
+        collector="x",
+    )
+    [problem] = result.problems
+    assert problem.what.startswith(f"no setup is recorded for {other}")
+    assert f"-aws-region {deployed.aws.region}" in problem.next_step
+    with pytest.raises(SetupMissing):
+        raise_for_problems(result)
 
 
 @cdk
@@ -306,6 +399,208 @@ def test_destroy_refuses_while_a_lease_is_recorded(deployed):
             )
     finally:
         s3.delete_object(Bucket=bucket, Key=contract.lease_key("leased-annex"))
+
+
+def _rerun_setup(deployed: Deployed, pool_cidrs: list[str]) -> SetupResult:
+    keys = deployed.config_file.parent
+    return run_setup(
+        region=deployed.aws.region,
+        pool_cidrs=pool_cidrs,
+        config_file=deployed.config_file,
+        project_dir=PROJECT_DIR,
+        env=deployed.env,
+        credentials_files=(keys / "publicKeyFile", keys / "privateKeyFile"),
+    )
+
+
+def _pool_ingress(aws: LocalAws, group_ids: str) -> set[str]:
+    """The address ranges the setup's security groups admit to HTCondor's port."""
+    groups = aws.client("ec2").describe_security_groups(GroupIds=group_ids.split(","))
+    return {
+        ip_range["CidrIp"]
+        for group in groups["SecurityGroups"]
+        for permission in group["IpPermissions"]
+        if permission.get("FromPort") == HTCONDOR_PORT
+        for ip_range in permission.get("IpRanges", [])
+    }
+
+
+def _change_sets(aws: LocalAws) -> list[dict[str, Any]]:
+    summaries: list[dict[str, Any]] = aws.client("cloudformation").list_change_sets(
+        StackName=contract.STACK_NAME
+    )["Summaries"]
+    return summaries
+
+
+def _create_one_instance_annex(
+    deployed: Deployed, collector: str, tmp_path: Path
+) -> tuple[Any, AnnexClients, Any]:
+    """`create` from what `-setup` recorded in the user config (one on-demand instance)."""
+    region = deployed.aws.region
+    clients = AnnexClients.from_session(region=region)
+    clients.ec2.create_tags(
+        Resources=[STOCK_IMAGE], Tags=[{"Key": READY_IMAGE_TAG, "Value": "tests"}]
+    )
+    key_file = tmp_path / "POOL"
+    write_scrambled_key(key_file, POOL_KEY)
+    probe = _connectivity_handler()
+    request = CreateRequest(
+        annex_name="after_update",
+        collector=collector,
+        ami_id=STOCK_IMAGE,
+        owner="alice",
+        signing_key_file=key_file,
+        trust_domain=TRUST_DOMAIN,
+        count=1,
+        duration_seconds=3600,
+    )
+    hooks = CreateHooks(
+        connectivity_probe=lambda host, port: probe({"host": host, "port": port, "timeout": 2})
+    )
+    settings = load_settings(deployed.config_file, region)
+    return settings, clients, create_annex(request, settings=settings, clients=clients, hooks=hooks)
+
+
+@cdk
+def test_rerunning_setup_with_a_changed_pool_cidr_updates_the_stack_twice_over(
+    deployed, collector, tmp_path, monkeypatch
+):
+    """Re-running `-setup` to update: each changed `-pool-cidr` becomes the security group's
+    ingress in place (the group annexes run in stays), the outputs are recorded again, no
+    change set is left behind, an unchanged re-run after it is a no-op, `-check-setup` is
+    green, and an annex can be created from the updated setup."""
+    aws = deployed.aws
+    group_ids = _stack_outputs(aws, contract.STACK_NAME)[contract.OUTPUT_SECURITY_GROUP_IDS.key]
+    assert _pool_ingress(aws, group_ids) == {POOL_CIDR}
+
+    for pool_cidrs in ([NEW_POOL_CIDR], [NEW_POOL_CIDR, SECOND_NEW_POOL_CIDR]):
+        updated = _rerun_setup(deployed, pool_cidrs)
+
+        assert updated.changed
+        (stack,) = aws.client("cloudformation").describe_stacks(StackName=contract.STACK_NAME)[
+            "Stacks"
+        ]
+        assert stack["StackStatus"] == "UPDATE_COMPLETE"
+        assert updated.outputs == _stack_outputs(aws, contract.STACK_NAME)
+        assert updated.outputs[contract.OUTPUT_SECURITY_GROUP_IDS.key] == group_ids
+        assert _pool_ingress(aws, group_ids) == set(pool_cidrs)
+        macros = read_annex_macros(deployed.config_file)
+        for output in contract.STACK_OUTPUTS:
+            assert macros[output.macro] == updated.outputs[output.key], output.macro
+        assert _change_sets(aws) == []
+
+        again = _rerun_setup(deployed, pool_cidrs)
+        assert not again.changed
+        assert again.outputs == updated.outputs
+        assert _pool_ingress(aws, group_ids) == set(pool_cidrs)
+        assert _change_sets(aws) == []
+
+    checked = check_setup(
+        session=aws.session(),
+        config_file=deployed.config_file,
+        collector=collector,
+        connectivity_probe=_connectivity_handler(),
+    )
+    assert checked.problems == []
+
+    monkeypatch.setenv("PATH", os.defpath)  # tokens minted in-process, not by condor_token_create
+    settings, clients, made = _create_one_instance_annex(deployed, collector, tmp_path)
+    try:
+        (reservation,) = clients.ec2.describe_instances(InstanceIds=made.instance_ids)[
+            "Reservations"
+        ]
+        (instance,) = reservation["Instances"]
+        assert [g["GroupId"] for g in instance["SecurityGroups"]] == group_ids.split(",")
+    finally:
+        annex_off("after_update", settings=settings, clients=clients)
+
+
+@cdk
+def test_a_failed_setup_update_says_why_and_changes_nothing(deployed):
+    """A re-run that CloudFormation refuses (a VPC that does not exist) fails with the reason
+    and the next step; the stack, its security group rules and the user config stay as they
+    were, and no change set is left behind."""
+    aws = deployed.aws
+    before_config = deployed.config_file.read_bytes()
+    before_outputs = _stack_outputs(aws, contract.STACK_NAME)
+    group_ids = before_outputs[contract.OUTPUT_SECURITY_GROUP_IDS.key]
+    before_ingress = _pool_ingress(aws, group_ids)
+    keys = deployed.config_file.parent
+    missing_vpc = "vpc-0123456789abcdef0"
+
+    with pytest.raises(CdkFailed) as info:
+        run_setup(
+            region=aws.region,
+            pool_cidrs=[POOL_CIDR],
+            vpc_id=missing_vpc,
+            config_file=deployed.config_file,
+            project_dir=PROJECT_DIR,
+            env=deployed.env,
+            credentials_files=(keys / "publicKeyFile", keys / "privateKeyFile"),
+        )
+
+    message = str(info.value)
+    assert f"parameter value {missing_vpc}" in message and "does not exist" in message
+    assert "re-run `condor_annex -setup`" in message
+    (stack,) = aws.client("cloudformation").describe_stacks(StackName=contract.STACK_NAME)["Stacks"]
+    assert stack["StackStatus"] in ("CREATE_COMPLETE", "UPDATE_COMPLETE")
+    assert _stack_outputs(aws, contract.STACK_NAME) == before_outputs
+    assert _pool_ingress(aws, group_ids) == before_ingress
+    assert _change_sets(aws) == []
+    assert deployed.config_file.read_bytes() == before_config
+
+
+@cdk
+def test_setup_in_a_second_region_records_a_per_region_setup(deployed, collector, tmp_path):
+    """`-setup -aws-region R2` after a setup in R1 deploys R2's own stack and records it under
+    the per-region names (`US_WEST_2.ANNEX_DEFAULT_*`), leaving R1's plain macros alone; each
+    region then reads its own setup and `-check-setup -aws-region R2` is green."""
+    aws, first_region = deployed.aws, deployed.aws.region
+    second_region = SECOND_REGION
+    assert second_region != first_region
+    # A copy of the user config: the module's last test destroys the first region's setup.
+    config = tmp_path / "user_config"
+    config.write_text(deployed.config_file.read_text())
+    first = read_annex_macros(config)
+    keys = deployed.config_file.parent
+
+    west = run_setup(
+        region=second_region,
+        pool_cidrs=[POOL_CIDR],
+        config_file=config,
+        project_dir=PROJECT_DIR,
+        env=deployed.env,
+        credentials_files=(keys / "publicKeyFile", keys / "privateKeyFile"),
+    )
+
+    west_cfn = aws.client("cloudformation", region_name=second_region)
+    (stack,) = west_cfn.describe_stacks(StackName=contract.STACK_NAME)["Stacks"]
+    assert f":{second_region}:" in stack["StackId"]
+    macros = read_annex_macros(config)
+    prefix = region_prefix(second_region)
+    for output in contract.STACK_OUTPUTS:
+        assert macros[f"{prefix}.{output.macro}"] == west.outputs[output.key], output.macro
+        assert macros[output.macro] == first[output.macro], output.macro
+    assert macros[contract.MACRO_AWS_REGION] == first_region
+    assert (
+        west.outputs[contract.OUTPUT_CONFIG_BUCKET.key]
+        != first[contract.OUTPUT_CONFIG_BUCKET.macro]
+    )
+    assert (
+        load_settings(config, second_region).config_bucket
+        == (west.outputs[contract.OUTPUT_CONFIG_BUCKET.key])
+    )
+    assert (
+        load_settings(config, first_region).config_bucket
+        == (first[contract.OUTPUT_CONFIG_BUCKET.macro])
+    )
+    checked = check_setup(
+        session=aws.session(region_name=second_region),
+        config_file=config,
+        collector=collector,
+        connectivity_probe=_connectivity_handler(),
+    )
+    assert checked.problems == []
 
 
 @cdk

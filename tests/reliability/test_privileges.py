@@ -15,13 +15,15 @@ import json
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
 from condor_annex import contract
-from condor_annex.annex_settings import AnnexClients
+from condor_annex.annex_settings import USER_DEFAULT_MACROS, AnnexClients
+from condor_annex.user_config import write_annex_macros
 from tests.integration.annex_env import AnnexEnv
 from tests.reliability.conftest import cli, od_args
 from tests.reliability.policy_eval import ALLOW, Request, evaluate
@@ -450,15 +452,25 @@ def test_instance_role_cannot_terminate_or_launch(env: AnnexEnv, observed: Any) 
     del region
 
 
-@mark(AREA, "operator credentials, IAM engine: `-check-setup` reads what it checks")
-def test_operator_policy_allows_check_setup(env: AnnexEnv, observed: Any) -> None:
-    """-check-setup reads the stack, the functions, the bucket and the instance profile
-    (iam:GetInstanceProfile on the setup's profile, SAR "GetInstanceProfile")."""
+def _check_setup_as_operator(
+    env: AnnexEnv, tmp_path: Path, document: dict[str, Any] | None = None
+) -> tuple[Any, Counter[str], list[str]]:
+    """(check result, allowed operations, refusals) of `-check-setup` run with operator
+    credentials holding the deployed operator policy (or `document`)."""
     import boto3
 
     from condor_annex.setup import check_setup
+    from condor_annex.setup_checks import ensure_service_linked_roles
 
-    with operator_credentials(env) as (clients, arn):
+    # The account's administrator ran `-setup`, which creates the fleets' service-linked roles.
+    ensure_service_linked_roles(env.local.client("iam"))
+    # The operator's default image is configured (as the create tests pass -aws-ami-id): the
+    # engine cannot type the account-less ARN of AWS's public image parameter (iam-simulate's
+    # ARN patterns need an account), so the SSM lookup of the default image is not exercised.
+    config_file = tmp_path / "user_config"
+    config_file.write_text(env.config_file.read_text())
+    write_annex_macros(config_file, {USER_DEFAULT_MACROS["ami_id"]: env.ami_id})
+    with operator_credentials(env, document) as (clients, arn):
         credentials = clients.ec2._request_signer._credentials
         session = boto3.Session(
             aws_access_key_id=credentials.access_key,
@@ -467,7 +479,7 @@ def test_operator_policy_allows_check_setup(env: AnnexEnv, observed: Any) -> Non
         )
         result = check_setup(
             session=session,
-            config_file=env.config_file,
+            config_file=config_file,
             collector=env.collector.address,
             connectivity_probe=lambda event: {
                 "reachable": True,
@@ -477,8 +489,48 @@ def test_operator_policy_allows_check_setup(env: AnnexEnv, observed: Any) -> Non
             },
         )
     allowed, refused = decisions(env, arn)
+    return result, allowed, refused
+
+
+@mark(AREA, "operator credentials, IAM engine: `-check-setup` reads what it checks")
+def test_operator_policy_allows_check_setup(env: AnnexEnv, observed: Any, tmp_path: Path) -> None:
+    """-check-setup reads the stack, the functions, the bucket, the instance profile
+    (iam:GetInstanceProfile on the setup's profile, SAR "GetInstanceProfile") and the fleets'
+    service-linked roles, and dry-runs the launch path: every probe is allowed."""
+    result, allowed, refused = _check_setup_as_operator(env, tmp_path)
     observed(f"engine: {sum(allowed.values())} allowed; refused: {', '.join(refused) or 'none'}")
     assert refused == [], refused
-    assert allowed["iam:GetInstanceProfile"] > 0
-    assert allowed["cloudformation:DescribeStacks"] > 0
-    assert not [p for p in result.problems if "instance profile" in p.what], result.problems
+    assert result.problems == [], result.problems
+    for operation in (
+        "iam:GetInstanceProfile",
+        "iam:GetRole",
+        "cloudformation:DescribeStacks",
+        "ec2:RunInstances",
+        "ec2:CreateLaunchTemplate",
+        "ec2:RequestSpotFleet",
+        "ec2:CreateFleet",
+        "scheduler:GetSchedule",
+    ):
+        assert allowed[operation] > 0, operation
+
+
+@mark(AREA, "mutation: an operator policy without RequestSpotFleet fails `-check-setup`")
+def test_check_setup_names_a_missing_request_spot_fleet_grant(
+    env: AnnexEnv, observed: Any, tmp_path: Path
+) -> None:
+    """The dry-run probe finds the gap before the first Spot Fleet annex does."""
+    document = operator_documents(env)[0]
+    mutant = {
+        **document,
+        "Statement": [
+            s for s in document["Statement"] if "ec2:RequestSpotFleet" not in str(s["Action"])
+        ],
+    }
+    assert len(mutant["Statement"]) < len(document["Statement"])
+    result, _, refused = _check_setup_as_operator(env, tmp_path, mutant)
+    observed(f"problems: {[p.what for p in result.problems]}")
+    [problem] = result.problems
+    assert "ec2:RequestSpotFleet (UnauthorizedOperation)" in problem.what
+    assert env.settings.spot_fleet_role_arn in problem.what
+    assert env.settings.operator_policy_arn in problem.next_step
+    assert any(r.startswith("ec2:RequestSpotFleet") for r in refused), refused

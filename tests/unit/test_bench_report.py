@@ -69,3 +69,34 @@ def test_publish_names_the_commit_and_keeps_the_raw_results_beside_the_page(
     assert raw["run"]["commit"] == "0123456789ab"
     assert raw["results"]["lease"]["data"]["rows"][0]["function_s"] == 0.3
     assert "computed, not measured" in text  # the old design's latency is labelled as such
+
+
+def test_pool_waves_are_rendered_with_median_p90_and_create_to_all_visible(
+    tmp_path: Path,
+) -> None:
+    results = _results(tmp_path)
+    joined = {"n": 10, "median": 4.25, "p90": 6.5, "mean": 4.5, "p99": 7.0, "min": 3.0,
+              "max": 7.1, "stdev": 1.0}  # fmt: skip
+    pool = {
+        "quick": True,
+        "seconds": 60.0,
+        "failures": [],
+        "environment": {"when": "2026-01-01T00:00:00Z", "cpus": 2, "load_average_1m": 1.0},
+        "data": {
+            "poll_seconds": 0.25,
+            "waves": [
+                {"instances": 10, "joined": 10, "create_s": 1.5, "boot_to_join": joined,
+                 "agent": {**joined, "median": 1.25}, "create_to_all_visible_s": 12.0,
+                 "failures": []},
+                {"instances": 50, "joined": 0, "create_s": 2.0, "boot_to_join": None,
+                 "agent": None, "create_to_all_visible_s": float("nan"), "failures": ["x"]},
+            ],
+        },
+    }  # fmt: skip
+    (results / "pool.json").write_text(json.dumps(pool))
+    document = tmp_path / "PERFORMANCE.md"
+    publish(results, document)
+    text = document.read_text()
+    assert "### Boot-to-join with real HTCondor daemons" in text
+    assert "| 10 | 10 | 4.2 s / 6.5 s | 1.2 s | 1.5 s | 12.0 s |" in text
+    assert "| 50 | 0 | n/a / n/a | n/a | 2.0 s | n/a |" in text

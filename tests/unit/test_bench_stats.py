@@ -90,3 +90,18 @@ def test_operation_bucket_counts_only_its_operation() -> None:
     buckets = [Bucket("ec2", "DescribeInstances", capacity=100, refill_per_second=20)]
     bound, binding = throttled_lower_bound(buckets, {("ec2", "RunInstances"): 10_000})
     assert (bound, binding) == (0.0, "none")
+
+
+def test_pool_wave_row_summarizes_joins_and_keeps_failed_waves_readable() -> None:
+    from bench.bench_pool import Wave
+
+    wave = Wave(instances=4, create_s=1.23456, boot_to_join_s=[4.0, 5.0, 6.0, 10.0],
+                agent_s=[1.0, 1.0, 2.0, 2.0], create_to_all_visible_s=12.3456)  # fmt: skip
+    row = wave.row()
+    assert row["joined"] == 4
+    assert row["boot_to_join"]["median"] == 5.5
+    assert row["boot_to_join"]["p90"] == pytest.approx(8.8)
+    assert row["agent"]["median"] == 1.5
+    assert (row["create_s"], row["create_to_all_visible_s"]) == (1.235, 12.346)
+    failed = Wave(instances=2, create_s=1.0, failures=["i-1: no slot"]).row()
+    assert failed["joined"] == 0 and failed["boot_to_join"] is None and failed["agent"] is None
