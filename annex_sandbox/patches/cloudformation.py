@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -543,3 +544,60 @@ def cloudformation_validates_vpc_id_parameters() -> None:
 
     CloudFormationBackend.create_change_set = create_change_set  # type: ignore[method-assign]
     CloudFormationBackend.create_stack = create_stack  # type: ignore[method-assign]
+
+
+def cloudformation_failed_update_rolls_back() -> None:
+    """A change set whose update fails rolls the stack back to its previous template.
+
+    "Monitor stack progress" / "Stack status codes" (AWS CloudFormation User Guide,
+    https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/view-stack-events.html):
+    ExecuteChangeSet itself succeeds; when a resource then fails, the stack goes
+    UPDATE_ROLLBACK_IN_PROGRESS (the event's reason names the failure) and, once the previous
+    resources are restored, UPDATE_ROLLBACK_COMPLETE — the state `cdk deploy` reports as a
+    failed deployment. moto has no rollback ("TODO: handle execution errors and implement
+    rollback"): ExecuteChangeSet answered the resource's error and left the stack half-updated.
+    """
+    original: Callable[..., None] = CloudFormationBackend.execute_change_set
+
+    def execute_change_set(
+        self: CloudFormationBackend, change_set_name: str, stack_name: str | None = None
+    ) -> None:
+        change_set = self.change_sets.get(change_set_name)
+        if change_set is None or change_set.change_set_type != "UPDATE":
+            original(self, change_set_name, stack_name)
+            return
+        stack: Any = self.stacks[change_set.stack_id]
+        previous_template = stack.template
+        previous_parameters = dict(stack.resource_map.input_parameters)
+        try:
+            original(self, change_set_name, stack_name)
+        except Exception as exc:
+            reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            stack._add_stack_event(
+                "UPDATE_ROLLBACK_IN_PROGRESS",
+                resource_status_reason=f"The following resource(s) failed to update: {reason}",
+            )
+            try:
+                with warnings.catch_warnings():
+                    # The resource that failed was never made: nothing of it to delete.
+                    warnings.filterwarnings("ignore", message=".*as it was never created")
+                    stack.resource_map.update(
+                        stack.parse_template(previous_template), previous_parameters
+                    )
+            except Exception as rollback_exc:
+                stack.status = "UPDATE_ROLLBACK_FAILED"
+                stack._add_stack_event(
+                    "UPDATE_ROLLBACK_FAILED", resource_status_reason=str(rollback_exc)
+                )
+            else:
+                stack.template = previous_template
+                stack._parse_template()
+                stack.output_map = stack._create_output_map()
+                stack.status = "UPDATE_ROLLBACK_COMPLETE"
+                stack._add_stack_event("UPDATE_ROLLBACK_COMPLETE")
+            for change_set_id in [
+                i for i, c in self.change_sets.items() if c.stack_id == stack.stack_id
+            ]:
+                del self.change_sets[change_set_id]
+
+    CloudFormationBackend.execute_change_set = execute_change_set  # type: ignore[method-assign]
