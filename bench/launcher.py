@@ -50,8 +50,11 @@ for _service in ("ec2", "iam", "s3", "sts"):
 
 
 def share_models(session: Any) -> None:
-    """Session hook: use the launcher's already-parsed service models."""
-    session._session.register_component("data_loader", WARM_LOADER)
+    """Session hook: use the launcher's already-parsed service models.
+
+    The agent hands over a botocore session; the old sequence here makes boto3 sessions.
+    """
+    getattr(session, "_session", session).register_component("data_loader", WARM_LOADER)
 
 
 def _run_agent(job: dict[str, Any]) -> int:

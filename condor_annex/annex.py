@@ -68,6 +68,8 @@ class FleetKind:
     """How one kind of fleet request is listed, recognised on its instances, and cancelled."""
 
     name: str
+    label: str
+    """How people call it (and the AWS console spells it): `Spot Fleet`, `EC2 Fleet`."""
     instance_tag: str
     """The tag the service adds to every instance it launches, valued with the request id."""
     live_states: tuple[str, ...]
@@ -127,6 +129,7 @@ def _cancel_spot_fleets(ec2: Any, fleet_ids: list[str]) -> tuple[list[str], list
 
 SPOT_FLEET = FleetKind(
     name=contract.FLEET_KIND_SPOT_FLEET,
+    label="Spot Fleet",
     instance_tag=contract.SPOT_FLEET_REQUEST_ID_TAG,
     # SpotFleetRequestConfig.SpotFleetRequestState (EC2 API reference); `cancelled_running`
     # still owns instances.
@@ -171,6 +174,7 @@ def _delete_ec2_fleets(ec2: Any, fleet_ids: list[str]) -> tuple[list[str], list[
 
 EC2_FLEET = FleetKind(
     name=contract.FLEET_KIND_EC2_FLEET,
+    label="EC2 Fleet",
     instance_tag=contract.EC2_FLEET_ID_TAG,
     # FleetData.FleetState (EC2 API reference); `deleted_running` still owns instances.
     live_states=("submitted", "active", "modifying", "deleted_running"),
@@ -465,6 +469,8 @@ class Ended:
 
     annex_name: str
     cancelled_fleets: list[str] = field(default_factory=list)
+    cancelled_by_kind: dict[str, list[str]] = field(default_factory=dict)
+    """The same fleets by `FleetKind.label`, for reports that name the kind."""
     terminated_instances: list[str] = field(default_factory=list)
     deleted_launch_template: Optional[str] = None
     deleted_objects: list[str] = field(default_factory=list)
@@ -564,6 +570,8 @@ def end(
             answer = _attempt(ended, f"cancel {kind.name} {ids}", lambda: kind.cancel(ec2, ids))  # noqa: B023
             if answer is not None:
                 ended.cancelled_fleets.extend(answer[0])
+                if answer[0]:
+                    ended.cancelled_by_kind.setdefault(kind.label, []).extend(answer[0])
                 ended.errors.extend(answer[1])
     # Cancelling ends fleet instances asynchronously; terminate the ones we know of now as well.
     terminate(ec2, annex.instance_ids, ended)

@@ -28,7 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from condor_annex import annex, contract
 from condor_annex.annex_settings import NEEDED_FOR_STATUS, AnnexClients, Settings, require_setup
-from condor_annex.errors import AnnexError, InvalidInput, translate_aws_error
+from condor_annex.errors import AnnexError, AwsThrottled, InvalidInput, translate_aws_error
 
 PoolShutdown = Callable[[str], int]
 """Ask the pool to turn the annex's daemons off (peacefully by default); returns how many."""
@@ -53,6 +53,8 @@ class OffResult:
     peaceful_requests: Optional[int] = None
     terminated_instances: list[str] = field(default_factory=list)
     cancelled_fleets: list[str] = field(default_factory=list)
+    cancelled_by_kind: dict[str, list[str]] = field(default_factory=dict)
+    """The same fleets by kind (`Spot Fleet`, `EC2 Fleet`)."""
     deleted_launch_template: bool = False
     deleted_tarball: bool = False
     deleted_lease_record: bool = False
@@ -120,6 +122,7 @@ def annex_off(
             exc, action=f"turn annex {annex_name} off", region=clients.region or None
         ) from exc
     result.cancelled_fleets = ended.cancelled_fleets
+    result.cancelled_by_kind = ended.cancelled_by_kind
     result.terminated_instances = ended.terminated_instances
     result.deleted_launch_template = ended.deleted_launch_template is not None
     result.deleted_tarball = contract.config_key(annex_name) in ended.deleted_objects
@@ -133,6 +136,12 @@ def annex_off(
             region=clients.region or None,
         )
         error.message += f" (annex {annex_name} is only partly off: {'; '.join(ended.errors)})"
+        if isinstance(error, AwsThrottled):
+            # The throttling advice assumes nothing was done; here part of the annex was ended.
+            error.next_step = (
+                f"wait a minute and run `condor_annex off -annex-name {annex_name}` again: "
+                "it ends what is left"
+            )
         raise error from ended.first_failure
     return result
 

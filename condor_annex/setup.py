@@ -815,6 +815,8 @@ def raise_for_problems(result: CheckResult) -> None:
         cls = SetupMissing
     elif "was made in account" in first.what:
         cls = WrongAccount
+    elif "launch path is refused" in first.what:
+        cls = CredentialsError  # exit 4: these credentials may not do what create does
     elif first.what.startswith("AWS cannot reach"):
         cls = ConnectivityFailed
     more = f" (and {len(result.problems) - 1} more)" if len(result.problems) > 1 else ""

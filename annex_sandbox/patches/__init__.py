@@ -18,7 +18,9 @@ from annex_sandbox.patches.cloudformation import (
     cloudformation_change_sets_belong_to_their_stack,
     cloudformation_deletes_managed_policies,
     cloudformation_executing_a_change_set_clears_the_stacks_change_sets,
+    cloudformation_failed_update_rolls_back,
     cloudformation_resolves_s3_template_urls,
+    cloudformation_security_groups_admit_ipv6_ranges,
     cloudformation_ssm_parameter_generated_name,
     cloudformation_stack_outputs_from_change_sets,
     cloudformation_updates_security_group_rules_in_place,
@@ -73,10 +75,13 @@ PATCHES: tuple[Callable[[], None], ...] = (
     cloudformation_stack_outputs_from_change_sets,
     # Wraps the outputs fix: the executed change set is still there while that one reads it.
     cloudformation_executing_a_change_set_clears_the_stacks_change_sets,
+    # Outermost on ExecuteChangeSet: a failure in any of the above rolls the update back.
+    cloudformation_failed_update_rolls_back,
     cloudformation_change_sets_belong_to_their_stack,
     cloudformation_change_set_without_changes_fails,
     cloudformation_use_previous_value_of_ssm_parameters,
     cloudformation_updates_security_group_rules_in_place,
+    cloudformation_security_groups_admit_ipv6_ranges,
     cloudformation_validates_vpc_id_parameters,
     cloudformation_deletes_managed_policies,
     scheduler_update_replaces_every_field,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -372,6 +373,71 @@ def cloudformation_use_previous_value_of_ssm_parameters() -> None:
     Stack.stack_parameters = property(stack_parameters)  # type: ignore[method-assign,assignment]
 
 
+def _authorize_ingress(backend: Any, group: Any, rules: list[dict[str, Any]]) -> None:
+    """Add a template's `SecurityGroupIngress` rules (IPv4, IPv6 or group sources) to `group`."""
+    for rule in rules:
+        source = {
+            key: rule[field]
+            for key, field in (
+                ("GroupId", "SourceSecurityGroupId"),
+                ("GroupName", "SourceSecurityGroupName"),
+            )
+            if rule.get(field)
+        }
+        ranges = [{key: rule[key]} for key in ("CidrIp", "CidrIpv6") if rule.get(key)]
+        backend.authorize_security_group_ingress(
+            group_name_or_id=group.id,
+            ip_protocol=str(rule["IpProtocol"]),
+            from_port=rule.get("FromPort"),
+            to_port=rule.get("ToPort"),
+            ip_ranges=ranges,
+            source_groups=[source] if source else [],
+            vpc_id=group.vpc_id,
+        )
+
+
+def cloudformation_security_groups_admit_ipv6_ranges() -> None:
+    """A template's `SecurityGroupIngress` rule with `CidrIpv6` admits that IPv6 range.
+
+    "AWS::EC2::SecurityGroup Ingress" (AWS CloudFormation User Guide,
+    https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/aws-properties-ec2-security-group-ingress.html):
+    a rule names its source as `CidrIp`, `CidrIpv6`, a source group or a prefix list; the CDK
+    writes IPv6 `-pool-cidr`s as `CidrIpv6`. moto reads `CidrIp` only, so IPv6 pool ranges
+    became rules admitting nothing.
+    """
+    from moto.ec2.models import ec2_backends
+    from moto.ec2.models.security_groups import SecurityGroup
+
+    original: Callable[..., Any] = SecurityGroup.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
+
+    def create_from_cloudformation_json(
+        cls: type[SecurityGroup],
+        /,
+        resource_name: str,
+        cloudformation_json: Any,
+        account_id: str,
+        region_name: str,
+        **kwargs: Any,
+    ) -> Any:
+        properties = cloudformation_json.get("Properties", {})
+        rules = properties.get("SecurityGroupIngress", [])
+        ipv6 = [r for r in rules if r.get("CidrIpv6")]
+        if not ipv6:
+            return original(
+                cls, resource_name, cloudformation_json, account_id, region_name, **kwargs
+            )
+        others = [r for r in rules if not r.get("CidrIpv6")]
+        template = {
+            **cloudformation_json,
+            "Properties": {**properties, "SecurityGroupIngress": others},
+        }
+        group = original(cls, resource_name, template, account_id, region_name, **kwargs)
+        _authorize_ingress(ec2_backends[account_id][region_name], group, ipv6)
+        return group
+
+    SecurityGroup.create_from_cloudformation_json = classmethod(create_from_cloudformation_json)  # type: ignore[method-assign,assignment]
+
+
 def cloudformation_updates_security_group_rules_in_place() -> None:
     """A stack update that changes only a security group's rules keeps the group.
 
@@ -408,24 +474,7 @@ def cloudformation_updates_security_group_rules_in_place() -> None:
             )  # fmt: skip
         backend = ec2_backends[account_id][region_name]
         original_resource.ingress_rules = []
-        for rule in properties.get("SecurityGroupIngress", []):
-            source = {
-                key: rule[field]
-                for key, field in (
-                    ("GroupId", "SourceSecurityGroupId"),
-                    ("GroupName", "SourceSecurityGroupName"),
-                )
-                if rule.get(field)
-            }
-            backend.authorize_security_group_ingress(
-                group_name_or_id=original_resource.id,
-                ip_protocol=rule["IpProtocol"],
-                from_port=rule.get("FromPort"),
-                to_port=rule.get("ToPort"),
-                ip_ranges=rule.get("CidrIp", []),
-                source_groups=[source] if source else [],
-                vpc_id=original_resource.vpc_id,
-            )
+        _authorize_ingress(backend, original_resource, properties.get("SecurityGroupIngress", []))
         for tag in properties.get("Tags", []):
             original_resource.add_tag(tag["Key"], tag["Value"])
         return original_resource
@@ -495,3 +544,60 @@ def cloudformation_validates_vpc_id_parameters() -> None:
 
     CloudFormationBackend.create_change_set = create_change_set  # type: ignore[method-assign]
     CloudFormationBackend.create_stack = create_stack  # type: ignore[method-assign]
+
+
+def cloudformation_failed_update_rolls_back() -> None:
+    """A change set whose update fails rolls the stack back to its previous template.
+
+    "Monitor stack progress" / "Stack status codes" (AWS CloudFormation User Guide,
+    https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/view-stack-events.html):
+    ExecuteChangeSet itself succeeds; when a resource then fails, the stack goes
+    UPDATE_ROLLBACK_IN_PROGRESS (the event's reason names the failure) and, once the previous
+    resources are restored, UPDATE_ROLLBACK_COMPLETE — the state `cdk deploy` reports as a
+    failed deployment. moto has no rollback ("TODO: handle execution errors and implement
+    rollback"): ExecuteChangeSet answered the resource's error and left the stack half-updated.
+    """
+    original: Callable[..., None] = CloudFormationBackend.execute_change_set
+
+    def execute_change_set(
+        self: CloudFormationBackend, change_set_name: str, stack_name: str | None = None
+    ) -> None:
+        change_set = self.change_sets.get(change_set_name)
+        if change_set is None or change_set.change_set_type != "UPDATE":
+            original(self, change_set_name, stack_name)
+            return
+        stack: Any = self.stacks[change_set.stack_id]
+        previous_template = stack.template
+        previous_parameters = dict(stack.resource_map.input_parameters)
+        try:
+            original(self, change_set_name, stack_name)
+        except Exception as exc:
+            reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            stack._add_stack_event(
+                "UPDATE_ROLLBACK_IN_PROGRESS",
+                resource_status_reason=f"The following resource(s) failed to update: {reason}",
+            )
+            try:
+                with warnings.catch_warnings():
+                    # The resource that failed was never made: nothing of it to delete.
+                    warnings.filterwarnings("ignore", message=".*as it was never created")
+                    stack.resource_map.update(
+                        stack.parse_template(previous_template), previous_parameters
+                    )
+            except Exception as rollback_exc:
+                stack.status = "UPDATE_ROLLBACK_FAILED"
+                stack._add_stack_event(
+                    "UPDATE_ROLLBACK_FAILED", resource_status_reason=str(rollback_exc)
+                )
+            else:
+                stack.template = previous_template
+                stack._parse_template()
+                stack.output_map = stack._create_output_map()
+                stack.status = "UPDATE_ROLLBACK_COMPLETE"
+                stack._add_stack_event("UPDATE_ROLLBACK_COMPLETE")
+            for change_set_id in [
+                i for i, c in self.change_sets.items() if c.stack_id == stack.stack_id
+            ]:
+                del self.change_sets[change_set_id]
+
+    CloudFormationBackend.execute_change_set = execute_change_set  # type: ignore[method-assign]

@@ -173,7 +173,7 @@ def apply_firewall(options: Options) -> None:
 def configure(options: Options, *, session_hook: Optional[Callable[[Any], None]] = None) -> Outcome:
     """Every step in order; raises StepFailed on the first permanent failure."""
     # Imported here so `check-image` never needs boto3's import time.
-    from condor_annex.aws import make_client, make_session
+    from condor_annex.aws import make_client, make_client_session
 
     root = options.root
     imds = ImdsClient(deadline_seconds=options.imds_timeout)
@@ -190,7 +190,7 @@ def configure(options: Options, *, session_hook: Optional[Callable[[Any], None]]
         record.note(instance=instance_id, region=region, public_ip=public_ip or "none")
 
     # The trimmed API models: parsing EC2's full model was most of the cold start.
-    session = make_session(region=region, model_dirs=[MODELS_DIR])
+    session = make_client_session(region=region, model_dirs=[MODELS_DIR])
     if session_hook is not None:
         session_hook(session)
 

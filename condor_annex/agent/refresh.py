@@ -165,15 +165,16 @@ def main(argv: Sequence[str]) -> int:
         return int(exit_.code or 0) and int(Exit.USAGE)
     root = Root(args.root)
     from condor_annex.agent.service_models import MODELS_DIR
-    from condor_annex.aws import make_client, make_session
+    from condor_annex.aws import make_client, make_client_session
 
     try:
         region = Installed.from_json(state_path(root).read_text()).region
     except (OSError, ValueError, KeyError):
         region = ""
     try:
-        # The agent's trimmed models (agent/service_models.py): GetObject is in them.
-        s3 = make_client(make_session(region=region or None, model_dirs=[MODELS_DIR]), "s3")
+        # Like the boot: a botocore session and the agent's trimmed models (GetObject is in them).
+        session = make_client_session(region=region or None, model_dirs=[MODELS_DIR])
+        s3 = make_client(session, "s3")
         outcome = refresh(root, s3, args.reconfig_command or None)
     except StepFailed as failure:
         emit("refresh", "error", exit_code=int(failure.exit_code), reason=failure.reason)

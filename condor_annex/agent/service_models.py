@@ -2,9 +2,11 @@
 
 Why: making a client parses that service's whole API model, and EC2's is about 5 MB of JSON
 (over 800 operations): parsing it cost the agent's cold start more than any other step, to make
-one DescribeInstances call. botocore looks for a model in its `data_path` directories before its
-own, so a session given `MODELS_DIR` parses these small files instead; requests and responses
-are byte-for-byte the same (each model keeps its operations' shapes unchanged, minus prose).
+one DescribeInstances call. Likewise the first client parses `endpoints.json` (1.2 MB, every
+service in every partition). botocore looks for its data in its `data_path` directories before
+its own, so a session given `MODELS_DIR` parses these small files instead; requests and
+responses are byte-for-byte the same (each model keeps its operations' shapes unchanged, minus
+prose; the endpoints keep every partition and region, and the three services' entries whole).
 
 The files are data, not code: a model of an older botocore stays valid for the API version it
 names. When the agent calls a new operation, add it to `AGENT_OPERATIONS` and regenerate:
@@ -22,6 +24,7 @@ from typing import Any
 
 MODELS_DIR = Path(__file__).with_name("models")
 MODEL_FILE = "service-2.json"
+ENDPOINTS_FILE = "endpoints.json"
 
 AGENT_OPERATIONS: dict[str, tuple[str, ...]] = {
     "ec2": ("DescribeInstances", "DescribeSpotFleetRequests", "DescribeFleets"),
@@ -81,6 +84,16 @@ def trimmed_model(full: dict[str, Any], operations: Iterable[str]) -> dict[str, 
     return trimmed
 
 
+def trimmed_endpoints(full: dict[str, Any], services: Iterable[str]) -> dict[str, Any]:
+    """botocore's `endpoints.json` with only `services` (endpoint prefixes) in each partition."""
+    wanted = set(services)
+    partitions = [
+        {**partition, "services": {k: v for k, v in partition["services"].items() if k in wanted}}
+        for partition in full["partitions"]
+    ]
+    return {**full, "partitions": partitions}
+
+
 def model_path(service: str, api_version: str) -> Path:
     return MODELS_DIR / service / api_version / MODEL_FILE
 
@@ -91,14 +104,21 @@ def regenerate() -> list[Path]:
 
     loader = botocore.session.get_session().get_component("data_loader")
     written = []
+    prefixes = []
     for service, operations in AGENT_OPERATIONS.items():
         api_version = loader.determine_latest_version(service, "service-2")
         # load_data, not load_service_model: botocore merges its sdk-extras at load time itself.
         full = loader.load_data(f"{service}/{api_version}/service-2")
+        prefixes.append(full["metadata"]["endpointPrefix"])
         path = model_path(service, api_version)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(trimmed_model(full, operations), indent=0, sort_keys=True))
         written.append(path)
+    endpoints = MODELS_DIR / ENDPOINTS_FILE
+    endpoints.write_text(
+        json.dumps(trimmed_endpoints(loader.load_data("endpoints"), prefixes), indent=0)
+    )
+    written.append(endpoints)
     return written
 
 

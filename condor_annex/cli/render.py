@@ -175,8 +175,8 @@ def render_off(result: OffResult) -> str:
     parts = []
     if result.terminated_instances:
         parts.append(f"terminated {len(result.terminated_instances)} instance(s)")
-    if result.cancelled_fleets:
-        parts.append(f"cancelled Spot Fleet {', '.join(result.cancelled_fleets)}")
+    for label, fleet_ids in result.cancelled_by_kind.items():
+        parts.append(f"cancelled {label} {', '.join(fleet_ids)}")
     removed = [
         name
         for name, done in (

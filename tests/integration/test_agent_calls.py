@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 
 from condor_annex.agent.main import Options, run
 from condor_annex.agent.root import Root
+from condor_annex.agent.service_models import MODELS_DIR
 from tests.integration import test_agent_world as _world_fixtures
 from tests.integration.test_agent_world import AnnexWorld
 
@@ -16,8 +18,10 @@ from tests.integration.test_agent_world import AnnexWorld
 world = _world_fixtures.world
 
 
-def _run_counting(world: AnnexWorld, monkeypatch: pytest.MonkeyPatch) -> tuple[int, list[str]]:
-    for name in list(__import__("os").environ):
+def _run_counting(
+    world: AnnexWorld, monkeypatch: pytest.MonkeyPatch, data_paths: Optional[list[str]] = None
+) -> tuple[int, list[str]]:
+    for name in list(os.environ):
         if name.startswith("AWS_"):
             monkeypatch.delenv(name)
     for name, value in world.env().items():
@@ -29,7 +33,9 @@ def _run_counting(world: AnnexWorld, monkeypatch: pytest.MonkeyPatch) -> tuple[i
         def count(model: Any, **_: Any) -> None:
             calls.append(f"{model.service_model.service_name}:{model.name}")
 
-        session.events.register("before-call", count)
+        session.register("before-call", count)
+        if data_paths is not None:
+            data_paths.append(str(session.get_config_variable("data_path")))
 
     options = Options(root=Root(world.root), firewall=False, poweroff_command=None)
     return run(options, session_hook=hook), calls
@@ -41,9 +47,12 @@ def test_on_demand_path_spends_at_most_three_aws_calls(
     world.setup()
     world.upload("counted")
     world.launch_on_demand("counted")
-    code, calls = _run_counting(world, monkeypatch)
+    data_paths: list[str] = []
+    code, calls = _run_counting(world, monkeypatch, data_paths)
     assert code == 0
     assert calls == ["ec2:DescribeInstances", "iam:GetRolePolicy", "s3:GetObject"]
+    # The clients parsed the agent's trimmed API models (its cold start), not botocore's.
+    assert data_paths[0].split(os.pathsep)[0] == str(MODELS_DIR)
 
 
 def test_fallback_path_calls_are_bounded_by_the_role_policies(

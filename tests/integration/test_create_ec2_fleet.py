@@ -140,9 +140,12 @@ def test_status_and_off_end_an_ec2_fleet_annex(env):
     assert len(annex.instances) == 2
     assert annex.cost_so_far_usd is not None
 
-    code, _, err = _cli(env, "off", "-annex-name", "ef_off")
+    code, out, err = _cli(env, "off", "-annex-name", "ef_off")
 
     assert code == 0, err
+    # The report names the kind of fleet it cancelled (an EC2 Fleet is no Spot Fleet).
+    assert f"cancelled EC2 Fleet {annex.fleet_ids[0]}" in out
+    assert "Spot Fleet" not in out
     assert annex.fleet_ids[0] not in env.live_ec2_fleets()
     assert env.live_instances("ef_off") == []
     assert contract.launch_template_name("ef_off") not in env.launch_templates()

@@ -6,6 +6,7 @@ import io
 
 from condor_annex import contract, spot
 from condor_annex.cli.main import CliContext, main
+from condor_annex.cli.render import render_off
 from condor_annex.create import create_annex
 from condor_annex.off import annex_off
 from tests.integration import annex_env as _annex_env
@@ -74,6 +75,7 @@ def test_off_of_a_spot_annex_cancels_the_fleet_with_its_instances(shared_annex_e
     made = _spot(env, "spotgone")
     result = annex_off("spotgone", settings=env.settings, clients=env.clients)
     assert result.cancelled_fleets == [made.fleet_id]
+    assert f"cancelled Spot Fleet {made.fleet_id}" in render_off(result)
     assert made.fleet_id not in [f["SpotFleetRequestId"] for f in env.live_fleets()]
     assert env.live_instances("spotgone") == []
     assert _owned(env, "spotgone") == {"objects": [], "schedules": [], "templates": []}

@@ -262,3 +262,88 @@ def test_a_vpc_id_parameter_naming_no_vpc_is_refused_before_anything_changes(aws
     assert cfn.list_change_sets(StackName="in-vpc")["Summaries"] == []
     (kept,) = ec2.describe_security_groups(GroupIds=[group["GroupId"]])["SecurityGroups"]
     assert kept["IpPermissions"] == group["IpPermissions"]
+
+
+def test_a_templates_ipv6_ingress_range_is_admitted_on_create_and_update(aws):
+    """ "AWS::EC2::SecurityGroup Ingress": a rule's source may be `CidrIpv6` (how the CDK writes an
+    IPv6 pool range); the group admits it, and an update replaces it in place."""
+    cfn, ec2 = aws.client("cloudformation"), aws.client("ec2")
+    vpc_id = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0][
+        "VpcId"
+    ]
+
+    def template(ipv6: str) -> str:
+        document = json.loads(_group_template(vpc_id, ["198.51.100.0/24"]))
+        document["Resources"]["Group"]["Properties"]["SecurityGroupIngress"].append(
+            {"IpProtocol": "tcp", "FromPort": 9618, "ToPort": 9618, "CidrIpv6": ipv6}
+        )
+        return json.dumps(document)
+
+    def ranges(group_id: str) -> tuple[list[str], list[str]]:
+        (group,) = ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"]
+        permissions = [p for p in group["IpPermissions"] if p.get("FromPort") == 9618]
+        return (
+            sorted(r["CidrIp"] for p in permissions for r in p.get("IpRanges", [])),
+            sorted(r["CidrIpv6"] for p in permissions for r in p.get("Ipv6Ranges", [])),
+        )
+
+    cfn.create_stack(StackName="v6", TemplateBody=template("2001:db8::/32"))
+    (resource,) = cfn.describe_stack_resources(StackName="v6")["StackResources"]
+    group_id = resource["PhysicalResourceId"]
+    assert ranges(group_id) == (["198.51.100.0/24"], ["2001:db8::/32"])
+
+    cfn.create_change_set(
+        StackName="v6", ChangeSetName=CDK_CHANGE_SET, ChangeSetType="UPDATE",
+        TemplateBody=template("2001:db8:1::/48"),
+    )  # fmt: skip
+    cfn.execute_change_set(StackName="v6", ChangeSetName=CDK_CHANGE_SET)
+
+    assert ranges(group_id) == (["198.51.100.0/24"], ["2001:db8:1::/48"])
+
+
+def test_an_update_whose_resource_fails_rolls_back_to_the_previous_stack(aws):
+    """ExecuteChangeSet succeeds; the failing resource sends the stack through
+    UPDATE_ROLLBACK_IN_PROGRESS (reason: the failure) to UPDATE_ROLLBACK_COMPLETE with the
+    previous resources and outputs ("Stack status codes"); a corrected update then works."""
+    cfn, ec2 = aws.client("cloudformation"), aws.client("ec2")
+    vpc_id = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0][
+        "VpcId"
+    ]
+    good = _group_template(vpc_id, ["198.51.100.0/24"])
+    cfn.create_stack(StackName="rolls-back", TemplateBody=good)
+    (before,) = cfn.describe_stacks(StackName="rolls-back")["Stacks"]
+    bad = json.loads(good)
+    missing_group = "sg-0000000000000000f"  # a rule for a group that does not exist fails
+    bad["Resources"]["Rule"] = {
+        "Type": "AWS::EC2::SecurityGroupIngress",
+        "Properties": {
+            "GroupId": missing_group, "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+            "CidrIp": "192.0.2.0/24",
+        },
+    }  # fmt: skip
+    bad["Outputs"]["Extra"] = {"Value": "never"}
+    cfn.create_change_set(
+        StackName="rolls-back", ChangeSetName=CDK_CHANGE_SET, ChangeSetType="UPDATE",
+        TemplateBody=json.dumps(bad),
+    )  # fmt: skip
+
+    cfn.execute_change_set(StackName="rolls-back", ChangeSetName=CDK_CHANGE_SET)
+
+    (after,) = cfn.describe_stacks(StackName="rolls-back")["Stacks"]
+    assert after["StackStatus"] == "UPDATE_ROLLBACK_COMPLETE"
+    assert after["Outputs"] == before["Outputs"]
+    events = cfn.describe_stack_events(StackName="rolls-back")["StackEvents"]
+    [rolling_back] = [e for e in events if e["ResourceStatus"] == "UPDATE_ROLLBACK_IN_PROGRESS"]
+    assert missing_group in rolling_back["ResourceStatusReason"]
+    assert cfn.list_change_sets(StackName="rolls-back")["Summaries"] == []
+
+    fixed = json.loads(good)
+    fixed["Outputs"]["Extra"] = {"Value": "fixed"}
+    cfn.create_change_set(
+        StackName="rolls-back", ChangeSetName=CDK_CHANGE_SET, ChangeSetType="UPDATE",
+        TemplateBody=json.dumps(fixed),
+    )  # fmt: skip
+    cfn.execute_change_set(StackName="rolls-back", ChangeSetName=CDK_CHANGE_SET)
+    (final,) = cfn.describe_stacks(StackName="rolls-back")["Stacks"]
+    assert final["StackStatus"] == "UPDATE_COMPLETE"
+    assert {"OutputKey": "Extra", "OutputValue": "fixed"} in final["Outputs"]

@@ -419,7 +419,7 @@ import sys
 from condor_annex import aws
 from condor_annex.agent import log, main
 
-real_make_session = aws.make_session
+real_make_session = aws.make_client_session
 
 def leaky_make_session(*args, **kwargs):
     session = real_make_session(*args, **kwargs)
@@ -427,7 +427,7 @@ def leaky_make_session(*args, **kwargs):
     log.emit("credentials", "ok", **{FIELD: getattr(frozen, FIELD)})
     return session
 
-aws.make_session = leaky_make_session
+aws.make_client_session = leaky_make_session
 sys.exit(main.main())
 """
 

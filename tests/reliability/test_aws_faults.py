@@ -353,6 +353,14 @@ def test_off_permanently_throttled_exits_5_and_a_rerun_finishes(
     again = cli(env, "off", "-annex-name", "stuck-off")
     left = left_behind(env, before)
     claim_refused(observed, run, AwsThrottled.exit_code, "throttling", "stuck-off")
+    # Part of the annex was ended: the advice is to run off again, not "nothing was left half-done".
+    observed.check(
+        "the error says the annex is partly off and to run off again (not: nothing half-done)",
+        "only partly off" in run.err
+        and "off -annex-name stuck-off` again" in run.err
+        and "half-done" not in run.err,
+        run.err,
+    )
     observed.equal("still there: {} instance", len(during["instances"]), 1)
     # what the sweep reads to retry: the record must still be there and still name the annex
     observed.check(

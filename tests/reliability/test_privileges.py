@@ -23,6 +23,8 @@ from botocore.exceptions import ClientError
 
 from condor_annex import contract
 from condor_annex.annex_settings import USER_DEFAULT_MACROS, AnnexClients
+from condor_annex.errors import CredentialsError
+from condor_annex.setup import raise_for_problems
 from condor_annex.user_config import write_annex_macros
 from tests.integration.annex_env import AnnexEnv
 from tests.reliability.conftest import cli, od_args
@@ -534,3 +536,28 @@ def test_check_setup_names_a_missing_request_spot_fleet_grant(
     assert env.settings.spot_fleet_role_arn in problem.what
     assert env.settings.operator_policy_arn in problem.next_step
     assert any(r.startswith("ec2:RequestSpotFleet") for r in refused), refused
+    with pytest.raises(CredentialsError):
+        raise_for_problems(result)
+
+
+@mark(AREA, "mutation: without iam:GetRole on the service-linked roles `-check-setup` says so")
+def test_check_setup_says_when_it_may_not_read_the_service_linked_roles(
+    env: AnnexEnv, observed: Any, tmp_path: Path
+) -> None:
+    document = operator_documents(env)[0]
+    mutant = {
+        **document,
+        "Statement": [
+            s for s in document["Statement"] if s.get("Sid") != "ReadFleetServiceLinkedRoles"
+        ],
+    }
+    assert len(mutant["Statement"]) == len(document["Statement"]) - 1
+    result, _, refused = _check_setup_as_operator(env, tmp_path, mutant)
+    observed(f"problems: {[p.what for p in result.problems]}")
+    assert [p.what.split(":")[0] for p in result.problems] == [
+        f"cannot tell whether the service-linked role {role.role_name} exists"
+        for role in contract.SERVICE_LINKED_ROLES
+    ]
+    for role, problem in zip(contract.SERVICE_LINKED_ROLES, result.problems):
+        assert f"--aws-service-name {role.service}" in problem.next_step
+    assert all(r.startswith("iam:GetRole") for r in refused), refused

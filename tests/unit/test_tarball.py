@@ -245,3 +245,48 @@ def test_extra_config_is_appended_after_the_generated_settings(tmp_path):
 
 def test_config_without_trust_domain_leaves_htcondor_default():
     assert "TRUST_DOMAIN" not in render_annex_config(replace(BASE, trust_domain=None))
+
+
+# --- extend: a fresh token in an existing tarball -------------------------------------------
+
+
+def _members_of(data: bytes) -> dict[str, tuple[bytes, int]]:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
+        return {
+            m.name: (archive.extractfile(m).read(), m.mode)  # type: ignore[union-attr]
+            for m in archive.getmembers()
+        }
+
+
+def test_fresh_token_replaces_only_the_token_and_the_advertised_lease_end() -> None:
+    from condor_annex.tarball import token_in, with_fresh_token
+
+    cfg = replace(BASE, config_files=(("site.config", b"X = 1\n"),))
+    before = build_config_tarball(cfg)
+    later = datetime(2031, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    fresh = "aaa.bbb.ccc"
+    after = with_fresh_token(before, fresh, later)
+    old, new = _members_of(before), _members_of(after)
+    assert token_in(before) == BASE.token.strip()
+    assert token_in(after) == fresh
+    assert list(new) == list(old)  # same members, same order
+    assert new[contract.TARBALL_TOKEN_FILE] == (b"aaa.bbb.ccc\n", 0o600)
+    assert new["60-site.config"] == old["60-site.config"]
+    assert (
+        new[contract.TARBALL_CONFIG_FILE][0]
+        == render_annex_config(replace(cfg, lease_expires_at=later)).encode()
+    )
+    assert with_fresh_token(before, fresh, later) == after  # deterministic bytes
+
+
+def test_a_tarball_of_another_layout_has_no_token_to_renew() -> None:
+    from condor_annex.tarball import token_in
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as archive:
+        info = tarfile.TarInfo("config.d/50-old.config")
+        info.size = 2
+        archive.addfile(info, io.BytesIO(b"X\n"))
+    assert token_in(gzip.compress(raw.getvalue())) is None
+    with pytest.raises(InvalidInput, match="unreadable"):
+        token_in(b"\x1f\x8b not really gzip")
