@@ -43,6 +43,7 @@ from condor_annex.setup import (
 from condor_annex.setup_checks import ensure_service_linked_roles
 from condor_annex.target import WrongAccount
 from condor_annex.user_config import read_annex_macros, write_annex_macros
+from tests.fixtures.aws import STOCK_IMAGE_ID as STOCK_IMAGE
 from tests.integration.annex_env import POOL_KEY, TRUST_DOMAIN, write_scrambled_key
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -51,7 +52,6 @@ NEW_POOL_CIDR = "203.0.113.0/24"
 SECOND_NEW_POOL_CIDR = "192.0.2.0/24"
 HTCONDOR_PORT = 9618
 SECOND_REGION = "us-west-2"
-STOCK_IMAGE = "ami-12c6146b"  # one of the emulator's stock images (listing them takes seconds)
 USER_LINES = "# my settings\nSCHEDD_HOST = submit.example.org\n"
 
 KEY_FILE_ACCESS_KEY_ID = "AKIAFROMKEYFILE00001"
@@ -399,7 +399,7 @@ def test_check_setup_with_credentials_aws_rejects_names_the_fix(deployed):
 @cdk
 def test_destroy_refuses_while_an_annex_instance_runs(deployed):
     ec2 = deployed.aws.client("ec2")
-    image = "ami-12c6146b"  # one of the emulator's stock images (listing them all takes seconds)
+    image = STOCK_IMAGE
     instance = ec2.run_instances(
         ImageId=image,
         MinCount=1,
