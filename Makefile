@@ -8,7 +8,7 @@ VENV_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
-.PHONY: demo test lint unit bench bench-full reliability-doc system-deps clean
+.PHONY: demo test lint unit bench bench-full reliability-doc security-doc system-deps clean
 
 $(VENV_STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,11 @@ bench-full: $(VENV_STAMP) $(NODE_STAMP)
 # the reliability tests asserted; tests/unit/test_reliability_doc.py checks the page against them.
 reliability-doc: $(VENV_STAMP) $(NODE_STAMP) system-deps
 	$(BIN)/pytest -n 2 --dist loadfile tests/reliability --reliability-doc docs/RELIABILITY.md
+
+# docs/SECURITY.md's trust-model table, asked of the IAM engine for the deployed setup;
+# tests/integration/test_security_doc.py checks the page against it.
+security-doc: $(VENV_STAMP) $(NODE_STAMP)
+	ANNEX_WRITE_SECURITY_DOC=1 $(BIN)/pytest -q -p no:cacheprovider tests/integration/test_security_doc.py
 
 clean:
 	rm -rf $(VENV) node_modules cdk.out .pytest_cache .mypy_cache .ruff_cache

@@ -333,6 +333,7 @@ class SandboxState:
         self.enforce_iam(self.iam_engine_default)
         self.authorizer.world.invalidate()
         self.authorizer.decisions.clear()
+        self.authorizer.checks.clear()
         self.set_fleet_tag_delay(self.default_fleet_tag_delay)
         with self._lock:
             self._calls.clear()
@@ -405,6 +406,29 @@ class SandboxState:
         world = self.authorizer.world
         world.root_access_keys = world.root_access_keys | {access_key_id}
         world.invalidate()
+
+    def authorize_schedule_target(self, region: str, target: dict[str, Any]) -> Optional[str]:
+        """Why Scheduler may not invoke `target` as its `RoleArn` (None: it may, or the engine
+        is off): `lambda:InvokeFunction` on the function, decided by the IAM engine."""
+        from annex_sandbox.authz import Check
+
+        if not self.iam_engine:
+            return None
+        role_arn = str(target.get("RoleArn") or "")
+        if not role_arn:
+            return "the target names no RoleArn for Scheduler to assume"
+        function_arn = str(target["Arn"])
+        refusals = self.authorizer.decide_as_role(
+            "scheduler:InvokeTarget",
+            role_arn,
+            [Check("lambda:InvokeFunction", function_arn)],
+            region,
+        )
+        if not refusals:
+            return None
+        return f"{role_arn} is not authorized to perform: " + "; ".join(
+            r.describe() for r in refusals
+        )
 
     def authz_report(self) -> dict[str, Any]:
         """What the IAM engine decided for callers other than the root, and what is unmapped."""
@@ -557,7 +581,9 @@ class LocalAws:
         self.state.set_fleet_tag_delay(self.state.default_fleet_tag_delay)
         # Lambda Invoke runs Python handlers; their own AWS calls come back here.
         lambda_runtime.install(self.endpoint_url)
-        self.state.schedule_clock = ScheduleClock().start()
+        self.state.schedule_clock = ScheduleClock(
+            authorize=self.state.authorize_schedule_target
+        ).start()
         if self.state.iam_engine_default:
             threading.Thread(
                 target=self.state.authorizer.engine.warm, name="iam-engine-start", daemon=True

@@ -5,6 +5,12 @@ in its `ScheduleExpressionTimezone`) invokes its target once at that time, passi
 `Input`, and with `ActionAfterCompletion=DELETE` the schedule deletes itself afterwards
 ("Schedule types on EventBridge Scheduler", "Configuring ActionAfterCompletion"). This clock scans
 the emulator's schedules and does the same for Lambda targets, asynchronously as Scheduler does.
+
+Scheduler invokes the target as the schedule's role (the target's `RoleArn`): a role without
+`lambda:InvokeFunction` on the function makes the invocation fail after the schedule fires
+("Set up the execution role", EventBridge Scheduler User Guide). `authorize` (the IAM engine)
+decides that; a refused firing is logged and kept in `refusals`, and the function does not run
+(Scheduler's retries would be refused alike; no dead-letter queue is emulated).
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from typing import Any, Callable, Optional
 from zoneinfo import ZoneInfo
 
 log = logging.getLogger(__name__)
+
+TargetAuthorizer = Callable[[str, dict[str, Any]], Optional[str]]
 
 _AT_EXPRESSION = re.compile(r"^at\((\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})\)$")
 
@@ -39,9 +47,15 @@ class ScheduleClock:
         *,
         interval: float = 0.5,
         now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        authorize: Optional[TargetAuthorizer] = None,
     ) -> None:
+        """`authorize(region, target)` answers why the target's role may not invoke it, or
+        None when it may (None for `authorize` itself: every invocation is allowed)."""
         self._interval = interval
         self._now = now
+        self._authorize = authorize
+        self.refusals: list[tuple[str, str, str]] = []
+        """(schedule ARN, target ARN, why) of every firing whose invocation was refused."""
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._fired: set[str] = set()
@@ -61,6 +75,7 @@ class ScheduleClock:
     def reset(self) -> None:
         self._fired.clear()
         self.firings.clear()
+        self.refusals.clear()
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
@@ -99,6 +114,13 @@ class ScheduleClock:
         if schedule.action_after_completion == "DELETE":
             group.delete_schedule(schedule.name)
             self._fired.discard(schedule.arn)
+        refused = self._authorize(region, target) if self._authorize is not None else None
+        if refused is not None:
+            log.warning(
+                "schedule %s: invoking %s refused: %s", schedule.arn, target["Arn"], refused
+            )
+            self.refusals.append((schedule.arn, target["Arn"], refused))
+            return
         threading.Thread(
             target=self._invoke_target,
             args=(account_id, region, target),

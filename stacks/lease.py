@@ -123,6 +123,7 @@ class LeaseEnforcement(Construct):
             entry="handler",
             description="condor_annex: end one annex when its lease has expired",
             statements=enforcement_statements(bucket),
+            environment={contract.LAMBDA_ENV_CONFIG_BUCKET: bucket.bucket_name},
             timeout=Duration.minutes(5),
         ).function
         self.sweep_function = PythonFunction(

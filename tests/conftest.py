@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.reliability",
     "tests.fixtures.htcondor",
     "tests.fixtures.htcondor_pool",
+    "tests.fixtures.authz_coverage",
 ]

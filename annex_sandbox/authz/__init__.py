@@ -18,7 +18,7 @@ import os
 import threading
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 from annex_sandbox.authz.engine import ALLOWED, EngineUnavailable, PolicyEngine
@@ -26,10 +26,22 @@ from annex_sandbox.authz.mapping import MAPPINGS, Check, checks_for, is_mapped
 from annex_sandbox.authz.request import AwsRequest, parse_request
 from annex_sandbox.authz.world import Caller, CallerUnknown, World
 
-__all__ = ["MAPPINGS", "Authorizer", "Check", "Decision", "EngineUnavailable", "Refusal"]
+__all__ = [
+    "MAPPINGS",
+    "SERVED_LOG_ENV",
+    "Authorizer",
+    "Check",
+    "Decision",
+    "EngineUnavailable",
+    "Refusal",
+]
 
 DECISION_LOG_ENV = "ANNEX_SANDBOX_AUTHZ_LOG"
 """A file to append every decision for a non-root caller (and every unmapped call) to."""
+
+SERVED_LOG_ENV = "ANNEX_SANDBOX_SERVED_LOG"
+"""A file to append each `[service:operation, caller kind]` the local AWS served to, once per
+server; the coverage check reads it at the end of a test session (every server, every process)."""
 
 _READ_PREFIXES = ("Get", "List", "Describe", "Head", "Simulate", "Generate")
 
@@ -70,6 +82,12 @@ class Authorizer:
         """(service:operation, caller ARN, kind, allowed, refused checks) of every non-root call."""
         self.unmapped: Counter[str] = Counter()
         """Operations without a mapping (any caller), with how often they were called."""
+        self.checks: list[tuple[str, str, str, bool]] = []
+        """(principal ARN, action, resource, allowed) of every check evaluated — the principal
+        is the role acting for the caller where AWS acts on its behalf (the Spot Fleet role)."""
+        self.served: set[tuple[str, str]] = set()
+        """(service:operation, caller kind) of every request decided since the server started;
+        unlike `decisions`, kept across resets (the coverage check's input)."""
 
     def close(self) -> None:
         self.engine.close()
@@ -84,6 +102,7 @@ class Authorizer:
             caller = self.world.caller(req.access_key_id, req.session_token)
         except CallerUnknown as unknown:
             return Decision(False, unknown_caller=unknown.reason)
+        self._note_served(req, caller)
         if caller.is_root:
             # AWS allows the root everything: no checks to build, only unmapped calls to note.
             if not is_mapped(req):
@@ -98,6 +117,37 @@ class Authorizer:
         self._record(req, caller, not refusals, [r.describe() for r in refusals])
         return Decision(not refusals, caller, checks, refusals)
 
+    def decide_as_role(
+        self, operation: str, role_arn: str, checks: list[Check], region: str
+    ) -> list[Refusal]:
+        """Refusals of what a service does on its own with a role it was given (Scheduler
+        invoking a schedule's target with the target's `RoleArn`); recorded like a request of
+        that role. A role that does not exist cannot be assumed: everything is refused."""
+        name = role_arn.rsplit("/", 1)[-1]
+        caller = Caller("service-role", role_arn, self.world.account_id, name, role_arn)
+        role_checks = [replace(check, as_role=role_arn) for check in checks]
+        if self.world.role_exists(role_arn):
+            refusals = self.evaluate(caller, role_checks, region)
+        else:
+            refusals = [
+                Refusal(c, role_arn, "Error", "the role does not exist") for c in role_checks
+            ]
+        self._record_entry(
+            (operation, role_arn, caller.kind, not refusals, [r.describe() for r in refusals])
+        )
+        return refusals
+
+    def _note_served(self, req: AwsRequest, caller: Caller) -> None:
+        entry = (f"{req.service}:{req.operation}", caller.kind)
+        with self._lock:
+            if entry in self.served:
+                return
+            self.served.add(entry)
+            path = os.environ.get(SERVED_LOG_ENV)
+            if path:
+                with open(path, "a") as log:
+                    log.write(json.dumps(list(entry)) + "\n")
+
     def _note_unmapped(self, req: AwsRequest, caller: Caller) -> None:
         operation = f"{req.service}:{req.operation}"
         with self._lock:
@@ -106,7 +156,11 @@ class Authorizer:
                 self._log([operation, caller.arn, caller.kind, True, ["unmapped"]])
 
     def _record(self, req: AwsRequest, caller: Caller, allowed: bool, refused: list[str]) -> None:
-        entry = (f"{req.service}:{req.operation}", caller.arn, caller.kind, allowed, refused)
+        self._record_entry(
+            (f"{req.service}:{req.operation}", caller.arn, caller.kind, allowed, refused)
+        )
+
+    def _record_entry(self, entry: tuple[str, str, str, bool, list[str]]) -> None:
         with self._lock:
             self.decisions.append(entry)
             self._log(list(entry))
@@ -133,6 +187,11 @@ class Authorizer:
             principals.append(principal)
             simulations.append(self._simulation(principal, policies, check, region))
         results = self.engine.decide(simulations)
+        with self._lock:
+            self.checks += [
+                (principal, check.action, check.resource, result["decision"] == ALLOWED)
+                for check, principal, result in zip(checks, principals, results)
+            ]
         return [
             Refusal(check, principal, result["decision"], result.get("error", ""))
             for check, principal, result in zip(checks, principals, results)

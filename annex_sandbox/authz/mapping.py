@@ -19,7 +19,7 @@ Adding an operation (docs/EMULATOR.md, "IAM engine"): write a builder returning 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -50,9 +50,33 @@ Builder = Callable[[AwsRequest, World, Caller], list[Check]]
 
 @dataclass(frozen=True)
 class Mapping:
+    """How one operation is authorized, and how completely (checked by the coverage test).
+
+    `action` is the Service Authorization Reference action the operation is authorized as
+    (default: the operation's own name). `produces` names the resource types and condition keys
+    the builder puts into its checks for that action; `not_applicable` names every other one
+    the reference lists for it, each with a one-line reason. The keys of a resource type
+    declared not applicable need no entry of their own: without the resource there is nothing
+    to condition on.
+    """
+
     build: Builder
     not_applicable: dict[str, str] = field(default_factory=dict)
-    """Resource types and condition keys of the action(s) not produced, with why."""
+    action: str = ""
+    produces: frozenset[str] = frozenset()
+
+
+def mapped_action(operation_key: str, mapping: Mapping) -> str:
+    """The reference action `operation_key` (`<signing name>:<Operation>`) is authorized as."""
+    if mapping.action:
+        return mapping.action
+    service, _, operation = operation_key.partition(":")
+    return f"{_OPERATION_SERVICE.get(service, service)}:{operation}"
+
+
+def na(reason: str, *names: str) -> dict[str, str]:
+    """`{name: reason}` for resource types or condition keys one reason covers."""
+    return dict.fromkeys(names, reason)
 
 
 # --- Service Authorization Reference data ------------------------------------------------------
@@ -72,6 +96,15 @@ def action_details(action: str) -> Optional[dict[str, Any]]:
     service, _, name = action.partition(":")
     found: Optional[dict[str, Any]] = _service_actions(service).get(name.lower())
     return found
+
+
+def reference_names(action: str) -> frozenset[str]:
+    """Every resource type and condition key the reference lists for `action`."""
+    details = action_details(action) or {}
+    names = set(details.get("conditionKeys", []))
+    for resource_type in details.get("resourceTypes", []):
+        names |= {resource_type["name"], *resource_type["conditionKeys"]}
+    return frozenset(names)
 
 
 def is_wildcard_only(action: str) -> bool:
@@ -125,6 +158,7 @@ def _subnet_checks(
         except Exception:
             vpc_id = None
         context = resource_tag_context(world.ec2_tags(req.region, subnet_id))
+        context["ec2:SubnetID"] = subnet_id
         if vpc_id:
             context["ec2:Vpc"] = _ec2(world, req, f"vpc/{vpc_id}")
         out.append(Check(action, _ec2(world, req, f"subnet/{subnet_id}"), context, as_role))
@@ -346,21 +380,28 @@ def terminate_instances(req: AwsRequest, world: World, caller: Caller) -> list[C
         Check(
             "ec2:TerminateInstances",
             _ec2(world, req, f"instance/{instance_id}"),
-            resource_tag_context(world.ec2_tags(req.region, instance_id)),
+            {
+                **resource_tag_context(world.ec2_tags(req.region, instance_id)),
+                "ec2:InstanceID": instance_id,
+            },
         )
         for instance_id in members(req.param("InstanceId"))
     ]
 
 
+def _spot_fleet_tags(world: World, req: AwsRequest, fleet_id: str) -> dict[str, str]:
+    fleet = world.ec2(req.region).spot_fleet_requests.get(fleet_id)
+    # moto keeps a fleet's tags by resource type: {"spot-fleet-request": {key: value}}.
+    stored = dict(getattr(fleet, "tags", {}) or {}) if fleet is not None else {}
+    tags = dict(stored.get("spot-fleet-request", {}))
+    tags.update(world.ec2_tags(req.region, fleet_id))
+    return tags
+
+
 def cancel_spot_fleet_requests(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
-    backend = world.ec2(req.region)
     checks = []
     for fleet_id in members(req.param("SpotFleetRequestId")):
-        fleet = backend.spot_fleet_requests.get(fleet_id)
-        # moto keeps a fleet's tags by resource type: {"spot-fleet-request": {key: value}}.
-        stored = dict(getattr(fleet, "tags", {}) or {}) if fleet is not None else {}
-        tags = dict(stored.get("spot-fleet-request", {}))
-        tags.update(world.ec2_tags(req.region, fleet_id))
+        tags = _spot_fleet_tags(world, req, fleet_id)
         checks.append(
             Check(
                 "ec2:CancelSpotFleetRequests",
@@ -478,6 +519,16 @@ def create_fleet(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
             if override.get("InstanceType"):
                 launch["InstanceType"] = override["InstanceType"]
             launches.append(launch)
+    # CreateFleet itself is authorized on the instances and volumes it will launch and the
+    # image and subnets they use (SAR "ec2:CreateFleet": `instance` is required), with the
+    # launch's own context; the first launch stands for all (they share the template).
+    fleet_kinds = ("instance/", "volume/", "image/", "subnet/")
+    for launch in launches[:1]:
+        for check in launch_checks(world, req, launch, create_action="RunInstances"):
+            if check.action == "ec2:RunInstances" and check.resource.split(":", 5)[-1].startswith(
+                fleet_kinds
+            ):
+                checks.append(Check(action, check.resource, check.context))
     if str(req.param("Type") or "maintain") == "instant":
         for launch in launches[:1]:
             checks += launch_checks(world, req, launch, create_action="RunInstances")
@@ -498,6 +549,27 @@ def delete_fleets(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
 
 # --- S3 -------------------------------------------------------------------------------------------
 
+_S3_HEADER_KEYS = ("if-match", "if-none-match")
+# Part of the signature, not of the request: the reference names no condition key after them.
+_S3_SIGNING_HEADERS = ("x-amz-date", "x-amz-security-token", "x-amz-user-agent")
+
+
+def s3_context(req: AwsRequest, world: World) -> Context:
+    """S3's request-level condition keys: how the request was signed, the bucket owner, and
+    every `x-amz-*`/`If-*` header the reference names a key after, as sent."""
+    presigned = "X-Amz-Credential" in req.query
+    context: Context = {
+        "s3:ResourceAccount": world.account_id,
+        "s3:authType": "REST-QUERY-STRING" if presigned else "REST-HEADER",
+        "s3:signatureversion": "AWS4-HMAC-SHA256",
+    }
+    for header, value in req.headers.items():
+        if header in _S3_SIGNING_HEADERS:
+            continue
+        if header.startswith("x-amz-") or header in _S3_HEADER_KEYS:
+            context[f"s3:{header}"] = value
+    return context
+
 
 def _s3_object(action: str) -> Builder:
     def build(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
@@ -506,7 +578,7 @@ def _s3_object(action: str) -> Builder:
             Check(
                 action,
                 f"arn:{PARTITION}:s3:::{bucket}/{key}",
-                {},
+                s3_context(req, world),
                 resource_policy=world.bucket_policy(bucket),
             )
         ]
@@ -516,7 +588,7 @@ def _s3_object(action: str) -> Builder:
 
 def _s3_list(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
     bucket = req.param("Bucket")
-    context: Context = {}
+    context = s3_context(req, world)
     if "prefix" in req.params:
         context["s3:prefix"] = req.param("prefix")
     if "delimiter" in req.params:
@@ -544,6 +616,52 @@ def _iam_role(action: str) -> Builder:
         except Exception:
             arn = f"arn:{PARTITION}:iam::{world.account_id}:role/{name}"
         return [Check(action, arn)]
+
+    return build
+
+
+def _iam_entity(action: str) -> Builder:
+    """IAM writes on one user, role, instance profile or policy (the action's one resource
+    type), with its request tags and `iam:PolicyARN`. AddRoleToInstanceProfile also passes the
+    role ("Using instance profiles": the caller needs iam:PassRole on it)."""
+    listed = reference_names(action)
+
+    def build(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+        account = world.account_id
+        if "instance-profile" in listed:
+            resource = world.instance_profile_arn(str(req.param("InstanceProfileName", "")))
+        elif "policy" in listed:
+            path = str(req.param("Path") or "/")
+            resource = str(
+                req.param("PolicyArn")
+                or f"arn:{PARTITION}:iam::{account}:policy{path}{req.param('PolicyName', '')}"
+            )
+        elif "role" in listed:
+            name = str(req.param("RoleName", ""))
+            path = str(req.param("Path") or "/")
+            resource = f"arn:{PARTITION}:iam::{account}:role{path}{name}"
+            if world.role_exists(resource):
+                resource = str(world.role_by_arn(resource).arn)
+        else:
+            # No UserName: IAM acts on the caller's own user.
+            name = str(req.param("UserName") or "")
+            resource = (
+                f"arn:{PARTITION}:iam::{account}:user{req.param('Path') or '/'}{name}"
+                if name
+                else caller.arn
+            )
+        context: Context = request_tag_context(_key_values(req.param("Tags")))
+        if req.param("PolicyArn"):
+            context["iam:PolicyARN"] = str(req.param("PolicyArn"))
+        checks = [
+            Check(action, resource, {k: v for k, v in context.items() if _key_pattern(k) in listed})
+        ]
+        if action == "iam:AddRoleToInstanceProfile":
+            role = f"arn:{PARTITION}:iam::{account}:role/{req.param('RoleName', '')}"
+            if world.role_exists(role):
+                role = str(world.role_by_arn(role).arn)
+            checks.append(Check("iam:PassRole", role))
+        return checks
 
     return build
 
@@ -581,7 +699,20 @@ def assume_role(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
         trust = json.loads(world.role_by_arn(arn).assume_role_policy_document)
     except Exception:
         trust = None
-    return [Check("sts:AssumeRole", arn, {}, resource_policy=trust)]
+    context: Context = {"sts:RoleSessionName": str(req.param("RoleSessionName", ""))}
+    for parameter in ("ExternalId", "SourceIdentity"):
+        if req.param(parameter):
+            context[f"sts:{parameter}"] = str(req.param(parameter))
+    context.update(request_tag_context(_key_values(req.param("Tags"))))
+    transitive = [str(k) for k in members(req.param("TransitiveTagKeys"))]
+    if transitive:
+        context["sts:TransitiveTagKeys"] = transitive
+    return [Check("sts:AssumeRole", arn, context, resource_policy=trust)]
+
+
+def _key_values(tags: Any) -> dict[str, str]:
+    """`{key: value}` of a flattened or JSON `Tags` list of `{Key, Value}`."""
+    return {str(t["Key"]): str(t.get("Value", "")) for t in members(tags) if "Key" in t}
 
 
 def _stack_arn(world: World, region: str, name: str) -> str:
@@ -597,12 +728,44 @@ def _stack_arn(world: World, region: str, name: str) -> str:
     return f"arn:{PARTITION}:cloudformation:{region}:{world.account_id}:stack/{name}/*"
 
 
+_STACK_CONTEXT_PARAMETERS = {
+    "cloudformation:ChangeSetName": "ChangeSetName",
+    "cloudformation:RoleArn": "RoleARN",
+    "cloudformation:TemplateUrl": "TemplateURL",
+    "cloudformation:StackPolicyUrl": "StackPolicyURL",
+}
+
+
+def stack_context(req: AwsRequest) -> Context:
+    """CloudFormation's condition keys from the request's parameters, and its stack tags."""
+    context: Context = {
+        key: str(req.param(parameter))
+        for key, parameter in _STACK_CONTEXT_PARAMETERS.items()
+        if req.param(parameter)
+    }
+    resource_types = [str(t) for t in members(req.param("ResourceTypes"))]
+    if resource_types:
+        context["cloudformation:ResourceTypes"] = resource_types
+    context.update(request_tag_context(_key_values(req.param("Tags"))))
+    return context
+
+
+def _key_pattern(key: str) -> str:
+    """`aws:RequestTag/x` → `aws:RequestTag/${TagKey}`, as the reference names tag keys."""
+    head, slash, _ = key.partition("/")
+    return f"{head}/${{TagKey}}" if slash and head.endswith("Tag") else key
+
+
 def _stack(action: str) -> Builder:
     def build(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
         name = str(req.param("StackName") or "")
         if not name:
             return [Check(action, "*")]
-        checks = [Check(action, _stack_arn(world, req.region, name))]
+        # Only the keys the reference lists for this action (CreateStack's TemplateUrl is not
+        # DescribeStacks' key).
+        listed = reference_names(action)
+        context = {k: v for k, v in stack_context(req).items() if _key_pattern(k) in listed}
+        checks = [Check(action, _stack_arn(world, req.region, name), context)]
         if req.param("RoleARN"):
             checks.append(
                 Check(
@@ -640,6 +803,7 @@ def _s3_bucket(action: str) -> Builder:
             Check(
                 action,
                 f"arn:{PARTITION}:s3:::{bucket}",
+                s3_context(req, world),
                 resource_policy=world.bucket_policy(bucket),
             )
         ]
@@ -677,71 +841,614 @@ def _function(action: str) -> Builder:
     return build
 
 
+def create_function(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    """CreateFunction on the new function, with its tags; passing its execution role to
+    Lambda ("Lambda execution role": the caller needs iam:PassRole)."""
+    name = str(req.param("FunctionName", ""))
+    arn = f"arn:{PARTITION}:lambda:{req.region}:{world.account_id}:function:{name}"
+    tags = req.param("Tags") or {}
+    checks = [
+        Check(
+            "lambda:CreateFunction",
+            arn,
+            request_tag_context({str(k): str(v) for k, v in dict(tags).items()}),
+        )
+    ]
+    if req.param("Role"):
+        checks.append(
+            Check(
+                "iam:PassRole",
+                str(req.param("Role")),
+                {"iam:PassedToService": "lambda.amazonaws.com"},
+            )
+        )
+    return checks
+
+
+def put_parameter(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    name = str(req.param("Name", "")).lstrip("/")
+    context: Context = request_tag_context(_key_values(req.param("Tags")))
+    if req.param("Overwrite") is not None:
+        context["ssm:Overwrite"] = str(req.param("Overwrite")).lower()
+    return [
+        Check(
+            "ssm:PutParameter",
+            f"arn:{PARTITION}:ssm:{req.region}:{world.account_id}:parameter/{name}",
+            context,
+        )
+    ]
+
+
+def describe_spot_fleet_instances(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    fleet_id = str(req.param("SpotFleetRequestId", ""))
+    return [
+        Check(
+            "ec2:DescribeSpotFleetInstances",
+            _ec2(world, req, f"spot-fleet-request/{fleet_id}"),
+            resource_tag_context(_spot_fleet_tags(world, req, fleet_id)),
+        )
+    ]
+
+
+def list_buckets(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    return [Check("s3:ListAllMyBuckets", "*", s3_context(req, world))]
+
+
 def no_authorization(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
     return []
 
 
-_TAG_KEYS_NA = "tag-on-create is the only tagging the flows do; tags arrive as aws:RequestTag"
+# --- The table -----------------------------------------------------------------------------------
+# Reasons shared by many rows: why a resource type or condition key the reference lists for an
+# action is not produced. Each is true of every flow the local AWS serves.
+
 _EC2_NA = {
-    "ec2:Region": "one region per local AWS; no policy here names it",
-    "ec2:ResourceTag/${TagKey}": "aws:ResourceTag/${TagKey} carries the same tags",
+    **na("one region per local AWS; aws:RequestedRegion carries it", "ec2:Region"),
+    **na("aws:ResourceTag/${TagKey} carries the same tags", "ec2:ResourceTag/${TagKey}"),
+    **na("no resource here is operated by an AWS service", "ec2:ManagedResourceOperator"),
+}
+_NOT_NAMED = "the product's launches never name one (template and CLI set none)"
+_LAUNCH_EXTRAS_NA = na(
+    _NOT_NAMED,
+    "capacity-reservation",
+    "elastic-gpu",
+    "elastic-inference",
+    "group",
+    "license-configuration",
+    "placement-group",
+    "secondary-interface",
+    "secondary-subnet",
+    "snapshot",
+)
+_INSTANCE_ATTRIBUTES_NA = na(
+    "left at EC2's default by every launch; no deployed policy conditions on it",
+    "ec2:AvailabilityZone",
+    "ec2:AvailabilityZoneId",
+    "ec2:CpuOptionsAmdSevSnp",
+    "ec2:EbsOptimized",
+    "ec2:InstanceAutoRecovery",
+    "ec2:InstanceBandwidthWeighting",
+    "ec2:InstanceMarketType",
+    "ec2:InstanceMetadataTags",
+    "ec2:MetadataHttpEndpoint",
+    "ec2:MetadataHttpPutResponseHopLimit",
+    "ec2:PlacementGroup",
+    "ec2:ProductCode",
+    "ec2:RootDeviceType",
+    "ec2:Tenancy",
+)
+_LAUNCH_NA = {
+    **_EC2_NA,
+    **_LAUNCH_EXTRAS_NA,
+    **_INSTANCE_ATTRIBUTES_NA,
+    **na("the instance has no id before the launch", "ec2:InstanceID"),
+    **na(
+        "spot launches go through Spot Fleet/EC2 Fleet, never RunInstances market options",
+        "spot-instances-request",
+    ),
+    **na(
+        "images are authorized by ARN; no deployed policy conditions on image attributes",
+        "ec2:ImageID",
+        "ec2:ImageType",
+        "ec2:Owner",
+        "ec2:Public",
+    ),
+    **na(
+        "key pairs are authorized by ARN; no deployed policy conditions on name or type",
+        "ec2:KeyPairName",
+        "ec2:KeyPairType",
+    ),
+    **na(
+        "the launch creates the interface (no id yet) with EC2's default addressing",
+        "ec2:NetworkInterfaceID",
+        "ec2:AssociatePublicIpAddress",
+        "ec2:AuthorizedService",
+    ),
+    **na(
+        "root volume from the image's block device mapping; no policy conditions on it",
+        "ec2:Encrypted",
+        "ec2:KmsKeyId",
+        "ec2:ParentSnapshot",
+        "ec2:VolumeID",
+        "ec2:VolumeInitializationRate",
+        "ec2:VolumeIops",
+        "ec2:VolumeSize",
+        "ec2:VolumeThroughput",
+        "ec2:VolumeType",
+    ),
+}
+_LAUNCH_PRODUCES = frozenset(
+    {
+        "instance",
+        "volume",
+        "network-interface",
+        "image",
+        "subnet",
+        "security-group",
+        "key-pair",
+        "launch-template",
+        "aws:RequestTag/${TagKey}",
+        "aws:TagKeys",
+        "aws:ResourceTag/${TagKey}",
+        "ec2:InstanceType",
+        "ec2:InstanceProfile",
+        "ec2:MetadataHttpTokens",
+        "ec2:IsLaunchTemplateResource",
+        "ec2:LaunchTemplate",
+        "ec2:Subnet",
+        "ec2:SubnetID",
+        "ec2:Vpc",
+        "ec2:SecurityGroupID",
+    }
+)
+_FLEET_NAMES_NA = {
+    **_EC2_NA,
+    **na(_NOT_NAMED, "capacity-reservation", "placement-group", "snapshot"),
+    **na(
+        "subnets, images and groups are authorized by ARN; no policy conditions on their "
+        "attributes",
+        "ec2:AvailabilityZone",
+        "ec2:AvailabilityZoneId",
+        "ec2:ImageID",
+        "ec2:ImageType",
+        "ec2:Owner",
+        "ec2:Public",
+        "ec2:RootDeviceType",
+        "ec2:KeyPairName",
+        "ec2:KeyPairType",
+    ),
+}
+_S3_NA = {
+    **na("the product addresses the bucket directly", "accesspoint", "accesspointobject"),
+    **na("no S3 Access Grants in the setup", "s3:AccessGrantsInstanceArn"),
+    **na("loopback stands in for TLS; no policy conditions on its version", "s3:TlsVersion"),
+    **na("no policy conditions on the signature's age", "s3:signatureAge"),
+}
+_S3_PRODUCES = frozenset(
+    {
+        "object",
+        "s3:ResourceAccount",
+        "s3:authType",
+        "s3:signatureversion",
+        "s3:x-amz-content-sha256",
+    }
+)
+_S3_HEADERS = "from the request header of the same name, when sent"
+_S3_PUT_NA = {
+    **_S3_NA,
+    **na(
+        "the config bucket has no object lock",
+        *(
+            f"s3:object-lock-{k}"
+            for k in (
+                "event-hold",
+                "event-hold-duration-days",
+                "legal-hold",
+                "mode",
+                "remaining-retention-days",
+                "retain-until-date",
+            )
+        ),
+    ),
+    **na(
+        "the product uploads untagged objects with plain PutObject",
+        "s3:RequestObjectTag/<key>",
+        "s3:RequestObjectTagKeys",
+        "s3:ObjectCreationOperation",
+    ),
+}
+_S3_PUT_PRODUCES = _S3_PRODUCES | {
+    f"s3:{h}"
+    for h in (
+        "if-match",
+        "if-none-match",
+        "x-amz-acl",
+        "x-amz-copy-source",
+        "x-amz-grant-full-control",
+        "x-amz-grant-read",
+        "x-amz-grant-read-acp",
+        "x-amz-grant-write",
+        "x-amz-grant-write-acp",
+        "x-amz-metadata-directive",
+        "x-amz-object-annotation-directive",
+        "x-amz-server-side-encryption",
+        "x-amz-server-side-encryption-aws-kms-key-id",
+        "x-amz-server-side-encryption-customer-algorithm",
+        "x-amz-storage-class",
+        "x-amz-website-redirect-location",
+    )
+}
+_S3_GET_NA = {**_S3_NA, **na("the product's objects are untagged", "s3:ExistingObjectTag/<key>")}
+_S3_BUCKET_PRODUCES = (_S3_PRODUCES - {"object"}) | {"bucket"}
+_STACK_PRODUCES = frozenset(
+    {
+        "stack",
+        *_STACK_CONTEXT_PARAMETERS,
+        "cloudformation:ResourceTypes",
+        "aws:RequestTag/${TagKey}",
+        "aws:TagKeys",
+    }
+)
+_STACK_NA = {
+    **na("no stack sets", "stackset"),
+    **na("no resource import", "cloudformation:ImportResourceTypes"),
 }
 
+
+def _rows(
+    factory: Callable[[str], Builder],
+    actions: Iterable[str],
+    *,
+    produces: frozenset[str],
+    not_applicable: Optional[dict[str, str]] = None,
+) -> dict[str, Mapping]:
+    """One row per action whose operation has the action's own name, built the same way.
+
+    A family shares its builder and declarations; each row keeps the part of them the
+    reference lists for its own action (the builders produce only those keys)."""
+    return {
+        action: Mapping(
+            factory(action),
+            {k: v for k, v in (not_applicable or {}).items() if k in reference_names(action)},
+            action=action,
+            produces=produces & reference_names(action),
+        )
+        for action in actions
+    }
+
+
 MAPPINGS: dict[str, Mapping] = {
-    "ec2:RunInstances": Mapping(run_instances),
-    "ec2:CreateLaunchTemplate": Mapping(create_launch_template),
-    "ec2:DeleteLaunchTemplate": Mapping(delete_launch_template),
-    "ec2:TerminateInstances": Mapping(terminate_instances),
-    "ec2:RequestSpotFleet": Mapping(request_spot_fleet),
-    "ec2:CancelSpotFleetRequests": Mapping(cancel_spot_fleet_requests),
-    "ec2:CreateFleet": Mapping(create_fleet),
-    "ec2:DeleteFleets": Mapping(delete_fleets),
-    "s3:GetObject": Mapping(_s3_object("s3:GetObject")),
-    "s3:HeadObject": Mapping(_s3_object("s3:GetObject")),
-    "s3:PutObject": Mapping(_s3_object("s3:PutObject")),
-    "s3:DeleteObject": Mapping(_s3_object("s3:DeleteObject")),
-    "s3:ListObjectsV2": Mapping(_s3_list),
-    "s3:ListObjects": Mapping(_s3_list),
-    "s3:HeadBucket": Mapping(_s3_list),
-    "iam:GetInstanceProfile": Mapping(get_instance_profile),
-    "iam:CreateServiceLinkedRole": Mapping(create_service_linked_role),
-    "iam:GetRole": Mapping(_iam_role("iam:GetRole")),
-    "iam:ListRolePolicies": Mapping(_iam_role("iam:ListRolePolicies")),
-    "iam:GetRolePolicy": Mapping(_iam_role("iam:GetRolePolicy")),
-    "iam:ListAttachedRolePolicies": Mapping(_iam_role("iam:ListAttachedRolePolicies")),
-    "iam:GetPolicy": Mapping(_iam_policy("iam:GetPolicy")),
-    "iam:GetPolicyVersion": Mapping(_iam_policy("iam:GetPolicyVersion")),
-    "sts:AssumeRole": Mapping(assume_role),
+    "ec2:RunInstances": Mapping(run_instances, _LAUNCH_NA, produces=_LAUNCH_PRODUCES),
+    "ec2:CreateLaunchTemplate": Mapping(
+        create_launch_template,
+        _EC2_NA,
+        produces=frozenset({"launch-template", "aws:RequestTag/${TagKey}", "aws:TagKeys"}),
+    ),
+    "ec2:DeleteLaunchTemplate": Mapping(
+        delete_launch_template,
+        _EC2_NA,
+        produces=frozenset({"launch-template", "aws:ResourceTag/${TagKey}"}),
+    ),
+    "ec2:TerminateInstances": Mapping(
+        terminate_instances,
+        {
+            **_EC2_NA,
+            **_INSTANCE_ATTRIBUTES_NA,
+            **na(
+                "policies scope terminate by aws:ResourceTag; the launch already held these",
+                "ec2:InstanceProfile",
+                "ec2:InstanceType",
+                "ec2:MetadataHttpTokens",
+            ),
+        },
+        produces=frozenset({"instance", "aws:ResourceTag/${TagKey}", "ec2:InstanceID"}),
+    ),
+    "ec2:RequestSpotFleet": Mapping(
+        request_spot_fleet,
+        {
+            **_FLEET_NAMES_NA,
+            **na(
+                "the request names no snapshot",
+                "ec2:OutpostArn",
+                "ec2:SourceOutpostArn",
+            ),
+        },
+        produces=frozenset(
+            {
+                "spot-fleet-request",
+                "launch-template",
+                "subnet",
+                "image",
+                "security-group",
+                "key-pair",
+                "aws:RequestTag/${TagKey}",
+                "aws:TagKeys",
+                "aws:ResourceTag/${TagKey}",
+                "ec2:SubnetID",
+                "ec2:SecurityGroupID",
+                "ec2:Vpc",
+            }
+        ),
+    ),
+    "ec2:CancelSpotFleetRequests": Mapping(
+        cancel_spot_fleet_requests,
+        _EC2_NA,
+        produces=frozenset({"spot-fleet-request", "aws:ResourceTag/${TagKey}"}),
+    ),
+    "ec2:CreateFleet": Mapping(
+        create_fleet,
+        {
+            **_FLEET_NAMES_NA,
+            **{k: v for k, v in _LAUNCH_NA.items() if k.startswith("ec2:") and k != "ec2:Subnet"},
+        },
+        produces=frozenset(
+            {
+                "fleet",
+                "instance",
+                "volume",
+                "image",
+                "launch-template",
+                "subnet",
+                "aws:RequestTag/${TagKey}",
+                "aws:TagKeys",
+                "aws:ResourceTag/${TagKey}",
+                "ec2:InstanceProfile",
+                "ec2:InstanceType",
+                "ec2:SubnetID",
+                "ec2:Vpc",
+            }
+        ),
+    ),
+    "ec2:DeleteFleets": Mapping(
+        delete_fleets, _EC2_NA, produces=frozenset({"fleet", "aws:ResourceTag/${TagKey}"})
+    ),
+    **_rows(_s3_object, ["s3:GetObject"], produces=_S3_PRODUCES, not_applicable=_S3_GET_NA),
+    "s3:HeadObject": Mapping(
+        _s3_object("s3:GetObject"), _S3_GET_NA, action="s3:GetObject", produces=_S3_PRODUCES
+    ),
+    **_rows(_s3_object, ["s3:PutObject"], produces=_S3_PUT_PRODUCES, not_applicable=_S3_PUT_NA),
+    **_rows(
+        _s3_object,
+        ["s3:DeleteObject"],
+        produces=_S3_PRODUCES | {"s3:if-match"},
+        not_applicable=_S3_NA,
+    ),
+    **{
+        operation: Mapping(
+            _s3_list,
+            _S3_NA,
+            action="s3:ListBucket",
+            produces=_S3_BUCKET_PRODUCES | {"s3:prefix", "s3:delimiter", "s3:max-keys"},
+        )
+        for operation in ("s3:ListObjectsV2", "s3:ListObjects", "s3:HeadBucket")
+    },
+    **_rows(
+        _s3_bucket, ["s3:GetBucketLocation"], produces=_S3_BUCKET_PRODUCES, not_applicable=_S3_NA
+    ),
+    "s3:GetBucketEncryption": Mapping(
+        _s3_bucket("s3:GetEncryptionConfiguration"),
+        _S3_NA,
+        action="s3:GetEncryptionConfiguration",
+        produces=_S3_BUCKET_PRODUCES,
+    ),
+    "iam:GetInstanceProfile": Mapping(
+        get_instance_profile, produces=frozenset({"instance-profile"})
+    ),
+    "iam:CreateServiceLinkedRole": Mapping(
+        create_service_linked_role, produces=frozenset({"role", "iam:AWSServiceName"})
+    ),
+    **_rows(
+        _iam_role,
+        [
+            "iam:GetRole",
+            "iam:ListRolePolicies",
+            "iam:GetRolePolicy",
+            "iam:ListAttachedRolePolicies",
+        ],
+        produces=frozenset({"role"}),
+        not_applicable=na(
+            "no permissions boundaries or role templates in the setup",
+            "iam:PermissionsBoundary",
+            "iam:RoleTemplateARN",
+        ),
+    ),
+    **_rows(
+        _iam_entity,
+        [
+            f"iam:{operation}"
+            for operation in (
+                "CreateUser",
+                "DeleteUser",
+                "GetUser",
+                "PutUserPolicy",
+                "DeleteUserPolicy",
+                "AttachUserPolicy",
+                "DetachUserPolicy",
+                "CreateAccessKey",
+                "DeleteAccessKey",
+                "CreateRole",
+                "DeleteRole",
+                "PutRolePolicy",
+                "DeleteRolePolicy",
+                "AttachRolePolicy",
+                "DetachRolePolicy",
+                "CreateInstanceProfile",
+                "DeleteInstanceProfile",
+                "AddRoleToInstanceProfile",
+                "RemoveRoleFromInstanceProfile",
+                "CreatePolicy",
+                "DeletePolicy",
+            )
+        ],
+        produces=frozenset(
+            {
+                "user",
+                "role",
+                "instance-profile",
+                "policy",
+                "aws:RequestTag/${TagKey}",
+                "aws:TagKeys",
+                "iam:PolicyARN",
+            }
+        ),
+        not_applicable=na(
+            "no permissions boundaries or role templates in the setup or the tests",
+            "iam:PermissionsBoundary",
+            "iam:RoleTemplateARN",
+        ),
+    ),
+    **_rows(_iam_policy, ["iam:GetPolicy", "iam:GetPolicyVersion"], produces=frozenset({"policy"})),
+    "sts:AssumeRole": Mapping(
+        assume_role,
+        {
+            **na(
+                "AssumeRole only: web-identity and SAML keys belong to the other AssumeRole* calls",
+                "accounts.google.com:aud",
+                "accounts.google.com:sub",
+                "cognito-identity.amazonaws.com:amr",
+                "cognito-identity.amazonaws.com:aud",
+                "cognito-identity.amazonaws.com:sub",
+                "graph.facebook.com:app_id",
+                "graph.facebook.com:id",
+                "saml:namequalifier",
+                "saml:sub",
+                "saml:sub_type",
+                "www.amazon.com:app_id",
+                "www.amazon.com:user_id",
+            ),
+            **na(
+                "no trust policy in the setup conditions on role tags", "iam:ResourceTag/${TagKey}"
+            ),
+        },
+        produces=frozenset(
+            {
+                "role",
+                "aws:RequestTag/${TagKey}",
+                "aws:TagKeys",
+                "sts:ExternalId",
+                "sts:RoleSessionName",
+                "sts:SourceIdentity",
+                "sts:TransitiveTagKeys",
+            }
+        ),
+    ),
     "sts:GetCallerIdentity": Mapping(no_authorization),
     **{
-        f"cloudformation:{operation}": Mapping(_stack(f"cloudformation:{operation}"))
-        for operation in (
-            "DescribeStacks",
-            "DescribeStackEvents",
-            "DescribeStackResources",
-            "GetTemplate",
-            "GetTemplateSummary",
-            "CreateChangeSet",
-            "DescribeChangeSet",
-            "ExecuteChangeSet",
-            "DeleteChangeSet",
-            "ListChangeSets",
-            "CreateStack",
-            "UpdateStack",
-            "DeleteStack",
-            "UpdateTerminationProtection",
+        action: Mapping(
+            _stack(action),
+            {k: v for k, v in _STACK_NA.items() if k in reference_names(action)},
+            action=action,
+            produces=_STACK_PRODUCES & reference_names(action),
         )
+        for action in [
+            f"cloudformation:{operation}"
+            for operation in (
+                "DescribeStacks",
+                "DescribeStackEvents",
+                "DescribeStackResources",
+                "GetTemplate",
+                "GetTemplateSummary",
+                "CreateChangeSet",
+                "DescribeChangeSet",
+                "ExecuteChangeSet",
+                "DeleteChangeSet",
+                "ListChangeSets",
+                "CreateStack",
+                "UpdateStack",
+                "DeleteStack",
+                "UpdateTerminationProtection",
+            )
+        ]
     },
-    "ssm:GetParameter": Mapping(_ssm_parameter("ssm:GetParameter")),
-    "ssm:GetParameters": Mapping(_ssm_parameter("ssm:GetParameters")),
-    "s3:GetBucketLocation": Mapping(_s3_bucket("s3:GetBucketLocation")),
-    "s3:GetBucketEncryption": Mapping(_s3_bucket("s3:GetEncryptionConfiguration")),
-    "scheduler:CreateSchedule": Mapping(_schedule("scheduler:CreateSchedule")),
-    "scheduler:UpdateSchedule": Mapping(_schedule("scheduler:UpdateSchedule")),
-    "scheduler:GetSchedule": Mapping(_schedule("scheduler:GetSchedule")),
-    "scheduler:DeleteSchedule": Mapping(_schedule("scheduler:DeleteSchedule")),
-    "lambda:Invoke": Mapping(_function("lambda:InvokeFunction")),
-    "lambda:GetFunction": Mapping(_function("lambda:GetFunction")),
+    **_rows(
+        _ssm_parameter,
+        ["ssm:GetParameter", "ssm:GetParameters"],
+        produces=frozenset({"parameter"}),
+        not_applicable=na(
+            "the parameters read (CDK bootstrap version, public AMI aliases) carry no tags the "
+            "setup relies on; no deployed policy conditions on them",
+            "aws:ResourceTag/${TagKey}",
+        ),
+    ),
+    **_rows(
+        _schedule,
+        [
+            f"scheduler:{op}"
+            for op in ("CreateSchedule", "UpdateSchedule", "GetSchedule", "DeleteSchedule")
+        ],
+        produces=frozenset({"schedule"}),
+        not_applicable=na(
+            "Scheduler schedules take no tags (only schedule groups do)",
+            "aws:ResourceTag/${TagKey}",
+        ),
+    ),
+    "lambda:CreateFunction": Mapping(
+        create_function,
+        na(
+            "the setup's functions use no layers, VPC or code signing",
+            "lambda:CodeSigningConfigArn",
+            "lambda:Layer",
+            "lambda:SecurityGroupIds",
+            "lambda:SubnetIds",
+            "lambda:VpcIds",
+        ),
+        produces=frozenset({"function", "aws:RequestTag/${TagKey}", "aws:TagKeys"}),
+    ),
+    "ssm:PutParameter": Mapping(
+        put_parameter,
+        na("no parameter policies (advanced tier) in the setup", "ssm:Policies"),
+        produces=frozenset(
+            {"parameter", "aws:RequestTag/${TagKey}", "aws:TagKeys", "ssm:Overwrite"}
+        ),
+    ),
+    "ec2:DescribeSpotFleetInstances": Mapping(
+        describe_spot_fleet_instances,
+        _EC2_NA,
+        produces=frozenset({"spot-fleet-request", "aws:ResourceTag/${TagKey}"}),
+    ),
+    "s3:ListBuckets": Mapping(
+        list_buckets,
+        _S3_NA,
+        action="s3:ListAllMyBuckets",
+        produces=_S3_BUCKET_PRODUCES - {"bucket"},
+    ),
+    **_rows(
+        _s3_bucket,
+        ["s3:CreateBucket", "s3:PutBucketPolicy"],
+        produces=_S3_BUCKET_PRODUCES
+        | {
+            f"s3:{h}"
+            for h in (
+                "x-amz-acl",
+                "x-amz-bucket-namespace",
+                "x-amz-grant-full-control",
+                "x-amz-grant-read",
+                "x-amz-grant-read-acp",
+                "x-amz-grant-write",
+                "x-amz-grant-write-acp",
+                "x-amz-object-ownership",
+            )
+        },
+        not_applicable={
+            **_S3_NA,
+            **na(
+                "buckets are made in the local AWS's one region; the body is not read",
+                "s3:locationconstraint",
+            ),
+            **na("no flow tags a bucket at creation", "aws:RequestTag/${TagKey}", "aws:TagKeys"),
+        },
+    ),
+    "lambda:Invoke": Mapping(
+        _function("lambda:InvokeFunction"),
+        na(
+            "no Alexa event sources or function URLs in the setup",
+            "lambda:EventSourceToken",
+            "lambda:InvokedViaFunctionUrl",
+        ),
+        action="lambda:InvokeFunction",
+        produces=frozenset({"function"}),
+    ),
+    **_rows(_function, ["lambda:GetFunction"], produces=frozenset({"function"})),
 }
 """`<signing name>:<Operation>` → mapping. Wildcard-only actions need no entry."""
 
@@ -752,8 +1459,14 @@ def _action_of(req: AwsRequest) -> str:
     return f"{_OPERATION_SERVICE.get(req.service, req.service)}:{req.operation}"
 
 
+def is_mapped_operation(service: str, operation: str) -> bool:
+    """Whether the engine can decide `service:operation` (a row, or a wildcard-only action)."""
+    action = f"{_OPERATION_SERVICE.get(service, service)}:{operation}"
+    return f"{service}:{operation}" in MAPPINGS or is_wildcard_only(action)
+
+
 def is_mapped(req: AwsRequest) -> bool:
-    return f"{req.service}:{req.operation}" in MAPPINGS or is_wildcard_only(_action_of(req))
+    return is_mapped_operation(req.service, req.operation)
 
 
 def checks_for(req: AwsRequest, world: World, caller: Caller) -> Optional[list[Check]]:

@@ -152,9 +152,25 @@ def _clients() -> tuple[Any, Any, Any]:
     )
 
 
+class ForeignBucketEvent(ValueError):
+    """A lease event naming a bucket other than the setup's own."""
+
+
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
-    """Lambda entry point for one annex: the event is the annex's `LeaseRecord` as JSON."""
+    """Lambda entry point for one annex: the event is the annex's `LeaseRecord` as JSON.
+
+    The event names the bucket its record lives in; only the setup's own bucket (the function's
+    environment) is accepted, so a forged event cannot steer the function at another bucket even
+    where IAM would let it read there.
+    """
     record = contract.LeaseRecord.from_json(json.dumps(event))
+    own_bucket = os.environ[contract.LAMBDA_ENV_CONFIG_BUCKET]
+    if record.bucket != own_bucket:
+        raise ForeignBucketEvent(
+            f"lease event for annex {record.annex_name!r} names bucket {record.bucket!r}, "
+            f"not this setup's {own_bucket!r}; nothing was done. Only the annex's own schedule "
+            "should invoke this function: check who else may invoke it."
+        )
     s3, ec2, scheduler = _clients()
     return end_lease(record, s3=s3, ec2=ec2, scheduler=scheduler).to_dict()
 

@@ -40,7 +40,7 @@ def handler(event, context):
 def _function(aws, bucket: str = "fired-bucket") -> str:
     role = aws.client("iam").create_role(RoleName="fn-role", AssumeRolePolicyDocument=TRUST_LAMBDA)
     # The handler writes to the bucket with the role's credentials; the IAM engine holds it to
-    # what the role is granted, as Lambda does.
+    # what the role is granted, as Lambda does. Scheduler invokes the function as this role too.
     aws.client("iam").put_role_policy(
         RoleName="fn-role",
         PolicyName="write-bucket",
@@ -52,7 +52,12 @@ def _function(aws, bucket: str = "fired-bucket") -> str:
                         "Effect": "Allow",
                         "Action": "s3:PutObject",
                         "Resource": f"arn:aws:s3:::{bucket}/*",
-                    }
+                    },
+                    {
+                        "Effect": "Allow",
+                        "Action": "lambda:InvokeFunction",
+                        "Resource": "arn:aws:lambda:us-east-1:123456789012:function:probe",
+                    },
                 ],
             }
         ),

@@ -8,6 +8,7 @@ during a test; the functions are handed a `now` past the expiry instead.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -265,17 +266,39 @@ def test_sweep_ends_every_expired_annex_and_only_those(aws, setup_outputs):
     assert lease.sweep(old_one.record.bucket, **clients(aws)) == []
 
 
-def test_lambda_entry_point_takes_the_schedule_input(aws, setup_outputs):
+def test_lambda_entry_point_takes_the_schedule_input(
+    aws, setup_outputs, monkeypatch: pytest.MonkeyPatch
+):
     annex = on_demand_annex(aws, setup_outputs, "entry")
+    monkeypatch.setenv(contract.LAMBDA_ENV_CONFIG_BUCKET, annex.record.bucket)
     stale = annex.record.with_expiry(datetime.now(timezone.utc) - timedelta(minutes=1))
     aws.client("s3").put_object(
         Bucket=annex.record.bucket, Key=contract.lease_key("entry"), Body=stale.to_json()
     )
 
-    summary = lease.handler(__import__("json").loads(stale.to_json()), None)
+    summary = lease.handler(json.loads(stale.to_json()), None)
 
     assert summary["changed"] and summary["errors"] == []
     assert_ended(aws, annex)
+
+
+def test_lambda_entry_point_refuses_an_event_naming_another_bucket(
+    aws, setup_outputs, monkeypatch: pytest.MonkeyPatch
+):
+    annex = on_demand_annex(aws, setup_outputs, "elsewhere")
+    monkeypatch.setenv(contract.LAMBDA_ENV_CONFIG_BUCKET, annex.record.bucket)
+    other_bucket = "someone-elses-bucket"
+    aws.client("s3").create_bucket(Bucket=other_bucket)
+    forged = annex.record.with_expiry(datetime.now(timezone.utc) - timedelta(minutes=1))
+    event = {**json.loads(forged.to_json()), "bucket": other_bucket}
+    aws.client("s3").put_object(
+        Bucket=other_bucket, Key=contract.lease_key("elsewhere"), Body=json.dumps(event)
+    )
+
+    with pytest.raises(lease.ForeignBucketEvent, match="someone-elses-bucket"):
+        lease.handler(event, None)
+
+    assert_untouched(aws, annex)
 
 
 def test_sweep_entry_point_reads_the_bucket_from_its_environment(

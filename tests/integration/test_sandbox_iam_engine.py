@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from annex_sandbox.authz.mapping import MAPPINGS, action_details
+from annex_sandbox.authz.mapping import MAPPINGS, action_details, mapped_action
+from tests.fixtures.authz_coverage import DELIBERATELY_UNMAPPED
 
 ACCOUNT = "123456789012"
 TAG = "htcondor:AnnexName"
@@ -250,8 +251,9 @@ def _fleet_request(template_id: str, fleet_type: str) -> dict[str, Any]:
 
 
 def test_create_fleet_needs_the_fleet_request_tag_and_its_launch_template(aws):
-    """SAR ec2:CreateFleet: `fleet` (required, aws:RequestTag) and the `launch-template` the
-    request names; tagging at creation is ec2:CreateTags with ec2:CreateAction=CreateFleet."""
+    """SAR ec2:CreateFleet: `fleet` (required, aws:RequestTag), `instance` (required) and the
+    `launch-template`, subnets, image and volumes the launch uses; tagging at creation is
+    ec2:CreateTags with ec2:CreateAction=CreateFleet."""
     root = aws.client("ec2")
     template = root.create_launch_template(
         LaunchTemplateName="lt", LaunchTemplateData={"ImageId": _ami(aws)}
@@ -268,7 +270,22 @@ def test_create_fleet_needs_the_fleet_request_tag_and_its_launch_template(aws):
         "Resource": "arn:aws:ec2:*:*:fleet/*",
         "Condition": {"StringEquals": {"ec2:CreateAction": "CreateFleet"}},
     }
+    launch_resources = [
+        "arn:aws:ec2:*:*:launch-template/*",
+        "arn:aws:ec2:*:*:subnet/*",
+        "arn:aws:ec2:*::image/*",
+        "arn:aws:ec2:*:*:volume/*",
+    ]
     without_template = aws.client("ec2", **_user(aws, [fleet_tagged, tag_fleet], "no-lt"))
+    without_instance = aws.client(
+        "ec2",
+        **_user(
+            aws,
+            [fleet_tagged, tag_fleet,
+             {"Effect": "Allow", "Action": "ec2:CreateFleet", "Resource": launch_resources}],
+            "no-instance",
+        ),
+    )  # fmt: skip
     with_template = aws.client(
         "ec2",
         **_user(
@@ -279,7 +296,7 @@ def test_create_fleet_needs_the_fleet_request_tag_and_its_launch_template(aws):
                 {
                     "Effect": "Allow",
                     "Action": "ec2:CreateFleet",
-                    "Resource": ["arn:aws:ec2:*:*:launch-template/*", "arn:aws:ec2:*:*:subnet/*"],
+                    "Resource": [*launch_resources, "arn:aws:ec2:*:*:instance/*"],
                 },
             ],
             "with-lt",
@@ -290,10 +307,17 @@ def test_create_fleet_needs_the_fleet_request_tag_and_its_launch_template(aws):
 
     refused = _error(lambda: without_template.create_fleet(**_fleet_request(template, "maintain")))
     refused_untagged = _error(lambda: with_template.create_fleet(**untagged))
+    refused_instance = _error(
+        lambda: without_instance.create_fleet(**_fleet_request(template, "maintain"))
+    )
     created = with_template.create_fleet(**_fleet_request(template, "maintain"))
 
     assert f"launch-template/{template}" in refused["Message"]
     assert "fleet/" in refused_untagged["Message"]
+    assert (
+        "ec2:CreateFleet on resource: arn:aws:ec2:us-east-1:123456789012:instance/*"
+        in (refused_instance["Message"])
+    )
     assert created["FleetId"].startswith("fleet-")
 
 
@@ -418,11 +442,12 @@ def test_unmapped_operations_are_denied_to_everyone_but_the_root(aws):
     """No mapping, no guess: an operation the table does not know is refused ("unmapped")."""
     iam = aws.client("iam", **_user(aws, [{"Effect": "Allow", "Action": "*", "Resource": "*"}]))
 
-    error = _error(lambda: iam.create_user(UserName="x"))
-    aws.client("iam").create_user(UserName="by-root")
+    error = _error(lambda: iam.create_group(GroupName="x"))
+    aws.client("iam").create_group(GroupName="by-root")
 
     assert error["Code"] == "AccessDenied" and "unmapped" in error["Message"]
-    assert "iam:CreateUser" not in MAPPINGS
+    assert "iam:CreateGroup" not in MAPPINGS
+    assert "iam:CreateGroup" in DELIBERATELY_UNMAPPED  # the session's coverage check allows it
 
 
 def test_policy_changes_apply_to_the_next_request(aws):
@@ -462,20 +487,11 @@ def test_root_is_allowed_everything_and_the_engine_can_be_switched_off(aws):
 
 
 def test_every_mapping_names_an_action_of_the_reference(aws):
-    """Each mapped operation's checks use actions the SAR data knows (no typos, no guesses)."""
+    """Each mapped operation is authorized as an action the SAR data knows (no typos, no
+    guesses): its own name, or the action its row names (s3:HeadObject as s3:GetObject)."""
     del aws
-    known = {
-        "sts:GetCallerIdentity",  # needs no permission (STS API reference)
-        "s3:HeadObject",  # authorized as s3:GetObject
-        "s3:HeadBucket",  # authorized as s3:ListBucket
-        "s3:ListObjectsV2",  # authorized as s3:ListBucket
-        "s3:ListObjects",
-        "lambda:Invoke",  # authorized as lambda:InvokeFunction
-        "s3:GetBucketEncryption",  # authorized as s3:GetEncryptionConfiguration
-    }
-    for operation in MAPPINGS:
-        if operation not in known:
-            assert action_details(operation) is not None, operation
+    for operation, mapping in MAPPINGS.items():
+        assert action_details(mapped_action(operation, mapping)) is not None, operation
 
 
 def test_create_service_linked_role_is_scoped_by_service_name(aws):
