@@ -28,6 +28,7 @@ from annex_sandbox.imds import (
     ImdsServer,
     instance_from_ec2,
 )
+from tests.fixtures.aws import STOCK_IMAGE_ID
 
 EC2_TRUST_POLICY = json.dumps(
     {
@@ -42,8 +43,7 @@ EC2_TRUST_POLICY = json.dumps(
     }
 )
 
-IMAGE_ID = "ami-12c6146b"
-"""An AMI id moto knows (moto.emr's EXAMPLE_AMI_ID); listing images costs seconds."""
+IMAGE_ID = STOCK_IMAGE_ID
 
 # --- HTTP helpers -------------------------------------------------------------------------------
 

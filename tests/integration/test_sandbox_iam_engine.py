@@ -16,6 +16,7 @@ from botocore.exceptions import ClientError
 
 from annex_sandbox.authz.mapping import MAPPINGS, action_details, mapped_action
 from tests.fixtures.authz_coverage import DELIBERATELY_UNMAPPED
+from tests.fixtures.aws import STOCK_IMAGE_ID
 
 ACCOUNT = "123456789012"
 TAG = "htcondor:AnnexName"
@@ -44,7 +45,7 @@ def _error(call: Any) -> dict[str, Any]:
 
 
 def _ami(aws: Any) -> str:
-    return str(aws.client("ec2").describe_images()["Images"][0]["ImageId"])
+    return STOCK_IMAGE_ID
 
 
 LAUNCH_RESOURCES = [

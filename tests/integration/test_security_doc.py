@@ -32,11 +32,11 @@ def _principals(aws: Any, outputs: dict[str, str]) -> list[Principal]:
         operator = iam.get_user(UserName="annex-operator")["User"]["Arn"]
     except iam.exceptions.NoSuchEntityException:
         operator = iam.create_user(UserName="annex-operator")["User"]["Arn"]
-        for output in (
-            contract.OUTPUT_OPERATOR_POLICY_ARN,
-            contract.OUTPUT_OPERATOR_LAUNCH_POLICY_ARN,
-        ):
-            iam.attach_user_policy(UserName="annex-operator", PolicyArn=outputs[output.key])
+        # Every operator policy the setup outputs (the operator's grants may be split by verb
+        # to stay under IAM's managed-policy size): an operator attaches them all.
+        for key, arn in outputs.items():
+            if key.startswith("Operator") and key.endswith("PolicyArn"):
+                iam.attach_user_policy(UserName="annex-operator", PolicyArn=arn)
 
     def function_role(output: contract.StackOutput) -> str:
         return str(

@@ -7,10 +7,15 @@ without splitting this file across xdist workers (`--dist loadfile`).
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import importlib.util
+import io
+import json
 import os
 import socket
 import threading
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +43,7 @@ from condor_annex.setup import (
 from condor_annex.setup_checks import ensure_service_linked_roles
 from condor_annex.target import WrongAccount
 from condor_annex.user_config import read_annex_macros, write_annex_macros
+from tests.fixtures.aws import STOCK_IMAGE_ID as STOCK_IMAGE
 from tests.integration.annex_env import POOL_KEY, TRUST_DOMAIN, write_scrambled_key
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -46,7 +52,6 @@ NEW_POOL_CIDR = "203.0.113.0/24"
 SECOND_NEW_POOL_CIDR = "192.0.2.0/24"
 HTCONDOR_PORT = 9618
 SECOND_REGION = "us-west-2"
-STOCK_IMAGE = "ami-12c6146b"  # one of the emulator's stock images (listing them takes seconds)
 USER_LINES = "# my settings\nSCHEDD_HOST = submit.example.org\n"
 
 KEY_FILE_ACCESS_KEY_ID = "AKIAFROMKEYFILE00001"
@@ -192,6 +197,47 @@ def test_setup_creates_the_fleet_service_linked_roles(deployed):
         found = iam.get_role(RoleName=role.role_name)["Role"]
         assert found["Path"] == f"/aws-service-role/{role.service}/"
         assert f"created service-linked role {role.role_name}" in deployed.progress
+
+
+@cdk
+def test_each_function_runs_the_code_asset_setup_published(deployed):
+    """CloudFormation built each function from the code asset `cdk deploy` published, and it runs."""
+    cfn, s3, lambda_ = (deployed.aws.client(s) for s in ("cloudformation", "s3", "lambda"))
+    template = cfn.get_template(StackName=contract.STACK_NAME)["TemplateBody"]
+    template = json.loads(template) if isinstance(template, str) else template
+    code_keys = {
+        logical_id: resource["Properties"]["Code"]["S3Key"]
+        for logical_id, resource in template["Resources"].items()
+        if resource["Type"] == "AWS::Lambda::Function"
+    }
+    assert len(code_keys) == 3
+    physical_ids = {
+        r["LogicalResourceId"]: r["PhysicalResourceId"]
+        for page in cfn.get_paginator("list_stack_resources").paginate(
+            StackName=contract.STACK_NAME
+        )
+        for r in page["StackResourceSummaries"]
+    }
+    assets = f"cdk-hnb659fds-assets-{deployed.aws.account_id}-{deployed.aws.region}"
+    for logical_id, key in code_keys.items():
+        published = s3.get_object(Bucket=assets, Key=key)["Body"].read()
+        config = lambda_.get_function(FunctionName=physical_ids[logical_id])["Configuration"]
+        assert config["CodeSha256"] == base64.b64encode(hashlib.sha256(published).digest()).decode()
+        with zipfile.ZipFile(io.BytesIO(published)) as bundle:
+            assert {"handler.py", "condor_annex/contract.py"} <= set(bundle.namelist())
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        answer = lambda_.invoke(
+            FunctionName=deployed.result.outputs[contract.OUTPUT_CONNECTIVITY_FUNCTION_ARN.key],
+            Payload=json.dumps(
+                {"host": "127.0.0.1", "port": listener.getsockname()[1], "timeout": 2}
+            ),
+        )
+    report = json.loads(answer["Payload"].read())
+    assert "FunctionError" not in answer, report
+    assert report["reachable"] is True
 
 
 @cdk
@@ -353,7 +399,7 @@ def test_check_setup_with_credentials_aws_rejects_names_the_fix(deployed):
 @cdk
 def test_destroy_refuses_while_an_annex_instance_runs(deployed):
     ec2 = deployed.aws.client("ec2")
-    image = "ami-12c6146b"  # one of the emulator's stock images (listing them all takes seconds)
+    image = STOCK_IMAGE
     instance = ec2.run_instances(
         ImageId=image,
         MinCount=1,
@@ -627,6 +673,8 @@ def test_destroy_removes_the_stack_the_bucket_contents_and_the_macros(deployed):
         if s["StackName"] == contract.STACK_NAME and s["StackStatus"] != "DELETE_COMPLETE"
     ]
     assert live == []
+    roles = [r["Arn"] for r in deployed.aws.client("iam").list_roles()["Roles"]]
+    assert deployed.result.outputs[contract.OUTPUT_INSTANCE_ROLE_ARN.key] not in roles
     assert read_annex_macros(deployed.config_file) == {}
     assert deployed.config_file.read_text() == USER_LINES
     assert any("emptying bucket" in s for s in steps)
