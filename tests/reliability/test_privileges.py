@@ -113,6 +113,15 @@ def decisions(env: AnnexEnv, principal: str) -> tuple[Counter[str], list[str]]:
     return allowed, refused
 
 
+def claim_outcomes(observed: Any, source: str, outcomes: dict[str, str], expected: Any) -> None:
+    """One asserted claim per outcome: `expected` maps each key to the answer (or the set of
+    answers) it must get; a bare string or set applies to every key."""
+    for what, outcome in outcomes.items():
+        want = expected.get(what) if isinstance(expected, dict) else expected
+        allowed = want if isinstance(want, (set, frozenset)) else {want}
+        observed.check(f"{source}: {what}: {outcome}", outcome in allowed, f"expected {want}")
+
+
 def _run_as_operator(
     env: AnnexEnv, observed: Any, what: str, expected: set[str], *argv: str, **hooks: Any
 ) -> Any:
@@ -120,14 +129,14 @@ def _run_as_operator(
     with operator_credentials(env) as (clients, arn):
         run = cli(env, *argv, clients=clients, **hooks)
     allowed, refused = decisions(env, arn)
-    observed(
-        f"engine: {what} made {sum(allowed.values())} allowed requests "
-        f"({len(allowed)} operations); refused: {', '.join(refused) or 'none'}"
+    observed.check(
+        f"engine: {what} made {sum(allowed.values())} allowed requests ({len(allowed)} operations)",
+        sum(allowed.values()) > 0,
     )
-    assert refused == [], refused
-    assert run.code == 0, run.err
+    observed.check(f"refused: {', '.join(refused) or 'none'}", refused == [], refused)
+    observed.check(f"exit {run.code}", run.code == 0, run.err)
     missing = {op for op in expected if allowed[op] == 0}
-    assert not missing, f"expected calls never made: {missing}"
+    observed.check(f"made {', '.join(sorted(expected))}", not missing, f"never made: {missing}")
     return run
 
 
@@ -187,9 +196,12 @@ def test_a_removed_grant_is_caught(env: AnnexEnv, observed: Any) -> None:
         _, refused = decisions(env, arn)
     finally:
         cli(env, "off", "-annex-name", "op-mutant")
-    observed(f"exit {run.code}; refused: {', '.join(refused)}")
-    assert run.code != 0
-    assert any(r.startswith("ec2:TerminateInstances") for r in refused), refused
+    observed.check(f"exit {run.code}", run.code != 0)
+    observed.check(
+        f"refused: {', '.join(refused)}",
+        any(r.startswith("ec2:TerminateInstances") for r in refused),
+        refused,
+    )
 
 
 def _code(call: Any) -> str:
@@ -250,9 +262,14 @@ def test_operator_cannot_launch_outside_the_guard_rails(env: AnnexEnv, observed:
     finally:
         iam.delete_instance_profile(InstanceProfileName="Admin")
         _remove_vpc(env, elsewhere)
-    observed("engine: " + "; ".join(f"{k}: {v}" for k, v in outcomes.items()))
-    assert outcomes.pop("guarded launch (dry run)") == "DryRunOperation", refusals
-    assert set(outcomes.values()) == {"UnauthorizedOperation"}, outcomes
+    claim_outcomes(
+        observed,
+        "engine",
+        outcomes,
+        {k: "DryRunOperation" if k == "guarded launch (dry run)" else "UnauthorizedOperation"
+         for k in outcomes},
+    )  # fmt: skip
+    del refusals
 
 
 def _another_vpc(env: AnnexEnv) -> dict[str, str]:
@@ -358,9 +375,13 @@ def test_spot_fleet_cannot_launch_outside_the_guard_rails(env: AnnexEnv, observe
             env.clients.ec2.delete_launch_template(LaunchTemplateId=template_id)
         iam.delete_instance_profile(InstanceProfileName="FleetAdmin")
         _remove_vpc(env, elsewhere)
-    observed("engine: " + "; ".join(f"{k}: {v}" for k, v in outcomes.items()))
-    assert outcomes.pop("guarded template") == "launched", refusals
-    assert set(outcomes.values()) == {"UnauthorizedOperation"}, outcomes
+    claim_outcomes(
+        observed,
+        "engine",
+        outcomes,
+        {k: "launched" if k == "guarded template" else "UnauthorizedOperation" for k in outcomes},
+    )
+    del refusals
 
 
 @mark(AREA, "operator credentials, IAM engine: terminate an instance that has no annex tag")
@@ -373,9 +394,8 @@ def test_operator_cannot_terminate_untagged_instances(env: AnnexEnv, observed: A
         "Instances"
     ][0]["State"]["Name"]
     ec2.terminate_instances(InstanceIds=[other["InstanceId"]])
-    observed(f"engine: {outcome}; the instance is still {state}")
-    assert outcome == "UnauthorizedOperation"
-    assert state == "running"
+    observed.equal("engine: {}", outcome, "UnauthorizedOperation")
+    observed.equal("the instance is still {}", state, "running")
 
 
 @mark(AREA, "operator policy: pass a role it must not (policy_eval, the same engine)")
@@ -400,8 +420,8 @@ def test_operator_cannot_pass_other_roles(env: AnnexEnv, observed: Any) -> None:
             ),
         ),
     }
-    observed("policy_eval: " + "; ".join(f"{k}: {v}" for k, v in outcomes.items()))
-    assert ALLOW not in outcomes.values()
+    for what, outcome in outcomes.items():
+        observed.check(f"policy_eval: {what}: {outcome}", outcome != ALLOW)
 
 
 @mark(AREA, "operator credentials, IAM engine: S3 outside config-*/leases/*")
@@ -419,9 +439,12 @@ def test_operator_cannot_touch_other_objects(env: AnnexEnv, observed: Any) -> No
             ),
         }
     env.clients.s3.delete_object(Bucket=bucket, Key=contract.config_key("x"))
-    observed("engine: " + "; ".join(f"{k}: {v}" for k, v in outcomes.items()))
-    assert outcomes["put evil.sh"] == "AccessDenied"
-    assert outcomes["put config-x.tar.gz"] == "allowed"
+    claim_outcomes(
+        observed,
+        "engine",
+        outcomes,
+        {"put evil.sh": "AccessDenied", "put config-x.tar.gz": "allowed"},
+    )
 
 
 def _clients_for(
@@ -529,9 +552,12 @@ def test_instance_role_reads_only_config_tarballs(env: AnnexEnv, observed: Any) 
     finally:
         for key in (contract.config_key("mine"), contract.lease_key("mine"), "other.txt"):
             s3.delete_object(Bucket=bucket, Key=key)
-    observed("engine: " + "; ".join(f"{k}: {v}" for k, v in outcomes.items()))
-    assert outcomes.pop("get config-mine.tar.gz") == "allowed"
-    assert set(outcomes.values()) == {"AccessDenied"}, outcomes
+    claim_outcomes(
+        observed,
+        "engine",
+        outcomes,
+        {k: "allowed" if k == "get config-mine.tar.gz" else "AccessDenied" for k in outcomes},
+    )
 
 
 @mark(AREA, "instance role credentials, IAM engine: terminate, launch, pass roles, read IAM")
@@ -568,16 +594,16 @@ def test_instance_role_cannot_terminate_or_launch(env: AnnexEnv, observed: Any) 
         Request("iam:GetRolePolicy", f"arn:aws:iam::{account}:role/Admin"),
     )
     own_role = evaluate(documents, Request("iam:GetRolePolicy", env.settings.instance_role_arn))
-    observed(
-        "engine: "
-        + "; ".join(f"{k}: {v}" for k, v in outcomes.items())
-        + f"; victim still {state}; policy_eval: GetRolePolicy on its own role {own_role}, "
-        f"on another role {other_role}"
+    refusals = {"AccessDenied", "UnauthorizedOperation"}
+    claim_outcomes(
+        observed,
+        "engine",
+        outcomes,
+        {k: "allowed" if k == "DescribeInstances" else refusals for k in outcomes},
     )
-    assert outcomes.pop("DescribeInstances") == "allowed"
-    assert all(v in ("AccessDenied", "UnauthorizedOperation") for v in outcomes.values()), outcomes
-    assert state == "running"
-    assert own_role == ALLOW and other_role != ALLOW
+    observed.equal("victim still {}", state, "running")
+    observed.equal("policy_eval: GetRolePolicy on its own role {}", own_role, ALLOW)
+    observed.check(f"policy_eval: GetRolePolicy on another role {other_role}", other_role != ALLOW)
     del region
 
 
@@ -627,9 +653,9 @@ def test_operator_policy_allows_check_setup(env: AnnexEnv, observed: Any, tmp_pa
     (iam:GetInstanceProfile on the setup's profile, SAR "GetInstanceProfile") and the fleets'
     service-linked roles, and dry-runs the launch path: every probe is allowed."""
     result, allowed, refused = _check_setup_as_operator(env, tmp_path)
-    observed(f"engine: {sum(allowed.values())} allowed; refused: {', '.join(refused) or 'none'}")
-    assert refused == [], refused
-    assert result.problems == [], result.problems
+    observed.check(f"engine: {sum(allowed.values())} allowed", sum(allowed.values()) > 0)
+    observed.check(f"refused: {', '.join(refused) or 'none'}", refused == [], refused)
+    observed.check(f"problems: {len(result.problems)}", result.problems == [], result.problems)
     for operation in (
         "iam:GetInstanceProfile",
         "iam:GetRole",
@@ -666,9 +692,12 @@ def test_check_setup_names_a_missing_request_spot_fleet_grant(
     assert "ec2:RequestSpotFleet" in json.dumps(documents)
     assert "ec2:RequestSpotFleet" not in json.dumps(mutants)
     result, _, refused = _check_setup_as_operator(env, tmp_path, mutants)
-    observed(f"problems: {[p.what for p in result.problems]}")
+    observed.check(
+        f"problems: {[p.what for p in result.problems]}",
+        len(result.problems) == 1
+        and "ec2:RequestSpotFleet (UnauthorizedOperation)" in result.problems[0].what,
+    )
     [problem] = result.problems
-    assert "ec2:RequestSpotFleet (UnauthorizedOperation)" in problem.what
     assert env.settings.spot_fleet_role_arn in problem.what
     assert env.settings.operator_policy_arn in problem.next_step
     assert env.settings.operator_launch_policy_arn in problem.next_step
@@ -694,11 +723,14 @@ def test_check_setup_says_when_it_may_not_read_the_service_linked_roles(
     removed = sum(len(d["Statement"]) - len(m["Statement"]) for d, m in zip(documents, mutants))
     assert removed == 1
     result, _, refused = _check_setup_as_operator(env, tmp_path, mutants)
-    observed(f"problems: {[p.what for p in result.problems]}")
-    assert [p.what.split(":")[0] for p in result.problems] == [
-        f"cannot tell whether the service-linked role {role.role_name} exists"
-        for role in contract.SERVICE_LINKED_ROLES
-    ]
+    observed.check(
+        f"problems: {[p.what for p in result.problems]}",
+        [p.what.split(":")[0] for p in result.problems]
+        == [
+            f"cannot tell whether the service-linked role {role.role_name} exists"
+            for role in contract.SERVICE_LINKED_ROLES
+        ],
+    )
     for role, problem in zip(contract.SERVICE_LINKED_ROLES, result.problems):
         assert f"--aws-service-name {role.service}" in problem.next_step
     assert all(r.startswith("iam:GetRole") for r in refused), refused
