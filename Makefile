@@ -38,8 +38,10 @@ lint: $(VENV_STAMP)
 	@# each function is its own top-level `handler` module, as Lambda imports it
 	for fn in lambda/*/; do $(BIN)/mypy $$fn || exit 1; done
 
+# Three workers on two cores: many tests wait on subprocesses, daemons and polling, and a third
+# worker fills that idle time (measured in docs/TESTING.md).
 test: $(VENV_STAMP) $(NODE_STAMP) system-deps lint
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest -n 3 --dist loadfile
 
 unit: $(VENV_STAMP)
 	$(BIN)/pytest tests/unit
@@ -56,7 +58,8 @@ bench-full: $(VENV_STAMP) $(NODE_STAMP)
 # docs/RELIABILITY.md (and the raw claims, docs/RELIABILITY.json) are generated from the claims
 # the reliability tests asserted; tests/unit/test_reliability_doc.py checks the page against them.
 reliability-doc: $(VENV_STAMP) $(NODE_STAMP) system-deps
-	$(BIN)/pytest -n 2 --dist loadfile tests/reliability --reliability-doc docs/RELIABILITY.md
+	$(BIN)/pytest -n 3 --dist loadfile tests/reliability tests/integration/test_setup_verbs.py \
+		--reliability-doc docs/RELIABILITY.md
 
 # docs/SECURITY.md's trust-model table, asked of the IAM engine for the deployed setup;
 # tests/integration/test_security_doc.py checks the page against it.

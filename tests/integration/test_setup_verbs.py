@@ -508,8 +508,11 @@ def _create_one_instance_annex(
 
 
 @cdk
+@pytest.mark.reliability(
+    "setup", "re-running `-setup` with a changed `-pool-cidr`, twice, each time re-run unchanged"
+)
 def test_rerunning_setup_with_a_changed_pool_cidr_updates_the_stack_twice_over(
-    deployed, collector, tmp_path, monkeypatch
+    deployed, collector, tmp_path, monkeypatch, observed
 ):
     """Re-running `-setup` to update: each changed `-pool-cidr` becomes the security group's
     ingress in place (the group annexes run in stays), the outputs are recorded again, no
@@ -521,25 +524,38 @@ def test_rerunning_setup_with_a_changed_pool_cidr_updates_the_stack_twice_over(
 
     for pool_cidrs in ([NEW_POOL_CIDR], [NEW_POOL_CIDR, SECOND_NEW_POOL_CIDR]):
         updated = _rerun_setup(deployed, pool_cidrs)
+        wanted = ", ".join(pool_cidrs)
 
-        assert updated.changed
         (stack,) = aws.client("cloudformation").describe_stacks(StackName=contract.STACK_NAME)[
             "Stacks"
         ]
-        assert stack["StackStatus"] == "UPDATE_COMPLETE"
-        assert updated.outputs == _stack_outputs(aws, contract.STACK_NAME)
-        assert updated.outputs[contract.OUTPUT_SECURITY_GROUP_IDS.key] == group_ids
-        assert _pool_ingress(aws, group_ids) == set(pool_cidrs)
+        observed.check(
+            f"-pool-cidr {wanted}: stack {stack['StackStatus']}",
+            updated.changed and stack["StackStatus"] == "UPDATE_COMPLETE",
+        )
         macros = read_annex_macros(deployed.config_file)
-        for output in contract.STACK_OUTPUTS:
-            assert macros[output.macro] == updated.outputs[output.key], output.macro
-        assert _change_sets(aws) == []
+        observed.check(
+            "outputs recorded again as macros",
+            updated.outputs == _stack_outputs(aws, contract.STACK_NAME)
+            and all(macros[o.macro] == updated.outputs[o.key] for o in contract.STACK_OUTPUTS),
+        )
+        ingress = _pool_ingress(aws, group_ids)
+        observed.check(
+            f"same security group, admitting {', '.join(sorted(ingress))}",
+            updated.outputs[contract.OUTPUT_SECURITY_GROUP_IDS.key] == group_ids
+            and ingress == set(pool_cidrs),
+        )
+        observed.equal("change sets left: {}", len(_change_sets(aws)), 0)
 
         again = _rerun_setup(deployed, pool_cidrs)
-        assert not again.changed
-        assert again.outputs == updated.outputs
-        assert _pool_ingress(aws, group_ids) == set(pool_cidrs)
-        assert _change_sets(aws) == []
+        observed.check(
+            f"unchanged re-run: changed={again.changed}, same outputs and ingress, "
+            f"{len(_change_sets(aws))} change sets left",
+            not again.changed
+            and again.outputs == updated.outputs
+            and _pool_ingress(aws, group_ids) == set(pool_cidrs)
+            and _change_sets(aws) == [],
+        )
 
     checked = check_setup(
         session=aws.session(),
@@ -547,7 +563,9 @@ def test_rerunning_setup_with_a_changed_pool_cidr_updates_the_stack_twice_over(
         collector=collector,
         connectivity_probe=_connectivity_handler(),
     )
-    assert checked.problems == []
+    observed.check(
+        f"-check-setup problems: {len(checked.problems)}", checked.problems == [], checked.problems
+    )
 
     monkeypatch.setenv("PATH", os.defpath)  # tokens minted in-process, not by condor_token_create
     settings, clients, made = _create_one_instance_annex(deployed, collector, tmp_path)
@@ -556,7 +574,10 @@ def test_rerunning_setup_with_a_changed_pool_cidr_updates_the_stack_twice_over(
             "Reservations"
         ]
         (instance,) = reservation["Instances"]
-        assert [g["GroupId"] for g in instance["SecurityGroups"]] == group_ids.split(",")
+        observed.check(
+            "an annex created afterwards runs in that security group",
+            [g["GroupId"] for g in instance["SecurityGroups"]] == group_ids.split(","),
+        )
     finally:
         annex_off("after_update", settings=settings, clients=clients)
 
