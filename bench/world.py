@@ -352,6 +352,10 @@ def launch_spot_fleet(
             "IamFleetRole": setup.spot_fleet_role_arn,
             "TargetCapacity": count,
             "Type": "maintain",
+            # The annex model ends a fleet only when its client token AND its annex tag say so.
+            "TagSpecifications": [
+                {"ResourceType": "spot-fleet-request", "Tags": annex_tags(annex_name)}
+            ],
             "LaunchSpecifications": [{
                 "ImageId": image_id(aws), "InstanceType": "m5.large",
                 "IamInstanceProfile": {"Arn": setup.instance_profile_arn},
