@@ -39,9 +39,17 @@ lint: $(VENV_STAMP)
 	for fn in lambda/*/; do $(BIN)/mypy $$fn || exit 1; done
 
 # Three workers on two cores: many tests wait on subprocesses, daemons and polling, and a third
-# worker fills that idle time (measured in docs/TESTING.md).
-test: $(VENV_STAMP) $(NODE_STAMP) system-deps lint
-	$(BIN)/pytest -n 3 --dist loadfile
+# worker fills that idle time (measured in docs/TESTING.md). `make lint` runs beside the suite:
+# mypy's first pass over the CDK's typed modules takes ~2 min of one core on a fresh clone.
+# Either failing fails `make test`; the lint output follows the suite's.
+test: $(VENV_STAMP) $(NODE_STAMP) system-deps
+	@lint_log=$$(mktemp); \
+	$(MAKE) --no-print-directory lint > $$lint_log 2>&1 & lint_pid=$$!; \
+	$(BIN)/pytest -n 3 --dist loadfile; suite=$$?; \
+	wait $$lint_pid; linted=$$?; \
+	cat $$lint_log; rm -f $$lint_log; \
+	if [ $$linted -ne 0 ]; then echo "make test: make lint failed (output above)"; fi; \
+	exit $$(( suite || linted ))
 
 unit: $(VENV_STAMP)
 	$(BIN)/pytest tests/unit
