@@ -419,26 +419,30 @@ def cancel_spot_fleet_requests(req: AwsRequest, world: World, caller: Caller) ->
     return checks
 
 
-def request_spot_fleet(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
-    config = req.param("SpotFleetRequestConfig") or {}
-    fleet_tags = _tag_specs(config.get("TagSpecification")).get("spot-fleet-request", {})
-    fleet_role = str(config.get("IamFleetRole", ""))
-    action = "ec2:RequestSpotFleet"
-    checks = [
-        Check(action, _ec2(world, req, "spot-fleet-request/*"), request_tag_context(fleet_tags))
-    ]
+def _fleet_request_checks(
+    world: World,
+    req: AwsRequest,
+    action: str,
+    fleet_resource: str,
+    fleet_tags: dict[str, str],
+    template_configs: Any,
+) -> tuple[list[Check], list[dict[str, Any]]]:
+    """What RequestSpotFleet and CreateFleet share: the fleet with its request tags, tagging it
+    at creation (`ec2:CreateAction` is the action itself), and each launch template the request
+    names with the subnets of its overrides (optional resource types in the reference). Also
+    the launches the templates describe, one per override."""
+    create_action = action.split(":", 1)[1]
+    checks = [Check(action, _ec2(world, req, fleet_resource), request_tag_context(fleet_tags))]
     if fleet_tags:
         checks.append(
             Check(
                 "ec2:CreateTags",
-                _ec2(world, req, "spot-fleet-request/*"),
-                {**request_tag_context(fleet_tags), "ec2:CreateAction": "RequestSpotFleet"},
+                _ec2(world, req, fleet_resource),
+                {**request_tag_context(fleet_tags), "ec2:CreateAction": create_action},
             )
         )
-    # RequestSpotFleet also authorizes what the request names (optional resource types in the
-    # reference): launch templates, subnets, images, security groups, key pairs.
     launches: list[dict[str, Any]] = []
-    for template_config in members(config.get("LaunchTemplateConfigs")):
+    for template_config in members(template_configs):
         spec = template_config.get("LaunchTemplateSpecification") or {}
         template = _launch_template(world, req, spec)
         if template is not None:
@@ -449,8 +453,7 @@ def request_spot_fleet(req: AwsRequest, world: World, caller: Caller) -> list[Ch
                     resource_tag_context(world.ec2_tags(req.region, template.id)),
                 )
             )
-        overrides = members(template_config.get("Overrides")) or [{}]
-        for override in overrides:
+        for override in members(template_config.get("Overrides")) or [{}]:
             launch: dict[str, Any] = {"LaunchTemplate": spec}
             if override.get("SubnetId"):
                 launch["SubnetId"] = override["SubnetId"]
@@ -458,6 +461,24 @@ def request_spot_fleet(req: AwsRequest, world: World, caller: Caller) -> list[Ch
             if override.get("InstanceType"):
                 launch["InstanceType"] = override["InstanceType"]
             launches.append(launch)
+    return checks, launches
+
+
+def request_spot_fleet(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    config = req.param("SpotFleetRequestConfig") or {}
+    fleet_tags = _tag_specs(config.get("TagSpecification")).get("spot-fleet-request", {})
+    fleet_role = str(config.get("IamFleetRole", ""))
+    action = "ec2:RequestSpotFleet"
+    # RequestSpotFleet also authorizes what the request names (optional resource types in the
+    # reference): launch templates, subnets, images, security groups, key pairs.
+    checks, launches = _fleet_request_checks(
+        world,
+        req,
+        action,
+        "spot-fleet-request/*",
+        fleet_tags,
+        config.get("LaunchTemplateConfigs"),
+    )
     for spec in members(config.get("LaunchSpecifications")):
         launch = dict(spec)
         if spec.get("ImageId"):
@@ -520,35 +541,9 @@ def create_fleet(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
     prerequisites": the caller needs ec2:RunInstances and iam:PassRole for the instance role)."""
     action = "ec2:CreateFleet"
     fleet_tags = _tag_specs(req.param("TagSpecification")).get("fleet", {})
-    checks = [Check(action, _ec2(world, req, "fleet/*"), request_tag_context(fleet_tags))]
-    if fleet_tags:
-        checks.append(
-            Check(
-                "ec2:CreateTags",
-                _ec2(world, req, "fleet/*"),
-                {**request_tag_context(fleet_tags), "ec2:CreateAction": "CreateFleet"},
-            )
-        )
-    launches: list[dict[str, Any]] = []
-    for template_config in members(req.param("LaunchTemplateConfigs")):
-        spec = template_config.get("LaunchTemplateSpecification") or {}
-        template = _launch_template(world, req, spec)
-        if template is not None:
-            checks.append(
-                Check(
-                    action,
-                    _ec2(world, req, f"launch-template/{template.id}"),
-                    resource_tag_context(world.ec2_tags(req.region, template.id)),
-                )
-            )
-        for override in members(template_config.get("Overrides")) or [{}]:
-            launch: dict[str, Any] = {"LaunchTemplate": spec}
-            if override.get("SubnetId"):
-                launch["SubnetId"] = override["SubnetId"]
-                checks += _subnet_checks(world, req, action, [override["SubnetId"]], None)
-            if override.get("InstanceType"):
-                launch["InstanceType"] = override["InstanceType"]
-            launches.append(launch)
+    checks, launches = _fleet_request_checks(
+        world, req, action, "fleet/*", fleet_tags, req.param("LaunchTemplateConfigs")
+    )
     # CreateFleet itself is authorized on the instances and volumes it will launch and the
     # image and subnets they use (SAR "ec2:CreateFleet": `instance` is required), with the
     # launch's own context; the first launch stands for all (they share the template).
