@@ -1248,7 +1248,10 @@ MAPPINGS: dict[str, Mapping] = {
         for operation in ("s3:ListObjectsV2", "s3:ListObjects", "s3:HeadBucket")
     },
     **_rows(
-        _s3_bucket, ["s3:GetBucketLocation"], produces=_S3_BUCKET_PRODUCES, not_applicable=_S3_NA
+        _s3_bucket,
+        ["s3:GetBucketLocation", "s3:GetBucketPolicy"],
+        produces=_S3_BUCKET_PRODUCES,
+        not_applicable=_S3_NA,
     ),
     "s3:GetBucketEncryption": Mapping(
         _s3_bucket("s3:GetEncryptionConfiguration"),
