@@ -19,6 +19,7 @@ Adding an operation (docs/EMULATOR.md, "IAM engine"): write a builder returning 
 from __future__ import annotations
 
 import json
+import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -572,6 +573,149 @@ def delete_fleets(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
     ]
 
 
+def create_launch_template_version(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    """SAR "CreateLaunchTemplateVersion": the template, with its current tags."""
+    template = _launch_template(world, req, req.params)
+    template_id = template.id if template is not None else req.param("LaunchTemplateId", "*")
+    return [
+        Check(
+            "ec2:CreateLaunchTemplateVersion",
+            _ec2(world, req, f"launch-template/{template_id}"),
+            resource_tag_context(world.ec2_tags(req.region, template_id)),
+        )
+    ]
+
+
+def _vpc_check(world: World, req: AwsRequest, action: str, vpc_id: str) -> Check:
+    """`action` on an existing VPC, with its current tags and `ec2:VpcID`."""
+    context = resource_tag_context(world.ec2_tags(req.region, vpc_id))
+    context["ec2:VpcID"] = vpc_id
+    return Check(action, _ec2(world, req, f"vpc/{vpc_id}"), context)
+
+
+def _created_with_tags(
+    world: World, req: AwsRequest, action: str, kind: str, extra: Optional[list[Check]] = None
+) -> list[Check]:
+    """A create of one EC2 resource of `kind`: `action` on `<kind>/*` with the request's tags
+    for it, the checks on what it is created in (`extra`), and tag-on-create (`ec2:CreateTags`
+    with `ec2:CreateAction`, "Grant permission to tag resources during creation")."""
+    tags = _tag_specs(req.param("TagSpecification")).get(kind, {})
+    resource = _ec2(world, req, f"{kind}/*")
+    checks = [Check(action, resource, request_tag_context(tags)), *(extra or [])]
+    if tags:
+        checks.append(
+            Check(
+                "ec2:CreateTags",
+                resource,
+                {**request_tag_context(tags), "ec2:CreateAction": action.split(":", 1)[1]},
+            )
+        )
+    return checks
+
+
+def create_vpc(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    return _created_with_tags(world, req, "ec2:CreateVpc", "vpc")
+
+
+def create_subnet(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    """SAR "CreateSubnet": the new subnet and the VPC it is made in (both required)."""
+    action = "ec2:CreateSubnet"
+    vpc = [_vpc_check(world, req, action, str(req.param("VpcId", "")))]
+    return _created_with_tags(world, req, action, "subnet", vpc)
+
+
+def create_security_group(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    """SAR "CreateSecurityGroup": the new group and the VPC it is made in (the default VPC
+    when the request names none, as EC2 does)."""
+    action = "ec2:CreateSecurityGroup"
+    vpc_id = req.param("VpcId")
+    if not vpc_id:
+        default = world.ec2(req.region).get_default_vpc()
+        vpc_id = default.id if default is not None else None
+    vpc = [_vpc_check(world, req, action, str(vpc_id))] if vpc_id else []
+    return _created_with_tags(world, req, action, "security-group", vpc)
+
+
+def delete_subnet(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    subnet_id = str(req.param("SubnetId", ""))
+    return _subnet_checks(world, req, "ec2:DeleteSubnet", [subnet_id], None)
+
+
+def delete_vpc(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    return [_vpc_check(world, req, "ec2:DeleteVpc", str(req.param("VpcId", "")))]
+
+
+def describe_fleet_instances(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    fleet_id = str(req.param("FleetId", ""))
+    return [
+        Check(
+            "ec2:DescribeFleetInstances",
+            _ec2(world, req, f"fleet/{fleet_id}"),
+            resource_tag_context(world.ec2_tags(req.region, fleet_id)),
+        )
+    ]
+
+
+def describe_instance_attribute(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    instance_id = str(req.param("InstanceId", ""))
+    return [
+        Check(
+            "ec2:DescribeInstanceAttribute",
+            _ec2(world, req, f"instance/{instance_id}"),
+            {
+                **resource_tag_context(world.ec2_tags(req.region, instance_id)),
+                "ec2:InstanceID": instance_id,
+            },
+        )
+    ]
+
+
+_TAGGABLE_BY_PREFIX = {
+    "i": "instance",
+    "vol": "volume",
+    "eni": "network-interface",
+    "sg": "security-group",
+    "subnet": "subnet",
+    "vpc": "vpc",
+    "lt": "launch-template",
+    "sfr": "spot-fleet-request",
+    "fleet": "fleet",
+    "ami": "image",
+    "key": "key-pair",
+}
+"""EC2 resource type by resource-id prefix, for the resources a flow or test tags by id."""
+
+_ID_CONDITION_KEY = {
+    "instance": "ec2:InstanceID",
+    "security-group": "ec2:SecurityGroupID",
+    "subnet": "ec2:SubnetID",
+    "vpc": "ec2:VpcID",
+}
+
+
+def create_tags(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    """SAR "CreateTags" on each resource named, typed by its id, with the request's tags and
+    the resource's current ones. A direct CreateTags has no `ec2:CreateAction` (EC2 sets it
+    only when tags are applied by the creating call)."""
+    tags = _key_values(req.param("Tag"))
+    checks = []
+    for resource_id in dict.fromkeys(str(r) for r in members(req.param("ResourceId"))):
+        kind = _TAGGABLE_BY_PREFIX.get(resource_id.split("-", 1)[0], "")
+        context = {
+            **request_tag_context(tags),
+            **resource_tag_context(world.ec2_tags(req.region, resource_id)),
+        }
+        if kind in _ID_CONDITION_KEY:
+            context[_ID_CONDITION_KEY[kind]] = resource_id
+        if kind == "image":
+            # Images live in the owner's account but their ARN has none ("ec2:image" in SAR).
+            resource = _ec2(world, req, f"image/{resource_id}", account=False)
+        else:
+            resource = _ec2(world, req, f"{kind or 'unknown-resource-type'}/{resource_id}")
+        checks.append(Check("ec2:CreateTags", resource, context))
+    return checks
+
+
 # --- S3 -------------------------------------------------------------------------------------------
 
 _S3_HEADER_KEYS = ("if-match", "if-none-match")
@@ -611,23 +755,49 @@ def _s3_object(action: str) -> Builder:
     return build
 
 
-def _s3_list(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
-    bucket = req.param("Bucket")
-    context = s3_context(req, world)
-    if "prefix" in req.params:
-        context["s3:prefix"] = req.param("prefix")
-    if "delimiter" in req.params:
-        context["s3:delimiter"] = req.param("delimiter")
-    if "max-keys" in req.params:
-        context["s3:max-keys"] = req.param("max-keys")
-    return [
+def _s3_listing(action: str) -> Builder:
+    """A listing of the bucket (ListObjects*, HeadBucket as s3:ListBucket; ListObjectVersions
+    as s3:ListBucketVersions) with the listing's own condition keys, when sent."""
+
+    def build(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+        bucket = req.param("Bucket")
+        context = s3_context(req, world)
+        for parameter in ("prefix", "delimiter", "max-keys"):
+            if parameter in req.params:
+                context[f"s3:{parameter}"] = req.param(parameter)
+        return [
+            Check(
+                action,
+                f"arn:{PARTITION}:s3:::{bucket}",
+                context,
+                resource_policy=world.bucket_policy(bucket),
+            )
+        ]
+
+    return build
+
+
+def copy_object(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    """CopyObject (S3 API Reference, "CopyObject", Permissions): s3:PutObject on the destination
+    (its `x-amz-copy-source`/`x-amz-metadata-directive` headers as condition keys) and
+    s3:GetObject on the source — s3:GetObjectVersion when the source names a version."""
+    source = urllib.parse.unquote(req.headers.get("x-amz-copy-source", "")).lstrip("/")
+    source_path, _, source_query = source.partition("?")
+    source_bucket = source_path.partition("/")[0]
+    version = urllib.parse.parse_qs(source_query).get("versionId", [""])[0]
+    checks = _s3_object("s3:PutObject")(req, world, caller)
+    read_context = s3_context(req, world)
+    if version:
+        read_context["s3:versionid"] = version
+    checks.append(
         Check(
-            "s3:ListBucket",
-            f"arn:{PARTITION}:s3:::{bucket}",
-            context,
-            resource_policy=world.bucket_policy(bucket),
+            "s3:GetObjectVersion" if version else "s3:GetObject",
+            f"arn:{PARTITION}:s3:::{source_path}",
+            read_context,
+            resource_policy=world.bucket_policy(source_bucket),
         )
-    ]
+    )
+    return checks
 
 
 # --- IAM, STS, CloudFormation, Scheduler, Lambda --------------------------------------------------
@@ -646,7 +816,7 @@ def _iam_role(action: str) -> Builder:
 
 
 def _iam_entity(action: str) -> Builder:
-    """IAM writes on one user, role, instance profile or policy (the action's one resource
+    """IAM writes on one user, role, group, instance profile or policy (the action's one resource
     type), with its request tags and `iam:PolicyARN`. AddRoleToInstanceProfile also passes the
     role ("Using instance profiles": the caller needs iam:PassRole on it)."""
     listed = reference_names(action)
@@ -667,6 +837,9 @@ def _iam_entity(action: str) -> Builder:
             resource = f"arn:{PARTITION}:iam::{account}:role{path}{name}"
             if world.role_exists(resource):
                 resource = str(world.role_by_arn(resource).arn)
+        elif "group" in listed:
+            path = str(req.param("Path") or "/")
+            resource = f"arn:{PARTITION}:iam::{account}:group{path}{req.param('GroupName', '')}"
         else:
             # No UserName: IAM acts on the caller's own user.
             name = str(req.param("UserName") or "")
@@ -1043,6 +1216,56 @@ _FLEET_NAMES_NA = {
         "ec2:KeyPairType",
     ),
 }
+_LAUNCHED_ATTRIBUTES_NA = na(
+    "policies scope calls on a running instance by aws:ResourceTag; the launch held these",
+    "ec2:InstanceProfile",
+    "ec2:InstanceType",
+    "ec2:MetadataHttpTokens",
+)
+_NO_IPAM_NA = na(
+    "no IP address manager pools: addresses come from the request's CIDR block",
+    "ipam-pool",
+    "ipv6pool-ec2",
+    "ec2:Ipv4IpamPoolId",
+    "ec2:Ipv6IpamPoolId",
+)
+_TENANCY_NA = na("every VPC has default tenancy; no policy conditions on it", "ec2:Tenancy")
+_PLACEMENT_NA = na(
+    "no deployed policy conditions on a subnet's zone",
+    "ec2:AvailabilityZone",
+    "ec2:AvailabilityZoneId",
+)
+
+
+def _create_tags_declarations() -> tuple[frozenset[str], dict[str, str]]:
+    """What the CreateTags row produces, and the reasons for everything else the reference lists
+    across its ~100 taggable resource types (computed: the list is long and changes with EC2)."""
+    kinds = set(_TAGGABLE_BY_PREFIX.values())
+    produces = kinds | {
+        "aws:RequestTag/${TagKey}",
+        "aws:TagKeys",
+        "aws:ResourceTag/${TagKey}",
+        *_ID_CONDITION_KEY.values(),
+    }
+    not_applicable = {
+        **_EC2_NA,
+        **na("a direct CreateTags has none: EC2 sets it only on tag-on-create", "ec2:CreateAction"),
+    }
+    for resource_type in (action_details("ec2:CreateTags") or {}).get("resourceTypes", []):
+        name = resource_type["name"]
+        if name not in kinds:
+            not_applicable[name] = "no flow or test tags one by id (see _TAGGABLE_BY_PREFIX)"
+            continue
+        for key in resource_type["conditionKeys"]:
+            if key not in produces and key not in not_applicable:
+                not_applicable[key] = (
+                    "tagging is scoped by tags; no deployed policy conditions on the tagged "
+                    "resource's attributes"
+                )
+    return frozenset(produces), not_applicable
+
+
+_CREATE_TAGS_PRODUCES, _CREATE_TAGS_NA = _create_tags_declarations()
 _S3_NA = {
     **na("the product addresses the bucket directly", "accesspoint", "accesspointobject"),
     **na("no S3 Access Grants in the setup", "s3:AccessGrantsInstanceArn"),
@@ -1159,12 +1382,7 @@ MAPPINGS: dict[str, Mapping] = {
         {
             **_EC2_NA,
             **_INSTANCE_ATTRIBUTES_NA,
-            **na(
-                "policies scope terminate by aws:ResourceTag; the launch already held these",
-                "ec2:InstanceProfile",
-                "ec2:InstanceType",
-                "ec2:MetadataHttpTokens",
-            ),
+            **_LAUNCHED_ATTRIBUTES_NA,
         },
         produces=frozenset({"instance", "aws:ResourceTag/${TagKey}", "ec2:InstanceID"}),
     ),
@@ -1227,6 +1445,78 @@ MAPPINGS: dict[str, Mapping] = {
     "ec2:DeleteFleets": Mapping(
         delete_fleets, _EC2_NA, produces=frozenset({"fleet", "aws:ResourceTag/${TagKey}"})
     ),
+    "ec2:DescribeFleetInstances": Mapping(
+        describe_fleet_instances,
+        _EC2_NA,
+        produces=frozenset({"fleet", "aws:ResourceTag/${TagKey}"}),
+    ),
+    "ec2:DescribeInstanceAttribute": Mapping(
+        describe_instance_attribute,
+        {**_EC2_NA, **_INSTANCE_ATTRIBUTES_NA, **_LAUNCHED_ATTRIBUTES_NA},
+        produces=frozenset({"instance", "aws:ResourceTag/${TagKey}", "ec2:InstanceID"}),
+    ),
+    "ec2:CreateLaunchTemplateVersion": Mapping(
+        create_launch_template_version,
+        _EC2_NA,
+        produces=frozenset({"launch-template", "aws:ResourceTag/${TagKey}"}),
+    ),
+    "ec2:CreateVpc": Mapping(
+        create_vpc,
+        {**_EC2_NA, **_NO_IPAM_NA, **na("the VPC has no id before it is created", "ec2:VpcID")},
+        produces=frozenset({"vpc", "aws:RequestTag/${TagKey}", "aws:TagKeys"}),
+    ),
+    "ec2:CreateSubnet": Mapping(
+        create_subnet,
+        {
+            **_EC2_NA,
+            **_NO_IPAM_NA,
+            **_TENANCY_NA,
+            **na("the subnet has no id before it is created", "ec2:SubnetID"),
+        },
+        produces=frozenset(
+            {
+                "subnet",
+                "vpc",
+                "aws:RequestTag/${TagKey}",
+                "aws:TagKeys",
+                "aws:ResourceTag/${TagKey}",
+                "ec2:VpcID",
+            }
+        ),
+    ),
+    "ec2:CreateSecurityGroup": Mapping(
+        create_security_group,
+        {
+            **_EC2_NA,
+            **_TENANCY_NA,
+            **na("the group has no id before it is created", "ec2:SecurityGroupID"),
+        },
+        produces=frozenset(
+            {
+                "security-group",
+                "vpc",
+                "aws:RequestTag/${TagKey}",
+                "aws:TagKeys",
+                "aws:ResourceTag/${TagKey}",
+                "ec2:VpcID",
+            }
+        ),
+    ),
+    "ec2:DeleteSubnet": Mapping(
+        delete_subnet,
+        {**_EC2_NA, **_PLACEMENT_NA},
+        produces=frozenset({"subnet", "aws:ResourceTag/${TagKey}", "ec2:SubnetID", "ec2:Vpc"}),
+    ),
+    "ec2:DeleteVpc": Mapping(
+        delete_vpc,
+        {**_EC2_NA, **_TENANCY_NA},
+        produces=frozenset({"vpc", "aws:ResourceTag/${TagKey}", "ec2:VpcID"}),
+    ),
+    "ec2:CreateTags": Mapping(
+        create_tags,
+        _CREATE_TAGS_NA,
+        produces=_CREATE_TAGS_PRODUCES,
+    ),
     **_rows(_s3_object, ["s3:GetObject"], produces=_S3_PRODUCES, not_applicable=_S3_GET_NA),
     "s3:HeadObject": Mapping(
         _s3_object("s3:GetObject"), _S3_GET_NA, action="s3:GetObject", produces=_S3_PRODUCES
@@ -1240,13 +1530,22 @@ MAPPINGS: dict[str, Mapping] = {
     ),
     **{
         operation: Mapping(
-            _s3_list,
+            _s3_listing("s3:ListBucket"),
             _S3_NA,
             action="s3:ListBucket",
             produces=_S3_BUCKET_PRODUCES | {"s3:prefix", "s3:delimiter", "s3:max-keys"},
         )
         for operation in ("s3:ListObjectsV2", "s3:ListObjects", "s3:HeadBucket")
     },
+    "s3:ListObjectVersions": Mapping(
+        _s3_listing("s3:ListBucketVersions"),
+        _S3_NA,
+        action="s3:ListBucketVersions",
+        produces=_S3_BUCKET_PRODUCES | {"s3:prefix", "s3:delimiter", "s3:max-keys"},
+    ),
+    "s3:CopyObject": Mapping(
+        copy_object, _S3_PUT_NA, action="s3:PutObject", produces=_S3_PUT_PRODUCES
+    ),
     **_rows(
         _s3_bucket,
         ["s3:GetBucketLocation", "s3:GetBucketPolicy"],
@@ -1272,6 +1571,7 @@ MAPPINGS: dict[str, Mapping] = {
             "iam:ListRolePolicies",
             "iam:GetRolePolicy",
             "iam:ListAttachedRolePolicies",
+            "iam:DeleteServiceLinkedRole",
         ],
         produces=frozenset({"role"}),
         not_applicable=na(
@@ -1306,12 +1606,14 @@ MAPPINGS: dict[str, Mapping] = {
                 "RemoveRoleFromInstanceProfile",
                 "CreatePolicy",
                 "DeletePolicy",
+                "CreateGroup",
             )
         ],
         produces=frozenset(
             {
                 "user",
                 "role",
+                "group",
                 "instance-profile",
                 "policy",
                 "aws:RequestTag/${TagKey}",
@@ -1385,6 +1687,7 @@ MAPPINGS: dict[str, Mapping] = {
                 "UpdateStack",
                 "DeleteStack",
                 "UpdateTerminationProtection",
+                "ListStackResources",
             )
         ]
     },

@@ -15,7 +15,6 @@ import pytest
 from botocore.exceptions import ClientError
 
 from annex_sandbox.authz.mapping import MAPPINGS, action_details, mapped_action
-from tests.fixtures.authz_coverage import DELIBERATELY_UNMAPPED
 from tests.fixtures.aws import STOCK_IMAGE_ID
 
 ACCOUNT = "123456789012"
@@ -439,16 +438,19 @@ def test_scheduler_create_schedule_passes_its_target_role(aws):
     assert "iam:PassRole" in error["Message"]
 
 
-def test_unmapped_operations_are_denied_to_everyone_but_the_root(aws):
-    """No mapping, no guess: an operation the table does not know is refused ("unmapped")."""
+def test_unmapped_operations_are_denied_to_everyone_but_the_root(aws, monkeypatch):
+    """No mapping, no guess: an operation the table does not know is refused ("unmapped").
+
+    The row is removed for this test only (the server runs in this process): every operation
+    a flow or test makes has a row, and the session's coverage check fails on any that has not.
+    """
     iam = aws.client("iam", **_user(aws, [{"Effect": "Allow", "Action": "*", "Resource": "*"}]))
+    monkeypatch.delitem(MAPPINGS, "iam:CreateGroup")
 
     error = _error(lambda: iam.create_group(GroupName="x"))
-    aws.client("iam").create_group(GroupName="by-root")
+    aws.client("iam").create_group(GroupName="by-root")  # the root is allowed: no error
 
     assert error["Code"] == "AccessDenied" and "unmapped" in error["Message"]
-    assert "iam:CreateGroup" not in MAPPINGS
-    assert "iam:CreateGroup" in DELIBERATELY_UNMAPPED  # the session's coverage check allows it
 
 
 def test_policy_changes_apply_to_the_next_request(aws):
@@ -561,3 +563,83 @@ def test_a_spot_fleet_dry_run_checks_the_caller_not_the_fleet_roles_launch(aws):
     ]
 
     assert codes == ["DryRunOperation", "UnauthorizedOperation"]
+
+
+def test_create_tags_by_id_checks_the_resource_and_its_current_tags(aws):
+    """SAR ec2:CreateTags: the resource named (typed by its id) with aws:ResourceTag/${TagKey}
+    and aws:RequestTag/${TagKey}; a direct call carries no ec2:CreateAction."""
+    root = aws.client("ec2")
+    tagged = root.run_instances(
+        ImageId=_ami(aws), MinCount=1, MaxCount=1, TagSpecifications=ANNEX_TAGS
+    )["Instances"][0]["InstanceId"]
+    other = root.run_instances(ImageId=_ami(aws), MinCount=1, MaxCount=1)["Instances"][0][
+        "InstanceId"
+    ]
+    ec2 = aws.client(
+        "ec2",
+        **_user(
+            aws,
+            [
+                {
+                    "Effect": "Allow",
+                    "Action": "ec2:CreateTags",
+                    "Resource": "arn:aws:ec2:*:*:instance/*",
+                    "Condition": {"StringEquals": {f"aws:ResourceTag/{TAG}": "a"}},
+                }
+            ],
+        ),
+    )
+    late = [{"Key": "Late", "Value": "1"}]
+
+    ec2.create_tags(Resources=[tagged], Tags=late)
+    refused = _error(lambda: ec2.create_tags(Resources=[other], Tags=late))
+
+    assert refused["Code"] == "UnauthorizedOperation"
+    assert f"instance/{other}" in refused["Message"]
+
+
+def test_create_subnet_also_needs_the_vpc(aws):
+    """SAR ec2:CreateSubnet: `subnet` and `vpc` are both required resource types."""
+    root = aws.client("ec2")
+    vpc = root.create_vpc(CidrBlock="10.61.0.0/16")["Vpc"]["VpcId"]
+    subnet_only = [
+        {"Effect": "Allow", "Action": "ec2:CreateSubnet", "Resource": "arn:aws:ec2:*:*:subnet/*"}
+    ]
+    ec2 = aws.client("ec2", **_user(aws, subnet_only))
+    with_vpc = aws.client(
+        "ec2",
+        **_user(
+            aws,
+            [
+                {
+                    **subnet_only[0],
+                    "Resource": ["arn:aws:ec2:*:*:subnet/*", f"arn:aws:ec2:*:*:vpc/{vpc}"],
+                }
+            ],
+            name="with-vpc",
+        ),
+    )
+
+    refused = _error(lambda: ec2.create_subnet(VpcId=vpc, CidrBlock="10.61.1.0/24"))
+    with_vpc.create_subnet(VpcId=vpc, CidrBlock="10.61.2.0/24")
+
+    assert refused["Code"] == "UnauthorizedOperation" and f"vpc/{vpc}" in refused["Message"]
+
+
+def test_copy_object_needs_get_on_the_source_and_put_on_the_destination(aws):
+    """S3 API Reference "CopyObject", Permissions: s3:GetObject on the source object and
+    s3:PutObject on the destination."""
+    root = aws.client("s3")
+    root.create_bucket(Bucket="copy-bucket")
+    root.put_object(Bucket="copy-bucket", Key="source/a", Body=b"x")
+    put = {"Effect": "Allow", "Action": "s3:PutObject", "Resource": "arn:aws:s3:::copy-bucket/*"}
+    get = {**put, "Action": "s3:GetObject", "Resource": "arn:aws:s3:::copy-bucket/source/*"}
+    put_only = aws.client("s3", **_user(aws, [put]))
+    both = aws.client("s3", **_user(aws, [put, get], name="both"))
+    copy = {"Bucket": "copy-bucket", "Key": "dest/a", "CopySource": "copy-bucket/source/a"}
+
+    refused = _error(lambda: put_only.copy_object(**copy))
+    both.copy_object(**copy)
+
+    assert refused["Code"] == "AccessDenied"
+    assert "s3:GetObject on resource: arn:aws:s3:::copy-bucket/source/a" in refused["Message"]

@@ -73,7 +73,7 @@ def test_a_claim_the_reference_does_not_list_is_caught() -> None:
     ("served", "unmapped"),
     [
         ({("ec2", "RunInstances"), ("ec2", "DescribeInstances")}, []),
-        ({("ec2", "CreateVpc")}, ["ec2:CreateVpc"]),
+        ({("ec2", "CreateInternetGateway")}, ["ec2:CreateInternetGateway"]),
         ({("iam", "ListRoles")}, []),
         ({("ec2", "NoSuchOperation")}, ["ec2:NoSuchOperation"]),
     ],
