@@ -37,13 +37,16 @@ Context = dict[str, Any]
 
 @dataclass(frozen=True)
 class Check:
-    """`action` on `resource` with `context`, decided for `as_role` (an ARN) or the caller."""
+    """`action` on `resource` with `context`, decided for `as_role` (an ARN), `as_service` (a
+    service principal such as `scheduler.amazonaws.com`: it holds no identity policies, so the
+    resource policy alone decides) or the caller."""
 
     action: str
     resource: str
     context: Context = field(default_factory=dict)
     as_role: Optional[str] = None
     resource_policy: Optional[dict[str, Any]] = None
+    as_service: Optional[str] = None
 
 
 Builder = Callable[[AwsRequest, World, Caller], list[Check]]
@@ -505,6 +508,18 @@ def request_spot_fleet(req: AwsRequest, world: World, caller: Caller) -> list[Ch
         # A dry run launches nothing: EC2 checks only the caller's permissions ("DryRun" in the
         # RequestSpotFleet API reference); the role's launch is decided when the fleet launches.
         launching = world.role_exists(fleet_role) and not req.flag("DryRun")
+        if launching:
+            # Spot Fleet assumes the role to launch: its trust must let spotfleet.amazonaws.com
+            # in ("Spot Fleet permissions", EC2 User Guide). The fleet's ID does not exist yet
+            # while the request is decided, so only aws:SourceAccount is sent.
+            checks.append(
+                service_assumes_role(
+                    world,
+                    "spotfleet.amazonaws.com",
+                    fleet_role,
+                    {"aws:SourceAccount": world.account_id},
+                )
+            )
         for launch in launches if launching else []:
             checks += launch_checks(
                 world, req, launch, create_action="RunInstances", as_role=fleet_role
@@ -891,12 +906,32 @@ def _iam_policy(action: str) -> Builder:
     return build
 
 
+def role_trust(world: World, role_arn: str) -> Optional[dict[str, Any]]:
+    """The role's trust policy (its resource policy for sts:AssumeRole); None for no such role."""
+    try:
+        trust: dict[str, Any] = json.loads(world.role_by_arn(role_arn).assume_role_policy_document)
+    except Exception:
+        return None
+    return trust
+
+
+def service_assumes_role(world: World, service: str, role_arn: str, context: Context) -> Check:
+    """`service` (a service principal) assuming `role_arn` on its own, as AWS does before acting
+    with a role it was given (Scheduler with a schedule's RoleArn, Spot Fleet with its
+    IamFleetRole, Lambda with a function's execution role): the trust policy alone decides,
+    with the confused-deputy keys the service sends (`aws:SourceAccount`, `aws:SourceArn`)."""
+    return Check(
+        "sts:AssumeRole",
+        role_arn,
+        context,
+        resource_policy=role_trust(world, role_arn),
+        as_service=service,
+    )
+
+
 def assume_role(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
     arn = str(req.param("RoleArn", ""))
-    try:
-        trust = json.loads(world.role_by_arn(arn).assume_role_policy_document)
-    except Exception:
-        trust = None
+    trust = role_trust(world, arn)
     context: Context = {"sts:RoleSessionName": str(req.param("RoleSessionName", ""))}
     for parameter in ("ExternalId", "SourceIdentity"):
         if req.param(parameter):
@@ -1572,6 +1607,7 @@ MAPPINGS: dict[str, Mapping] = {
             "iam:GetRolePolicy",
             "iam:ListAttachedRolePolicies",
             "iam:DeleteServiceLinkedRole",
+            "iam:UpdateAssumeRolePolicy",
         ],
         produces=frozenset({"role"}),
         not_applicable=na(
