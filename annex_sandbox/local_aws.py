@@ -442,11 +442,17 @@ class SandboxState:
 class SandboxMiddleware:
     """WSGI middleware: control endpoints, call log and throttling in front of moto."""
 
-    def __init__(self, app: WsgiApp, state: SandboxState) -> None:
+    def __init__(self, app: WsgiApp, state: SandboxState, *, secure_transport: bool = True) -> None:
+        """`secure_transport`: whether this listener stands in for AWS's TLS endpoints (the
+        SDKs' default) or for its plain-HTTP ones (`aws:SecureTransport` false)."""
         self.app = app
         self.state = state
+        self.secure_transport = secure_transport
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        from annex_sandbox.authz.request import SECURE_TRANSPORT_KEY
+
+        environ[SECURE_TRANSPORT_KEY] = self.secure_transport
         path = environ.get("PATH_INFO", "")
         if path.startswith(CONTROL_PREFIX):
             return self._control(environ, start_response, path[len(CONTROL_PREFIX) :])
@@ -558,6 +564,8 @@ class LocalAws:
         self.state = SandboxState(fleet_tag_delay, iam_engine=iam_engine)
         self._server: Any = None
         self._thread: threading.Thread | None = None
+        self._moto_app: Any = None
+        self._plain_http: Optional[tuple[Any, threading.Thread]] = None
 
     @property
     def endpoint_url(self) -> str:
@@ -573,7 +581,8 @@ class LocalAws:
         from annex_sandbox.schedule_clock import ScheduleClock
 
         apply_all()
-        app = SandboxMiddleware(DomainDispatcherApplication(create_backend_app), self.state)
+        self._moto_app = DomainDispatcherApplication(create_backend_app)
+        app = SandboxMiddleware(self._moto_app, self.state)
         self._server = make_server(
             self.host, self.port, app, threaded=True, request_handler=_quiet_handler()
         )
@@ -594,10 +603,35 @@ class LocalAws:
         self._thread.start()
         return self
 
+    @property
+    def plain_http_endpoint_url(self) -> str:
+        """A second loopback listener onto the same local AWS, standing in for AWS's plain-HTTP
+        endpoints: its requests carry `aws:SecureTransport` false (authz/request.py). Started on
+        first use; the main endpoint stands in for the TLS endpoints every AWS client uses."""
+        from werkzeug.serving import make_server
+
+        if self._moto_app is None:
+            raise RuntimeError("start the local AWS first")
+        if self._plain_http is None:
+            app = SandboxMiddleware(self._moto_app, self.state, secure_transport=False)
+            server = make_server(self.host, 0, app, threaded=True, request_handler=_quiet_handler())
+            thread = threading.Thread(
+                target=server.serve_forever, name="local-aws-plain-http", daemon=True
+            )
+            thread.start()
+            self._plain_http = (server, thread)
+        return f"http://{self.host}:{int(self._plain_http[0].server_address[1])}"
+
     def stop(self) -> None:
         from annex_sandbox.patches.spot_fleet import FLEET_TAG_CLOCK
 
         FLEET_TAG_CLOCK.cancel_all()
+        if self._plain_http is not None:
+            server, thread = self._plain_http
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+            self._plain_http = None
         if self.state.schedule_clock is not None:
             self.state.schedule_clock.stop()
             self.state.schedule_clock = None

@@ -117,7 +117,7 @@ class Authorizer:
             self._note_unmapped(req, caller)
             self._record(req, caller, False, ["unmapped"])
             return Decision(False, caller, unmapped=True)
-        refusals = self.evaluate(caller, checks, req.region)
+        refusals = self.evaluate(caller, checks, req.region, secure_transport=req.secure_transport)
         self._record(req, caller, not refusals, [r.describe() for r in refusals])
         return Decision(not refusals, caller, checks, refusals)
 
@@ -189,8 +189,13 @@ class Authorizer:
             with open(path, "a") as log:
                 log.write(json.dumps(entry) + "\n")
 
-    def evaluate(self, caller: Caller, checks: list[Check], region: str) -> list[Refusal]:
-        """The checks the engine does not allow for `caller` (roles in `as_role` act for it)."""
+    def evaluate(
+        self, caller: Caller, checks: list[Check], region: str, *, secure_transport: bool = True
+    ) -> list[Refusal]:
+        """The checks the engine does not allow for `caller` (roles in `as_role` act for it).
+
+        `secure_transport`: whether the request came over TLS (what a service does on its own
+        with a role it assumed always does)."""
         simulations = []
         principals = []
         for check in checks:
@@ -202,7 +207,9 @@ class Authorizer:
                 principal = caller.arn
                 policies = self.world.identity_policies(caller)
             principals.append(principal)
-            simulations.append(self._simulation(principal, policies, check, region))
+            simulations.append(
+                self._simulation(principal, policies, check, region, secure_transport)
+            )
         results = self.engine.decide(simulations)
         with self._lock:
             self.checks += [
@@ -216,15 +223,21 @@ class Authorizer:
         ]
 
     def _simulation(
-        self, principal: str, policies: list[dict[str, Any]], check: Check, region: str
+        self,
+        principal: str,
+        policies: list[dict[str, Any]],
+        check: Check,
+        region: str,
+        secure_transport: bool,
     ) -> dict[str, Any]:
         account = self.world.account_id
         context: dict[str, Any] = {
             "aws:PrincipalArn": principal,
             "aws:PrincipalAccount": account,
             "aws:ResourceAccount": account,
-            # The loopback endpoint stands in for AWS's TLS endpoints.
-            "aws:SecureTransport": "true",
+            # The loopback endpoint stands in for AWS's TLS endpoints (authz/request.py,
+            # SECURE_TRANSPORT_KEY); its plain-HTTP listener for AWS's unencrypted ones.
+            "aws:SecureTransport": "true" if secure_transport else "false",
             "aws:RequestedRegion": region,
             **{k: v if isinstance(v, list) else str(v) for k, v in check.context.items()},
         }

@@ -1619,7 +1619,10 @@ MAPPINGS: dict[str, Mapping] = {
         also=_S3_SOURCE_READS,
     ),
     **_rows(
-        _s3_bucket, ["s3:GetBucketLocation"], produces=_S3_BUCKET_PRODUCES, not_applicable=_S3_NA
+        _s3_bucket,
+        ["s3:GetBucketLocation", "s3:GetBucketPolicy"],
+        produces=_S3_BUCKET_PRODUCES,
+        not_applicable=_S3_NA,
     ),
     "s3:GetBucketEncryption": Mapping(
         _s3_bucket("s3:GetEncryptionConfiguration"),

@@ -19,6 +19,14 @@ from typing import Any, Optional
 
 _CREDENTIAL_RE = re.compile(r"Credential=([^/,\s]+)/[^/]+/([^/]+)/([^/]+)/aws4_request")
 
+SECURE_TRANSPORT_KEY = "annex_sandbox.secure_transport"
+"""WSGI environ key: False when the request came in on the local AWS's plain-HTTP listener.
+
+AWS clients (the SDKs, the CDK CLI, the agent) talk HTTPS to AWS; the local AWS's loopback HTTP
+endpoint stands in for those TLS endpoints, so its requests carry `aws:SecureTransport` true. Its
+second listener (`LocalAws.plain_http_endpoint_url`) stands in for AWS's plain-HTTP endpoints
+(`http://s3.amazonaws.com`): there the key is false, as AWS sets it for unencrypted requests."""
+
 
 @dataclass
 class AwsRequest:
@@ -35,6 +43,8 @@ class AwsRequest:
     params: dict[str, Any] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
     """Lower-case header names."""
+    secure_transport: bool = True
+    """Whether the request came over TLS (`aws:SecureTransport`): see `SECURE_TRANSPORT_KEY`."""
 
     def param(self, name: str, default: Any = None) -> Any:
         return self.params.get(name, default)
@@ -126,6 +136,7 @@ def parse_request(
         path=urllib.parse.unquote(environ.get("PATH_INFO", "/")),
         query=query,
         headers=headers,
+        secure_transport=bool(environ.get(SECURE_TRANSPORT_KEY, True)),
     )
     content_type = environ.get("CONTENT_TYPE", "")
     if protocol in ("query", "ec2"):
