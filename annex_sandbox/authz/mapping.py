@@ -514,6 +514,7 @@ def request_spot_fleet(req: AwsRequest, world: World, caller: Caller) -> list[Ch
         launch["SubnetId"] = subnets[0] if subnets else None
         launch["SecurityGroupId"] = [g for g in groups if g]
         launches.append(launch)
+    checks += _spot_fleet_requester_checks(world, req, launches)
     if fleet_role:
         checks.append(
             Check("iam:PassRole", fleet_role, {"iam:PassedToService": "spotfleet.amazonaws.com"})
@@ -528,6 +529,34 @@ def request_spot_fleet(req: AwsRequest, world: World, caller: Caller) -> list[Ch
             )
             checks += _fleet_tagging_checks(world, req, launch, fleet_role)
     return checks
+
+
+REQUESTER_LAUNCH_ACTIONS = ("ec2:RunInstances", "ec2:CreateTags")
+
+
+def _spot_fleet_requester_checks(
+    world: World, req: AwsRequest, launches: list[dict[str, Any]]
+) -> list[Check]:
+    """The requester's own launch permissions at RequestSpotFleet. EC2 User Guide, "Spot Fleet
+    permissions", Required EC2 and IAM APIs — the user's policy must include
+    `ec2:RunInstances` ("Required to launch instances in a Spot Fleet") and `ec2:CreateTags`
+    ("Required to tag the Spot Fleet request, instances, or volumes"), beside the fleet role
+    that does the launching. The guide names the actions, not their resources: each launch
+    the request describes is checked for the caller as RunInstances would check it (instance,
+    volume, interface, image, subnets, groups, template; its instance/volume tags with
+    `ec2:CreateAction` = RequestSpotFleet, the caller's own call). Not `iam:PassRole` of the
+    instance profile's role: the guide's user policy passes only the fleet role, and the
+    fleet role passes the instance role when it launches. Checked at a dry run too: DryRun
+    checks the caller's permissions, which these are. A launch from a template that does not
+    exist describes nothing to check (and launches nothing: the fleet fails it)."""
+    return [
+        check
+        for launch in launches
+        if not launch.get("LaunchTemplate")
+        or _launch_template(world, req, launch["LaunchTemplate"]) is not None
+        for check in launch_checks(world, req, launch, create_action="RequestSpotFleet")
+        if check.action in REQUESTER_LAUNCH_ACTIONS
+    ]
 
 
 def _fleet_tagging_checks(
