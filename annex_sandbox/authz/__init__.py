@@ -94,6 +94,8 @@ class Authorizer:
         self.served: set[tuple[str, str]] = set()
         """(service:operation, caller kind) of every request decided since the server started;
         unlike `decisions`, kept across resets (the coverage check's input)."""
+        self.authorized: set[tuple[str, str]] = set()
+        """(service:operation, action) of every check built since the server started."""
 
     def close(self) -> None:
         self.engine.close()
@@ -115,6 +117,8 @@ class Authorizer:
                 self._note_unmapped(req, caller)
             return Decision(True, caller)
         checks = checks_for(req, self.world, caller)
+        if checks is not None:
+            self._note_authorized(req, checks)
         if checks is None:
             self._note_unmapped(req, caller)
             self._record(req, caller, False, ["unmapped"])
@@ -167,6 +171,19 @@ class Authorizer:
             if path:
                 with open(path, "a") as log:
                     log.write(json.dumps(list(entry)) + "\n")
+
+    def _note_authorized(self, req: AwsRequest, checks: list[Check]) -> None:
+        """Log each action an operation's checks carry, once per server: the coverage check
+        holds every one to the operation's row (`Mapping.also`)."""
+        operation = f"{req.service}:{req.operation}"
+        with self._lock:
+            new = {(operation, c.action) for c in checks} - self.authorized
+            self.authorized |= new
+            path = os.environ.get(SERVED_LOG_ENV)
+            if new and path:
+                with open(path, "a") as log:
+                    for op, action in sorted(new):
+                        log.write(json.dumps({"operation": op, "authorizes": action}) + "\n")
 
     def _note_unmapped(self, req: AwsRequest, caller: Caller) -> None:
         operation = f"{req.service}:{req.operation}"

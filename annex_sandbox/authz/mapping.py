@@ -53,6 +53,16 @@ Builder = Callable[[AwsRequest, World, Caller], list[Check]]
 
 
 @dataclass(frozen=True)
+class Authorizes:
+    """What a row's checks produce for one more action they authorize (tag-on-create's
+    `ec2:CreateTags`, `iam:PassRole`, the Spot Fleet role's launch), and the reasons for the
+    rest the reference lists for it; held to the reference like the row's own action."""
+
+    produces: frozenset[str] = frozenset()
+    not_applicable: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Mapping:
     """How one operation is authorized, and how completely (checked by the coverage test).
 
@@ -61,13 +71,20 @@ class Mapping:
     the builder puts into its checks for that action; `not_applicable` names every other one
     the reference lists for it, each with a one-line reason. The keys of a resource type
     declared not applicable need no entry of their own: without the resource there is nothing
-    to condition on.
+    to condition on. `also` declares the same for every other action the builder's checks
+    carry; the session's coverage check fails on a check whose action is neither.
     """
 
     build: Builder
     not_applicable: dict[str, str] = field(default_factory=dict)
     action: str = ""
     produces: frozenset[str] = frozenset()
+    also: dict[str, Authorizes] = field(default_factory=dict)
+
+    def authorizes(self, operation_key: str) -> dict[str, Authorizes]:
+        """Every action the row's checks may carry → what is produced / not applicable."""
+        own = Authorizes(self.produces, self.not_applicable)
+        return {mapped_action(operation_key, self): own, **self.also}
 
 
 def mapped_action(operation_key: str, mapping: Mapping) -> str:
@@ -500,6 +517,7 @@ def request_spot_fleet(req: AwsRequest, world: World, caller: Caller) -> list[Ch
         launch["SubnetId"] = subnets[0] if subnets else None
         launch["SecurityGroupId"] = [g for g in groups if g]
         launches.append(launch)
+    checks += _spot_fleet_requester_checks(world, req, launches)
     if fleet_role:
         checks.append(
             Check("iam:PassRole", fleet_role, {"iam:PassedToService": "spotfleet.amazonaws.com"})
@@ -526,6 +544,34 @@ def request_spot_fleet(req: AwsRequest, world: World, caller: Caller) -> list[Ch
             )
             checks += _fleet_tagging_checks(world, req, launch, fleet_role)
     return checks
+
+
+REQUESTER_LAUNCH_ACTIONS = ("ec2:RunInstances", "ec2:CreateTags")
+
+
+def _spot_fleet_requester_checks(
+    world: World, req: AwsRequest, launches: list[dict[str, Any]]
+) -> list[Check]:
+    """The requester's own launch permissions at RequestSpotFleet. EC2 User Guide, "Spot Fleet
+    permissions", Required EC2 and IAM APIs — the user's policy must include
+    `ec2:RunInstances` ("Required to launch instances in a Spot Fleet") and `ec2:CreateTags`
+    ("Required to tag the Spot Fleet request, instances, or volumes"), beside the fleet role
+    that does the launching. The guide names the actions, not their resources: each launch
+    the request describes is checked for the caller as RunInstances would check it (instance,
+    volume, interface, image, subnets, groups, template; its instance/volume tags with
+    `ec2:CreateAction` = RequestSpotFleet, the caller's own call). Not `iam:PassRole` of the
+    instance profile's role: the guide's user policy passes only the fleet role, and the
+    fleet role passes the instance role when it launches. Checked at a dry run too: DryRun
+    checks the caller's permissions, which these are. A launch from a template that does not
+    exist describes nothing to check (and launches nothing: the fleet fails it)."""
+    return [
+        check
+        for launch in launches
+        if not launch.get("LaunchTemplate")
+        or _launch_template(world, req, launch["LaunchTemplate"]) is not None
+        for check in launch_checks(world, req, launch, create_action="RequestSpotFleet")
+        if check.action in REQUESTER_LAUNCH_ACTIONS
+    ]
 
 
 def _fleet_tagging_checks(
@@ -1272,24 +1318,31 @@ _PLACEMENT_NA = na(
 )
 
 
-def _create_tags_declarations() -> tuple[frozenset[str], dict[str, str]]:
-    """What the CreateTags row produces, and the reasons for everything else the reference lists
-    across its ~100 taggable resource types (computed: the list is long and changes with EC2)."""
-    kinds = set(_TAGGABLE_BY_PREFIX.values())
-    produces = kinds | {
-        "aws:RequestTag/${TagKey}",
-        "aws:TagKeys",
-        "aws:ResourceTag/${TagKey}",
-        *_ID_CONDITION_KEY.values(),
-    }
-    not_applicable = {
-        **_EC2_NA,
-        **na("a direct CreateTags has none: EC2 sets it only on tag-on-create", "ec2:CreateAction"),
-    }
+def _tagging(kinds: Iterable[str], *, on_create: bool, id_keys: Iterable[str] = ()) -> Authorizes:
+    """What `ec2:CreateTags` checks on `kinds` produce — at creation (`ec2:CreateAction`, no
+    current tags yet) or by id on existing resources (their current tags and `id_keys`) — and
+    the reasons for everything else the reference lists across its ~100 taggable resource
+    types (computed: the list is long and grows with EC2)."""
+    tagged = set(kinds)
+    produces = tagged | {"aws:RequestTag/${TagKey}", "aws:TagKeys", *id_keys}
+    not_applicable = dict(_EC2_NA)
+    if on_create:
+        produces.add("ec2:CreateAction")
+        not_applicable.update(
+            na("the resource is being created: no current tags", "aws:ResourceTag/${TagKey}")
+        )
+    else:
+        produces.add("aws:ResourceTag/${TagKey}")
+        not_applicable.update(
+            na(
+                "a direct CreateTags has none: EC2 sets it only on tag-on-create",
+                "ec2:CreateAction",
+            )
+        )
     for resource_type in (action_details("ec2:CreateTags") or {}).get("resourceTypes", []):
         name = resource_type["name"]
-        if name not in kinds:
-            not_applicable[name] = "no flow or test tags one by id (see _TAGGABLE_BY_PREFIX)"
+        if name not in tagged:
+            not_applicable[name] = "no flow or test tags one here"
             continue
         for key in resource_type["conditionKeys"]:
             if key not in produces and key not in not_applicable:
@@ -1297,10 +1350,20 @@ def _create_tags_declarations() -> tuple[frozenset[str], dict[str, str]]:
                     "tagging is scoped by tags; no deployed policy conditions on the tagged "
                     "resource's attributes"
                 )
-    return frozenset(produces), not_applicable
+    return Authorizes(frozenset(produces), not_applicable)
 
 
-_CREATE_TAGS_PRODUCES, _CREATE_TAGS_NA = _create_tags_declarations()
+_CREATE_TAGS = _tagging(
+    _TAGGABLE_BY_PREFIX.values(), on_create=False, id_keys=_ID_CONDITION_KEY.values()
+)
+_LAUNCH_TAGGED = ("instance", "volume", "network-interface", "spot-instances-request")
+_PASS_ROLE = Authorizes(
+    frozenset({"role", "iam:PassedToService"}),
+    na(
+        "no deployed policy conditions PassRole on the resource the role is associated with",
+        "iam:AssociatedResourceArn",
+    ),
+)
 _S3_NA = {
     **na("the product addresses the bucket directly", "accesspoint", "accesspointobject"),
     **na("no S3 Access Grants in the setup", "s3:AccessGrantsInstanceArn"),
@@ -1378,34 +1441,57 @@ _STACK_NA = {
 }
 
 
+_LAUNCH_ALSO = {
+    "ec2:CreateTags": _tagging(_LAUNCH_TAGGED, on_create=True),
+    "iam:PassRole": _PASS_ROLE,
+}
+"""What a launch (`launch_checks`) authorizes besides ec2:RunInstances."""
+_FLEET_LAUNCH_ALSO = {
+    # The fleet's launches: ec2:RunInstances as the fleet role (Spot Fleet) or the caller
+    # (an instant EC2 Fleet), with the launch's own tagging and role passing.
+    "ec2:RunInstances": Authorizes(_LAUNCH_PRODUCES, _LAUNCH_NA),
+    "iam:PassRole": _PASS_ROLE,
+}
+_S3_SOURCE_READS = {
+    "s3:GetObject": Authorizes(_S3_PRODUCES, _S3_GET_NA),
+    "s3:GetObjectVersion": Authorizes(_S3_PRODUCES | {"s3:versionid"}, _S3_GET_NA),
+}
+
+
 def _rows(
     factory: Callable[[str], Builder],
     actions: Iterable[str],
     *,
     produces: frozenset[str],
     not_applicable: Optional[dict[str, str]] = None,
+    also: Optional[dict[str, dict[str, Authorizes]]] = None,
 ) -> dict[str, Mapping]:
     """One row per action whose operation has the action's own name, built the same way.
 
     A family shares its builder and declarations; each row keeps the part of them the
-    reference lists for its own action (the builders produce only those keys)."""
+    reference lists for its own action (the builders produce only those keys). `also`: the
+    other actions a row of the family authorizes, by the row's action."""
     return {
         action: Mapping(
             factory(action),
             {k: v for k, v in (not_applicable or {}).items() if k in reference_names(action)},
             action=action,
             produces=produces & reference_names(action),
+            also=(also or {}).get(action, {}),
         )
         for action in actions
     }
 
 
 MAPPINGS: dict[str, Mapping] = {
-    "ec2:RunInstances": Mapping(run_instances, _LAUNCH_NA, produces=_LAUNCH_PRODUCES),
+    "ec2:RunInstances": Mapping(
+        run_instances, _LAUNCH_NA, produces=_LAUNCH_PRODUCES, also=_LAUNCH_ALSO
+    ),
     "ec2:CreateLaunchTemplate": Mapping(
         create_launch_template,
         _EC2_NA,
         produces=frozenset({"launch-template", "aws:RequestTag/${TagKey}", "aws:TagKeys"}),
+        also={"ec2:CreateTags": _tagging(["launch-template"], on_create=True)},
     ),
     "ec2:DeleteLaunchTemplate": Mapping(
         delete_launch_template,
@@ -1447,6 +1533,11 @@ MAPPINGS: dict[str, Mapping] = {
                 "ec2:Vpc",
             }
         ),
+        also={
+            # The fleet's own tag-on-create, and the fleet role's launches and tagging.
+            "ec2:CreateTags": _tagging([*_LAUNCH_TAGGED, "spot-fleet-request"], on_create=True),
+            **_FLEET_LAUNCH_ALSO,
+        },
     ),
     "ec2:CancelSpotFleetRequests": Mapping(
         cancel_spot_fleet_requests,
@@ -1476,6 +1567,11 @@ MAPPINGS: dict[str, Mapping] = {
                 "ec2:Vpc",
             }
         ),
+        also={
+            # The fleet's tag-on-create, and an instant fleet's launch as the caller.
+            "ec2:CreateTags": _tagging([*_LAUNCH_TAGGED, "fleet"], on_create=True),
+            **_FLEET_LAUNCH_ALSO,
+        },
     ),
     "ec2:DeleteFleets": Mapping(
         delete_fleets, _EC2_NA, produces=frozenset({"fleet", "aws:ResourceTag/${TagKey}"})
@@ -1499,6 +1595,7 @@ MAPPINGS: dict[str, Mapping] = {
         create_vpc,
         {**_EC2_NA, **_NO_IPAM_NA, **na("the VPC has no id before it is created", "ec2:VpcID")},
         produces=frozenset({"vpc", "aws:RequestTag/${TagKey}", "aws:TagKeys"}),
+        also={"ec2:CreateTags": _tagging(["vpc"], on_create=True)},
     ),
     "ec2:CreateSubnet": Mapping(
         create_subnet,
@@ -1518,6 +1615,7 @@ MAPPINGS: dict[str, Mapping] = {
                 "ec2:VpcID",
             }
         ),
+        also={"ec2:CreateTags": _tagging(["subnet"], on_create=True)},
     ),
     "ec2:CreateSecurityGroup": Mapping(
         create_security_group,
@@ -1536,6 +1634,7 @@ MAPPINGS: dict[str, Mapping] = {
                 "ec2:VpcID",
             }
         ),
+        also={"ec2:CreateTags": _tagging(["security-group"], on_create=True)},
     ),
     "ec2:DeleteSubnet": Mapping(
         delete_subnet,
@@ -1548,9 +1647,7 @@ MAPPINGS: dict[str, Mapping] = {
         produces=frozenset({"vpc", "aws:ResourceTag/${TagKey}", "ec2:VpcID"}),
     ),
     "ec2:CreateTags": Mapping(
-        create_tags,
-        _CREATE_TAGS_NA,
-        produces=_CREATE_TAGS_PRODUCES,
+        create_tags, _CREATE_TAGS.not_applicable, produces=_CREATE_TAGS.produces
     ),
     **_rows(_s3_object, ["s3:GetObject"], produces=_S3_PRODUCES, not_applicable=_S3_GET_NA),
     "s3:HeadObject": Mapping(
@@ -1579,7 +1676,11 @@ MAPPINGS: dict[str, Mapping] = {
         produces=_S3_BUCKET_PRODUCES | {"s3:prefix", "s3:delimiter", "s3:max-keys"},
     ),
     "s3:CopyObject": Mapping(
-        copy_object, _S3_PUT_NA, action="s3:PutObject", produces=_S3_PUT_PRODUCES
+        copy_object,
+        _S3_PUT_NA,
+        action="s3:PutObject",
+        produces=_S3_PUT_PRODUCES,
+        also=_S3_SOURCE_READS,
     ),
     **_rows(
         _s3_bucket,
@@ -1662,6 +1763,20 @@ MAPPINGS: dict[str, Mapping] = {
             "iam:PermissionsBoundary",
             "iam:RoleTemplateARN",
         ),
+        also={
+            "iam:AddRoleToInstanceProfile": {
+                "iam:PassRole": Authorizes(
+                    frozenset({"role"}),
+                    {
+                        **_PASS_ROLE.not_applicable,
+                        **na(
+                            "the role goes into an instance profile, not to a service",
+                            "iam:PassedToService",
+                        ),
+                    },
+                )
+            }
+        },
     ),
     **_rows(_iam_policy, ["iam:GetPolicy", "iam:GetPolicyVersion"], produces=frozenset({"policy"})),
     "sts:AssumeRole": Mapping(
@@ -1705,6 +1820,12 @@ MAPPINGS: dict[str, Mapping] = {
             {k: v for k, v in _STACK_NA.items() if k in reference_names(action)},
             action=action,
             produces=_STACK_PRODUCES & reference_names(action),
+            # The actions that take a service role pass it (`RoleARN`).
+            also=(
+                {"iam:PassRole": _PASS_ROLE}
+                if "cloudformation:RoleArn" in reference_names(action)
+                else {}
+            ),
         )
         for action in [
             f"cloudformation:{operation}"
@@ -1748,6 +1869,10 @@ MAPPINGS: dict[str, Mapping] = {
             "Scheduler schedules take no tags (only schedule groups do)",
             "aws:ResourceTag/${TagKey}",
         ),
+        also={
+            f"scheduler:{op}": {"iam:PassRole": _PASS_ROLE}
+            for op in ("CreateSchedule", "UpdateSchedule")
+        },
     ),
     "lambda:CreateFunction": Mapping(
         create_function,
@@ -1760,6 +1885,7 @@ MAPPINGS: dict[str, Mapping] = {
             "lambda:VpcIds",
         ),
         produces=frozenset({"function", "aws:RequestTag/${TagKey}", "aws:TagKeys"}),
+        also={"iam:PassRole": _PASS_ROLE},
     ),
     "ssm:PutParameter": Mapping(
         put_parameter,

@@ -522,8 +522,14 @@ def test_create_service_linked_role_is_scoped_by_service_name(aws):
 
 def test_a_spot_fleet_dry_run_checks_the_caller_not_the_fleet_roles_launch(aws):
     """RequestSpotFleet "DryRun": the caller's permissions; the fleet role launches later (and
-    is judged then). A caller allowed the request and the PassRole gets DryRunOperation even
-    though the fleet role could launch nothing; without RequestSpotFleet, UnauthorizedOperation."""
+    is judged then). A caller allowed the request, its own launch permissions and the PassRole
+    gets DryRunOperation even though the fleet role could launch nothing; without
+    RequestSpotFleet, UnauthorizedOperation.
+
+    The caller's own launch permissions: EC2 User Guide, "Spot Fleet permissions", Required EC2
+    and IAM APIs — the user's policy must include ec2:RunInstances ("Required to launch
+    instances in a Spot Fleet") beside ec2:RequestSpotFleet and iam:PassRole of the fleet role.
+    A requester holding only the request and the PassRole is refused RunInstances."""
     iam = aws.client("iam")
     trust = {
         "Version": "2012-10-17",
@@ -542,27 +548,29 @@ def test_a_spot_fleet_dry_run_checks_the_caller_not_the_fleet_roles_launch(aws):
         "Resource": role["Arn"],
         "Condition": {"StringEquals": {"iam:PassedToService": "spotfleet.amazonaws.com"}},
     }
-    allowed = aws.client(
-        "ec2",
-        **_user(
-            aws, [passing, {"Effect": "Allow", "Action": "ec2:RequestSpotFleet", "Resource": "*"}]
-        ),
-    )
+    request = {"Effect": "Allow", "Action": "ec2:RequestSpotFleet", "Resource": "*"}
+    launch = {"Effect": "Allow", "Action": "ec2:RunInstances", "Resource": "*"}
+    allowed = aws.client("ec2", **_user(aws, [passing, request, launch]))
     refused = aws.client("ec2", **_user(aws, [passing], name="no-fleets"))
+    cannot_launch = aws.client("ec2", **_user(aws, [passing, request], name="no-launch"))
     config = {
         "IamFleetRole": role["Arn"],
         "TargetCapacity": 1,
         "LaunchSpecifications": [{"ImageId": _ami(aws), "InstanceType": "m5.large"}],
     }
 
-    codes = [
-        _error(lambda c=client: c.request_spot_fleet(DryRun=True, SpotFleetRequestConfig=config))[
-            "Code"
-        ]
-        for client in (allowed, refused)
+    errors = [
+        _error(lambda c=client: c.request_spot_fleet(DryRun=True, SpotFleetRequestConfig=config))
+        for client in (allowed, refused, cannot_launch)
     ]
 
-    assert codes == ["DryRunOperation", "UnauthorizedOperation"]
+    assert [e["Code"] for e in errors] == [
+        "DryRunOperation",
+        "UnauthorizedOperation",
+        "UnauthorizedOperation",
+    ]
+    assert "perform: ec2:RunInstances on resource" in errors[2]["Message"]
+    assert "acting as" not in errors[2]["Message"]  # the requester's own, not the fleet role's
 
 
 def test_create_tags_by_id_checks_the_resource_and_its_current_tags(aws):

@@ -14,9 +14,19 @@ from dataclasses import replace
 
 import pytest
 
-from annex_sandbox.authz.mapping import MAPPINGS, Mapping, action_details, mapped_action
+from annex_sandbox.authz.mapping import (
+    MAPPINGS,
+    Authorizes,
+    Mapping,
+    action_details,
+)
 from annex_sandbox.authz.request import AwsRequest
-from tests.fixtures.authz_coverage import coverage_gaps, unmapped_operations
+from tests.fixtures.authz_coverage import (
+    coverage_gaps,
+    read_served,
+    undeclared_actions,
+    unmapped_operations,
+)
 
 
 def _gaps(rows: dict[str, Mapping]) -> list[str]:
@@ -28,8 +38,84 @@ def test_every_mapping_covers_its_actions_resource_types_and_condition_keys() ->
 
 
 def test_every_mapped_action_is_in_the_reference() -> None:
-    unknown = [key for key, m in MAPPINGS.items() if action_details(mapped_action(key, m)) is None]
+    unknown = [
+        f"{key} → {action}"
+        for key, m in MAPPINGS.items()
+        for action in m.authorizes(key)
+        if action_details(action) is None
+    ]
     assert unknown == []
+
+
+@pytest.mark.parametrize(
+    ("operation", "actions"),
+    [
+        # SAR ec2:RunInstances with tag-on-create (ec2:CreateTags, ec2:CreateAction) and the
+        # instance profile's role passed to EC2 ("iam:PassRole" at launch).
+        ("ec2:RunInstances", {"ec2:RunInstances", "ec2:CreateTags", "iam:PassRole"}),
+        # The fleet's own tag-on-create, passing the fleet role, and the fleet role's launches.
+        (
+            "ec2:RequestSpotFleet",
+            {"ec2:RequestSpotFleet", "ec2:CreateTags", "iam:PassRole", "ec2:RunInstances"},
+        ),
+        (
+            "ec2:CreateFleet",
+            {"ec2:CreateFleet", "ec2:CreateTags", "iam:PassRole", "ec2:RunInstances"},
+        ),
+        ("s3:HeadObject", {"s3:GetObject"}),
+        ("s3:CopyObject", {"s3:PutObject", "s3:GetObject", "s3:GetObjectVersion"}),
+        ("scheduler:CreateSchedule", {"scheduler:CreateSchedule", "iam:PassRole"}),
+        ("cloudformation:CreateChangeSet", {"cloudformation:CreateChangeSet", "iam:PassRole"}),
+    ],
+)
+def test_rows_declare_every_action_they_authorize(operation: str, actions: set[str]) -> None:
+    """Each of these is then held to the reference by the coverage test above."""
+    assert set(MAPPINGS[operation].authorizes(operation)) == actions
+
+
+def test_a_gap_in_an_also_action_is_caught() -> None:
+    row = MAPPINGS["ec2:RunInstances"]
+    tagging = row.also["ec2:CreateTags"]
+    dropped = replace(
+        row,
+        also={
+            **row.also,
+            "ec2:CreateTags": Authorizes(tagging.produces - {"ec2:CreateAction"}, {}),
+        },
+    )
+    gaps = _gaps({"ec2:RunInstances": dropped})
+    assert (
+        "ec2:RunInstances (ec2:CreateTags): ec2:CreateAction neither produced nor declared "
+        "not applicable" in gaps
+    )
+    assert all("(ec2:CreateTags)" in gap for gap in gaps)
+
+
+@pytest.mark.parametrize(
+    ("authorized", "undeclared"),
+    [
+        ({("ec2:RunInstances", "iam:PassRole"), ("ec2:RunInstances", "ec2:RunInstances")}, []),
+        ({("ec2:TerminateInstances", "iam:PassRole")}, ["ec2:TerminateInstances → iam:PassRole"]),
+        ({("ec2:DescribeInstances", "ec2:DescribeInstances")}, []),
+    ],
+)
+def test_an_action_checked_but_not_declared_by_its_row_is_listed(
+    authorized: set[tuple[str, str]], undeclared: list[str]
+) -> None:
+    """The session check's other half: what the builders really checked, over the suite."""
+    assert undeclared_actions(authorized) == undeclared
+
+
+def test_the_served_log_keeps_operations_and_the_actions_they_authorized(tmp_path) -> None:
+    from tests.fixtures.authz_coverage import _read_log
+
+    log = tmp_path / "served.jsonl"
+    log.write_text(
+        '["ec2:RunInstances", "user"]\n["ec2:RunInstances", "root"]\n'
+        '{"operation": "ec2:RunInstances", "authorizes": "iam:PassRole"}\n'
+    )
+    assert read_served(log) == {"ec2:RunInstances": {"user", "root"}}
+    assert _read_log(log)[1] == {("ec2:RunInstances", "iam:PassRole")}
 
 
 def test_every_not_applicable_reason_is_one_line() -> None:
