@@ -1452,6 +1452,38 @@ _FLEET_LAUNCH_ALSO = {
     "ec2:RunInstances": Authorizes(_LAUNCH_PRODUCES, _LAUNCH_NA),
     "iam:PassRole": _PASS_ROLE,
 }
+_SERVICE_ASSUMES_ROLE = Authorizes(
+    frozenset({"role"}),
+    {
+        **na(
+            "a service assuming a role on its own sends no web-identity or SAML claims",
+            "accounts.google.com:aud",
+            "accounts.google.com:sub",
+            "cognito-identity.amazonaws.com:amr",
+            "cognito-identity.amazonaws.com:aud",
+            "cognito-identity.amazonaws.com:sub",
+            "graph.facebook.com:app_id",
+            "graph.facebook.com:id",
+            "saml:namequalifier",
+            "saml:sub",
+            "saml:sub_type",
+            "www.amazon.com:app_id",
+            "www.amazon.com:user_id",
+        ),
+        **na(
+            "the service names its own session: no session tags, external ID, source identity "
+            "or session name for a trust to condition on",
+            "aws:RequestTag/${TagKey}",
+            "aws:TagKeys",
+            "sts:ExternalId",
+            "sts:RoleSessionName",
+            "sts:SourceIdentity",
+            "sts:TransitiveTagKeys",
+        ),
+        **na("no trust policy in the setup conditions on role tags", "iam:ResourceTag/${TagKey}"),
+    },
+)
+"""What a service's own sts:AssumeRole of a role it was given produces (`service_assumes_role`)."""
 _S3_SOURCE_READS = {
     "s3:GetObject": Authorizes(_S3_PRODUCES, _S3_GET_NA),
     "s3:GetObjectVersion": Authorizes(_S3_PRODUCES | {"s3:versionid"}, _S3_GET_NA),
@@ -1537,6 +1569,8 @@ MAPPINGS: dict[str, Mapping] = {
             # The fleet's own tag-on-create, and the fleet role's launches and tagging.
             "ec2:CreateTags": _tagging([*_LAUNCH_TAGGED, "spot-fleet-request"], on_create=True),
             **_FLEET_LAUNCH_ALSO,
+            # Spot Fleet assuming the fleet role (its trust policy).
+            "sts:AssumeRole": _SERVICE_ASSUMES_ROLE,
         },
     ),
     "ec2:CancelSpotFleetRequests": Mapping(
