@@ -37,13 +37,17 @@ Context = dict[str, Any]
 
 @dataclass(frozen=True)
 class Check:
-    """`action` on `resource` with `context`, decided for `as_role` (an ARN) or the caller."""
+    """`action` on `resource` with `context`, decided for `as_role` (an ARN) or the caller.
+
+    `resource_type` names the reference's resource type where the engine cannot tell it from
+    the ARN (AWS's account-less public SSM parameters); otherwise the engine types it."""
 
     action: str
     resource: str
     context: Context = field(default_factory=dict)
     as_role: Optional[str] = None
     resource_policy: Optional[dict[str, Any]] = None
+    resource_type: Optional[str] = None
 
 
 Builder = Callable[[AwsRequest, World, Caller], list[Check]]
@@ -1030,10 +1034,16 @@ def _ssm_parameter(action: str) -> Builder:
         for name in names:
             path = str(name).lstrip("/")
             # AWS's public parameters (/aws/service/...) belong to no account: their ARN has an
-            # empty account field ("Working with public parameters", Systems Manager User Guide).
-            account = "" if path.startswith("aws/service/") else world.account_id
+            # empty account field ("Working with public parameters", Systems Manager User Guide),
+            # which the engine cannot type by pattern: the type is named.
+            public = path.startswith("aws/service/")
+            account = "" if public else world.account_id
             out.append(
-                Check(action, f"arn:{PARTITION}:ssm:{req.region}:{account}:parameter/{path}")
+                Check(
+                    action,
+                    f"arn:{PARTITION}:ssm:{req.region}:{account}:parameter/{path}",
+                    resource_type="parameter" if public else None,
+                )
             )
         return out
 

@@ -651,3 +651,35 @@ def test_copy_object_needs_get_on_the_source_and_put_on_the_destination(aws):
 
     assert refused["Code"] == "AccessDenied"
     assert "s3:GetObject on resource: arn:aws:s3:::copy-bucket/source/a" in refused["Message"]
+
+
+def test_public_ssm_parameters_are_judged_by_their_account_less_arn(aws):
+    """SAR ssm:GetParameter acts on `parameter`; AWS's public parameters have no account in
+    their ARN (Systems Manager User Guide, "Working with public parameters"), so a policy
+    naming the caller's own account does not cover them, and `*` in the account field does."""
+    name = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+
+    def grant(resource: str) -> dict[str, Any]:
+        return {"Effect": "Allow", "Action": "ssm:GetParameter", "Resource": resource}
+
+    any_account = aws.client("ssm", **_user(aws, [grant("arn:aws:ssm:*:*:parameter/*")]))
+    public_only = aws.client(
+        "ssm",
+        **_user(
+            aws,
+            [grant("arn:aws:ssm:us-east-1::parameter/aws/service/ami-amazon-linux-latest/*")],
+            name="public-only",
+        ),
+    )
+    own_account = aws.client(
+        "ssm",
+        **_user(aws, [grant(f"arn:aws:ssm:us-east-1:{ACCOUNT}:parameter/*")], name="own-account"),
+    )
+
+    values = [c.get_parameter(Name=name)["Parameter"]["Value"] for c in (any_account, public_only)]
+    refused = _error(lambda: own_account.get_parameter(Name=name))
+
+    assert all(v.startswith("ami-") for v in values)
+    assert refused["Code"] == "AccessDeniedException"
+    assert f"resource: arn:aws:ssm:us-east-1::parameter{name}" in refused["Message"]
+    assert "could not evaluate" not in refused["Message"]
