@@ -282,6 +282,8 @@ class Authorizer:
         }
         if check.resource_policy is not None:
             simulation["resourcePolicy"] = check.resource_policy
+        if check.resource_type is not None:
+            simulation["resourceType"] = check.resource_type
         return simulation
 
     # --- the request path -------------------------------------------------------------------

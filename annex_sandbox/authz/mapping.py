@@ -39,7 +39,10 @@ Context = dict[str, Any]
 class Check:
     """`action` on `resource` with `context`, decided for `as_role` (an ARN), `as_service` (a
     service principal such as `scheduler.amazonaws.com`: it holds no identity policies, so the
-    resource policy alone decides) or the caller."""
+    resource policy alone decides) or the caller.
+
+    `resource_type` names the reference's resource type where the engine cannot tell it from
+    the ARN (AWS's account-less public SSM parameters); otherwise the engine types it."""
 
     action: str
     resource: str
@@ -47,6 +50,7 @@ class Check:
     as_role: Optional[str] = None
     resource_policy: Optional[dict[str, Any]] = None
     as_service: Optional[str] = None
+    resource_type: Optional[str] = None
 
 
 Builder = Callable[[AwsRequest, World, Caller], list[Check]]
@@ -1065,10 +1069,16 @@ def _ssm_parameter(action: str) -> Builder:
         for name in names:
             path = str(name).lstrip("/")
             # AWS's public parameters (/aws/service/...) belong to no account: their ARN has an
-            # empty account field ("Working with public parameters", Systems Manager User Guide).
-            account = "" if path.startswith("aws/service/") else world.account_id
+            # empty account field ("Working with public parameters", Systems Manager User Guide),
+            # which the engine cannot type by pattern: the type is named.
+            public = path.startswith("aws/service/")
+            account = "" if public else world.account_id
             out.append(
-                Check(action, f"arn:{PARTITION}:ssm:{req.region}:{account}:parameter/{path}")
+                Check(
+                    action,
+                    f"arn:{PARTITION}:ssm:{req.region}:{account}:parameter/{path}",
+                    resource_type="parameter" if public else None,
+                )
             )
         return out
 

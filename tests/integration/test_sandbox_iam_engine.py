@@ -717,3 +717,35 @@ def test_spot_fleet_must_be_able_to_assume_its_fleet_role(aws):
 
     iam.update_assume_role_policy(RoleName="fleet", PolicyDocument=trust("spotfleet.amazonaws.com"))
     assert ec2.request_spot_fleet(SpotFleetRequestConfig=config)["SpotFleetRequestId"]
+
+
+def test_public_ssm_parameters_are_judged_by_their_account_less_arn(aws):
+    """SAR ssm:GetParameter acts on `parameter`; AWS's public parameters have no account in
+    their ARN (Systems Manager User Guide, "Working with public parameters"), so a policy
+    naming the caller's own account does not cover them, and `*` in the account field does."""
+    name = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+
+    def grant(resource: str) -> dict[str, Any]:
+        return {"Effect": "Allow", "Action": "ssm:GetParameter", "Resource": resource}
+
+    any_account = aws.client("ssm", **_user(aws, [grant("arn:aws:ssm:*:*:parameter/*")]))
+    public_only = aws.client(
+        "ssm",
+        **_user(
+            aws,
+            [grant("arn:aws:ssm:us-east-1::parameter/aws/service/ami-amazon-linux-latest/*")],
+            name="public-only",
+        ),
+    )
+    own_account = aws.client(
+        "ssm",
+        **_user(aws, [grant(f"arn:aws:ssm:us-east-1:{ACCOUNT}:parameter/*")], name="own-account"),
+    )
+
+    values = [c.get_parameter(Name=name)["Parameter"]["Value"] for c in (any_account, public_only)]
+    refused = _error(lambda: own_account.get_parameter(Name=name))
+
+    assert all(v.startswith("ami-") for v in values)
+    assert refused["Code"] == "AccessDeniedException"
+    assert f"resource: arn:aws:ssm:us-east-1::parameter{name}" in refused["Message"]
+    assert "could not evaluate" not in refused["Message"]

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from condor_annex import contract
+from condor_annex import contract, images
 from condor_annex.annex_settings import USER_DEFAULT_MACROS, AnnexClients
-from condor_annex.errors import CredentialsError
+from condor_annex.errors import CredentialsError, InvalidInput
 from condor_annex.setup import raise_for_problems
 from condor_annex.user_config import write_annex_macros
 from tests.integration.annex_env import AnnexEnv
@@ -166,6 +166,42 @@ def test_operator_policy_allows_off(env: AnnexEnv, observed: Any) -> None:
     assert cli(env, *od_args(env, "op-off")).code == 0
     expected = {"ec2:TerminateInstances", "s3:DeleteObject", "scheduler:DeleteSchedule"}
     _run_as_operator(env, observed, "off", expected, "off", "-annex-name", "op-off")
+
+
+@mark(AREA, "operator credentials, IAM engine: the default image from AWS's public SSM parameter")
+def test_operator_looks_up_the_default_image(env: AnnexEnv, observed: Any) -> None:
+    """`images.default_image` reads `/aws/service/ami-amazon-linux-latest/...`, a public
+    parameter whose ARN has no account (`arn:aws:ssm:<region>::parameter/aws/service/...`,
+    Systems Manager User Guide, "Working with public parameters"): the engine judges it as a
+    `parameter` against the policy's Resource. Allowed with the deployed policies; refused
+    ("next:" step named) without the ReadDefaultImageParameter grant."""
+    default = env.local.client("ssm").get_parameter(Name=images.DEFAULT_IMAGE_PARAMETERS["x86_64"])[
+        "Parameter"
+    ]["Value"]
+    with operator_credentials(env) as (clients, arn):
+        found = images.default_image(clients.ssm, "x86_64")
+        allowed, refused = decisions(env, arn)
+    mutants = [_without_action(d, "ssm:GetParameter") for d in operator_documents(env)]
+    with operator_credentials(env, mutants) as (clients, arn):
+        with pytest.raises(InvalidInput) as raised:
+            images.default_image(clients.ssm, "x86_64")
+        mutant_refused = decisions(env, arn)[1]
+    observed.equal("with the deployed policies: {}", found, default)
+    observed.check(
+        f"engine allowed ssm:GetParameter ({allowed['ssm:GetParameter']}x), refused {refused}",
+        allowed["ssm:GetParameter"] == 1 and refused == [],
+    )
+    observed.check(
+        f"without the grant: {raised.value}",
+        "AccessDenied" in str(raised.value) and bool(raised.value.next_step),
+    )
+    observed.check(
+        f"the engine refused it (not an error): {mutant_refused}",
+        len(mutant_refused) == 1
+        and "ssm:GetParameter on arn:aws:ssm:" in mutant_refused[0]
+        and "::parameter/aws/service/ami-amazon-linux-latest/" in mutant_refused[0]
+        and mutant_refused[0].endswith("(ImplicitlyDenied)"),
+    )
 
 
 @mark(AREA, "operator credentials, IAM engine: a Spot Fleet create (fleet role launches too)")
@@ -465,6 +501,7 @@ def _clients_for(
         s3=make_client(session, "s3", max_attempts=2),
         scheduler=make_client(session, "scheduler", max_attempts=2),
         lambda_=make_client(session, "lambda", max_attempts=2),
+        ssm=make_client(session, "ssm", max_attempts=2),
         region=env.local.region,
     )
 
