@@ -451,18 +451,14 @@ class SandboxState:
             r.describe() for r in refusals
         )
 
-    def lambda_role_trust(self, function: Any) -> Optional[str]:
-        """Why Lambda may not assume `function`'s execution role (None: it may, or the engine
+    def lambda_role_trust(self, role_arn: str, region: str) -> Optional[str]:
+        """Why Lambda may not assume the execution role `role_arn` (None: it may, or the engine
         is off): the role's trust policy must let `lambda.amazonaws.com` in. No confused-deputy
         keys are sent: the Lambda guide documents none for the execution role."""
         if not self.iam_engine:
             return None
         refusals = self.authorizer.service_assumes_role(
-            "lambda:AssumeExecutionRole",
-            "lambda.amazonaws.com",
-            str(function.role),
-            {},
-            str(function.region),
+            "lambda:AssumeExecutionRole", "lambda.amazonaws.com", role_arn, {}, region
         )
         if not refusals:
             return None

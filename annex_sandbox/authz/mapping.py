@@ -1154,6 +1154,21 @@ def create_function(req: AwsRequest, world: World, caller: Caller) -> list[Check
     return checks
 
 
+def update_function_configuration(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    """UpdateFunctionConfiguration on the function; a new execution role is passed to Lambda
+    (iam:PassRole), as at CreateFunction."""
+    checks = _function("lambda:UpdateFunctionConfiguration")(req, world, caller)
+    if req.param("Role"):
+        checks.append(
+            Check(
+                "iam:PassRole",
+                str(req.param("Role")),
+                {"iam:PassedToService": "lambda.amazonaws.com"},
+            )
+        )
+    return checks
+
+
 def put_parameter(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
     name = str(req.param("Name", "")).lstrip("/")
     context: Context = request_tag_context(_key_values(req.param("Tags")))
@@ -1929,6 +1944,18 @@ MAPPINGS: dict[str, Mapping] = {
             "lambda:VpcIds",
         ),
         produces=frozenset({"function", "aws:RequestTag/${TagKey}", "aws:TagKeys"}),
+        also={"iam:PassRole": _PASS_ROLE},
+    ),
+    "lambda:UpdateFunctionConfiguration": Mapping(
+        update_function_configuration,
+        na(
+            "the setup's functions use no layers or VPC",
+            "lambda:Layer",
+            "lambda:SecurityGroupIds",
+            "lambda:SubnetIds",
+            "lambda:VpcIds",
+        ),
+        produces=frozenset({"function"}),
         also={"iam:PassRole": _PASS_ROLE},
     ),
     "ssm:PutParameter": Mapping(

@@ -297,3 +297,35 @@ def test_invoke_fails_when_lambda_may_not_assume_the_execution_role(aws) -> None
     iam.update_assume_role_policy(RoleName="fn-role", PolicyDocument=TRUST_LAMBDA)
     answer = functions.invoke(FunctionName="probe", Payload=json.dumps({"key": "ran"}))
     assert "FunctionError" not in answer
+
+
+def test_create_function_refuses_a_role_lambda_cannot_assume(aws) -> None:
+    """CreateFunction / UpdateFunctionConfiguration: "The role defined for the function cannot
+    be assumed by Lambda." (InvalidParameterValueException) when the role's trust policy does
+    not let lambda.amazonaws.com in; nothing is created or changed."""
+    _function(aws)
+    iam, functions = aws.client("iam"), aws.client("lambda")
+    untrusted = iam.create_role(
+        RoleName="scheduler-only", AssumeRolePolicyDocument=_trust("scheduler.amazonaws.com")
+    )["Role"]["Arn"]
+    package = io.BytesIO()
+    with zipfile.ZipFile(package, "w") as archive:
+        archive.writestr("handler.py", HANDLER)
+
+    with pytest.raises(functions.exceptions.InvalidParameterValueException) as created:
+        functions.create_function(
+            FunctionName="untrusted",
+            Runtime="python3.13",
+            Role=untrusted,
+            Handler="handler.handler",
+            Code={"ZipFile": package.getvalue()},
+        )
+    with pytest.raises(functions.exceptions.InvalidParameterValueException) as updated:
+        functions.update_function_configuration(FunctionName="probe", Role=untrusted)
+
+    for refused in (created, updated):
+        assert "cannot be assumed by Lambda" in str(refused.value)
+    assert [f["FunctionName"] for f in functions.list_functions()["Functions"]] == ["probe"]
+    assert functions.get_function(FunctionName="probe")["Configuration"]["Role"].endswith(
+        "role/fn-role"
+    )

@@ -8,7 +8,9 @@ requests: an IAM user holding exactly the statements under test.
 from __future__ import annotations
 
 import base64
+import io
 import json
+import zipfile
 from typing import Any
 
 import pytest
@@ -749,3 +751,55 @@ def test_public_ssm_parameters_are_judged_by_their_account_less_arn(aws):
     assert refused["Code"] == "AccessDeniedException"
     assert f"resource: arn:aws:ssm:us-east-1::parameter{name}" in refused["Message"]
     assert "could not evaluate" not in refused["Message"]
+
+
+def test_update_function_configuration_passes_a_new_role(aws):
+    """SAR lambda:UpdateFunctionConfiguration on `function`; a new execution role is passed to
+    Lambda (iam:PassRole with iam:PassedToService lambda.amazonaws.com), as at CreateFunction."""
+    iam = aws.client("iam")
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "lambda.amazonaws.com"},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+    first, second = (
+        iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+        for name in ("fn-first", "fn-second")
+    )
+    package = io.BytesIO()
+    with zipfile.ZipFile(package, "w") as archive:
+        archive.writestr("handler.py", "def handler(event, context):\n    return event\n")
+    function = aws.client("lambda").create_function(
+        FunctionName="fn",
+        Runtime="python3.13",
+        Role=first,
+        Handler="handler.handler",
+        Code={"ZipFile": package.getvalue()},
+    )["FunctionArn"]
+    update = {
+        "Effect": "Allow",
+        "Action": "lambda:UpdateFunctionConfiguration",
+        "Resource": function,
+    }
+    passing = {
+        "Effect": "Allow",
+        "Action": "iam:PassRole",
+        "Resource": second,
+        "Condition": {"StringEquals": {"iam:PassedToService": "lambda.amazonaws.com"}},
+    }
+    without_pass = aws.client("lambda", **_user(aws, [update]))
+    with_pass = aws.client("lambda", **_user(aws, [update, passing], name="passer"))
+
+    refused = _error(
+        lambda: without_pass.update_function_configuration(FunctionName="fn", Role=second)
+    )
+    with_pass.update_function_configuration(FunctionName="fn", Role=second)
+
+    assert refused["Code"] == "AccessDeniedException"
+    assert f"iam:PassRole on resource: {second}" in refused["Message"]
+    assert aws.client("lambda").get_function(FunctionName="fn")["Configuration"]["Role"] == second
