@@ -683,3 +683,41 @@ def test_public_ssm_parameters_are_judged_by_their_account_less_arn(aws):
     assert refused["Code"] == "AccessDeniedException"
     assert f"resource: arn:aws:ssm:us-east-1::parameter{name}" in refused["Message"]
     assert "could not evaluate" not in refused["Message"]
+
+
+def test_delete_objects_is_judged_per_object_and_version(aws):
+    """S3 API Reference "DeleteObjects": s3:DeleteObject for each key named, and
+    s3:DeleteObjectVersion for a specific version (SAR: with s3:versionid)."""
+    root = aws.client("s3")
+    root.create_bucket(Bucket="batch-bucket")
+    root.put_bucket_versioning(Bucket="batch-bucket", VersioningConfiguration={"Status": "Enabled"})
+    versions = {
+        key: root.put_object(Bucket="batch-bucket", Key=key, Body=b"x")["VersionId"]
+        for key in ("annex/a", "annex/b", "other/c")
+    }
+    delete = {
+        "Effect": "Allow",
+        "Action": "s3:DeleteObject",
+        "Resource": "arn:aws:s3:::batch-bucket/annex/*",
+    }
+    s3 = aws.client("s3", **_user(aws, [delete]))
+    versioned = aws.client(
+        "s3", **_user(aws, [{**delete, "Action": "s3:DeleteObjectVersion"}], name="versions")
+    )
+
+    s3.delete_objects(Bucket="batch-bucket", Delete={"Objects": [{"Key": "annex/a"}]})
+    outside = _error(
+        lambda: s3.delete_objects(
+            Bucket="batch-bucket", Delete={"Objects": [{"Key": "annex/b"}, {"Key": "other/c"}]}
+        )
+    )
+    one_version = {"Objects": [{"Key": "annex/b", "VersionId": versions["annex/b"]}]}
+    version_refused = _error(lambda: s3.delete_objects(Bucket="batch-bucket", Delete=one_version))
+    versioned.delete_objects(Bucket="batch-bucket", Delete=one_version)
+
+    assert outside["Code"] == "AccessDenied"
+    assert "s3:DeleteObject on resource: arn:aws:s3:::batch-bucket/other/c" in outside["Message"]
+    assert (
+        "s3:DeleteObjectVersion on resource: arn:aws:s3:::batch-bucket/annex/b"
+        in (version_refused["Message"])
+    )
