@@ -23,7 +23,7 @@ import tempfile
 import threading
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 _RUNNER = r"""
 import importlib, json, sys, time, traceback
@@ -50,6 +50,10 @@ except Exception as exc:
 
 _unpack_lock = threading.Lock()
 _installed_endpoint: list[str] = []
+
+RoleTrust = Callable[[Any], Optional[str]]
+"""`(function)` → why Lambda may not assume the function's execution role, or None."""
+_installed_trust: list[Optional[RoleTrust]] = [None]
 
 
 def _code_dir(code_bytes: bytes, cache_root: Path) -> Path:
@@ -135,19 +139,32 @@ def _invoke_in_subprocess(fn: Any, event: Any, endpoint_url: str) -> tuple[str, 
     return result, done.returncode != 0, logs
 
 
-def install(endpoint_url: str) -> None:
+def install(endpoint_url: str, role_trust: Optional[RoleTrust] = None) -> None:
     """Make every moto Lambda function invoke its Python handler in a child process.
 
     `endpoint_url` is where the function's own AWS calls go (the local AWS itself).
+    `role_trust` decides whether Lambda (`lambda.amazonaws.com`) may assume a function's
+    execution role before it runs (the IAM engine: the role's trust policy); a refusal fails the
+    invocation with Lambda's own words for it, "The role defined for the function cannot be
+    assumed by Lambda." (InvalidParameterValueException, as CreateFunction answers a role whose
+    trust does not name Lambda), and the handler does not run.
     """
+    from moto.awslambda.exceptions import InvalidParameterValueException
     from moto.awslambda.models import LambdaFunction
 
+    _installed_trust[0] = role_trust
     if _installed_endpoint:
         _installed_endpoint[0] = endpoint_url
         return
     _installed_endpoint.append(endpoint_url)
 
     def _invoke_lambda(self: Any, event: Any = None) -> tuple[str, bool, str]:
+        trust = _installed_trust[0]
+        refused = trust(self) if trust is not None else None
+        if refused is not None:
+            raise InvalidParameterValueException(
+                f"The role defined for the function cannot be assumed by Lambda. ({refused})"
+            )
         return _invoke_in_subprocess(
             self, event if event is not None else {}, _installed_endpoint[0]
         )

@@ -407,9 +407,12 @@ class SandboxState:
         world.root_access_keys = world.root_access_keys | {access_key_id}
         world.invalidate()
 
-    def authorize_schedule_target(self, region: str, target: dict[str, Any]) -> Optional[str]:
+    def authorize_schedule_target(
+        self, region: str, schedule_arn: str, target: dict[str, Any]
+    ) -> Optional[str]:
         """Why Scheduler may not invoke `target` as its `RoleArn` (None: it may, or the engine
-        is off): `lambda:InvokeFunction` on the function, decided by the IAM engine."""
+        is off), decided by the IAM engine: the role's trust lets `scheduler.amazonaws.com`
+        assume it, then `lambda:InvokeFunction` on the function."""
         from annex_sandbox.authz import Check
 
         if not self.iam_engine:
@@ -417,6 +420,24 @@ class SandboxState:
         role_arn = str(target.get("RoleArn") or "")
         if not role_arn:
             return "the target names no RoleArn for Scheduler to assume"
+        # arn:<partition>:scheduler:<region>:<account>:schedule/<group>/<name>
+        prefix, _, path = schedule_arn.partition(":schedule/")
+        group = path.split("/", 1)[0]
+        untrusted = self.authorizer.service_assumes_role(
+            "scheduler:AssumeScheduleRole",
+            "scheduler.amazonaws.com",
+            role_arn,
+            {
+                "aws:SourceAccount": prefix.rsplit(":", 1)[-1],
+                "aws:SourceArn": f"{prefix}:schedule-group/{group}",
+            },
+            region,
+        )
+        if untrusted:
+            return (
+                f"scheduler.amazonaws.com cannot assume {role_arn}: its trust policy does not "
+                "allow it (" + "; ".join(r.describe() for r in untrusted) + ")"
+            )
         function_arn = str(target["Arn"])
         refusals = self.authorizer.decide_as_role(
             "scheduler:InvokeTarget",
@@ -429,6 +450,23 @@ class SandboxState:
         return f"{role_arn} is not authorized to perform: " + "; ".join(
             r.describe() for r in refusals
         )
+
+    def lambda_role_trust(self, function: Any) -> Optional[str]:
+        """Why Lambda may not assume `function`'s execution role (None: it may, or the engine
+        is off): the role's trust policy must let `lambda.amazonaws.com` in. No confused-deputy
+        keys are sent: the Lambda guide documents none for the execution role."""
+        if not self.iam_engine:
+            return None
+        refusals = self.authorizer.service_assumes_role(
+            "lambda:AssumeExecutionRole",
+            "lambda.amazonaws.com",
+            str(function.role),
+            {},
+            str(function.region),
+        )
+        if not refusals:
+            return None
+        return "; ".join(r.describe() for r in refusals)
 
     def authz_report(self) -> dict[str, Any]:
         """What the IAM engine decided for callers other than the root, and what is unmapped."""
@@ -589,7 +627,7 @@ class LocalAws:
         self.port = int(self._server.server_address[1])
         self.state.set_fleet_tag_delay(self.state.default_fleet_tag_delay)
         # Lambda Invoke runs Python handlers; their own AWS calls come back here.
-        lambda_runtime.install(self.endpoint_url)
+        lambda_runtime.install(self.endpoint_url, self.state.lambda_role_trust)
         self.state.schedule_clock = ScheduleClock(
             authorize=self.state.authorize_schedule_target
         ).start()

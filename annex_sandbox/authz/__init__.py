@@ -22,7 +22,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 from annex_sandbox.authz.engine import ALLOWED, EngineUnavailable, PolicyEngine
-from annex_sandbox.authz.mapping import MAPPINGS, Check, checks_for, is_mapped
+from annex_sandbox.authz.mapping import (
+    MAPPINGS,
+    Check,
+    checks_for,
+    is_mapped,
+    service_assumes_role,
+)
 from annex_sandbox.authz.request import AwsRequest, parse_request
 from annex_sandbox.authz.world import Caller, CallerUnknown, World
 
@@ -141,6 +147,20 @@ class Authorizer:
         )
         return refusals
 
+    def service_assumes_role(
+        self, operation: str, service: str, role_arn: str, context: dict[str, Any], region: str
+    ) -> list[Refusal]:
+        """Refusals of `service` assuming `role_arn` (the role's trust policy, with the
+        `context` the service sends), recorded like a request of the service. A role that does
+        not exist has no trust policy: nothing lets the service in."""
+        check = service_assumes_role(self.world, service, role_arn, context)
+        caller = Caller("service", service, self.world.account_id, service)
+        refusals = self.evaluate(caller, [check], region)
+        self._record_entry(
+            (operation, service, caller.kind, not refusals, [r.describe() for r in refusals])
+        )
+        return refusals
+
     def _note_served(self, req: AwsRequest, caller: Caller) -> None:
         entry = (f"{req.service}:{req.operation}", caller.kind)
         with self._lock:
@@ -199,7 +219,10 @@ class Authorizer:
         simulations = []
         principals = []
         for check in checks:
-            if check.as_role:
+            if check.as_service:
+                principal = check.as_service
+                policies = []
+            elif check.as_role:
                 role = self.world.role_by_arn(check.as_role)
                 principal = str(role.arn)
                 policies = self.world.role_policies(role.name)
@@ -231,9 +254,14 @@ class Authorizer:
         secure_transport: bool,
     ) -> dict[str, Any]:
         account = self.world.account_id
+        # A service principal has no ARN or account; AWS names the service instead.
+        principal_context = (
+            {"aws:PrincipalArn": principal, "aws:PrincipalAccount": account}
+            if principal.startswith("arn:")
+            else {"aws:PrincipalServiceName": principal, "aws:PrincipalIsAWSService": "true"}
+        )
         context: dict[str, Any] = {
-            "aws:PrincipalArn": principal,
-            "aws:PrincipalAccount": account,
+            **principal_context,
             "aws:ResourceAccount": account,
             # The loopback endpoint stands in for AWS's TLS endpoints (authz/request.py,
             # SECURE_TRANSPORT_KEY); its plain-HTTP listener for AWS's unencrypted ones.

@@ -36,7 +36,9 @@ Context = dict[str, Any]
 
 @dataclass(frozen=True)
 class Check:
-    """`action` on `resource` with `context`, decided for `as_role` (an ARN) or the caller.
+    """`action` on `resource` with `context`, decided for `as_role` (an ARN), `as_service` (a
+    service principal such as `scheduler.amazonaws.com`: it holds no identity policies, so the
+    resource policy alone decides) or the caller.
 
     `resource_type` names the reference's resource type where the engine cannot tell it from
     the ARN (AWS's account-less public SSM parameters); otherwise the engine types it."""
@@ -46,6 +48,7 @@ class Check:
     context: Context = field(default_factory=dict)
     as_role: Optional[str] = None
     resource_policy: Optional[dict[str, Any]] = None
+    as_service: Optional[str] = None
     resource_type: Optional[str] = None
 
 
@@ -526,6 +529,18 @@ def request_spot_fleet(req: AwsRequest, world: World, caller: Caller) -> list[Ch
         # A dry run launches nothing: EC2 checks only the caller's permissions ("DryRun" in the
         # RequestSpotFleet API reference); the role's launch is decided when the fleet launches.
         launching = world.role_exists(fleet_role) and not req.flag("DryRun")
+        if launching:
+            # Spot Fleet assumes the role to launch: its trust must let spotfleet.amazonaws.com
+            # in ("Spot Fleet permissions", EC2 User Guide). The fleet's ID does not exist yet
+            # while the request is decided, so only aws:SourceAccount is sent.
+            checks.append(
+                service_assumes_role(
+                    world,
+                    "spotfleet.amazonaws.com",
+                    fleet_role,
+                    {"aws:SourceAccount": world.account_id},
+                )
+            )
         for launch in launches if launching else []:
             checks += launch_checks(
                 world, req, launch, create_action="RunInstances", as_role=fleet_role
@@ -1016,12 +1031,32 @@ def _iam_policy(action: str) -> Builder:
     return build
 
 
+def role_trust(world: World, role_arn: str) -> Optional[dict[str, Any]]:
+    """The role's trust policy (its resource policy for sts:AssumeRole); None for no such role."""
+    try:
+        trust: dict[str, Any] = json.loads(world.role_by_arn(role_arn).assume_role_policy_document)
+    except Exception:
+        return None
+    return trust
+
+
+def service_assumes_role(world: World, service: str, role_arn: str, context: Context) -> Check:
+    """`service` (a service principal) assuming `role_arn` on its own, as AWS does before acting
+    with a role it was given (Scheduler with a schedule's RoleArn, Spot Fleet with its
+    IamFleetRole, Lambda with a function's execution role): the trust policy alone decides,
+    with the confused-deputy keys the service sends (`aws:SourceAccount`, `aws:SourceArn`)."""
+    return Check(
+        "sts:AssumeRole",
+        role_arn,
+        context,
+        resource_policy=role_trust(world, role_arn),
+        as_service=service,
+    )
+
+
 def assume_role(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
     arn = str(req.param("RoleArn", ""))
-    try:
-        trust = json.loads(world.role_by_arn(arn).assume_role_policy_document)
-    except Exception:
-        trust = None
+    trust = role_trust(world, arn)
     context: Context = {"sts:RoleSessionName": str(req.param("RoleSessionName", ""))}
     for parameter in ("ExternalId", "SourceIdentity"):
         if req.param(parameter):
@@ -1502,6 +1537,38 @@ _FLEET_LAUNCH_ALSO = {
     "ec2:RunInstances": Authorizes(_LAUNCH_PRODUCES, _LAUNCH_NA),
     "iam:PassRole": _PASS_ROLE,
 }
+_SERVICE_ASSUMES_ROLE = Authorizes(
+    frozenset({"role"}),
+    {
+        **na(
+            "a service assuming a role on its own sends no web-identity or SAML claims",
+            "accounts.google.com:aud",
+            "accounts.google.com:sub",
+            "cognito-identity.amazonaws.com:amr",
+            "cognito-identity.amazonaws.com:aud",
+            "cognito-identity.amazonaws.com:sub",
+            "graph.facebook.com:app_id",
+            "graph.facebook.com:id",
+            "saml:namequalifier",
+            "saml:sub",
+            "saml:sub_type",
+            "www.amazon.com:app_id",
+            "www.amazon.com:user_id",
+        ),
+        **na(
+            "the service names its own session: no session tags, external ID, source identity "
+            "or session name for a trust to condition on",
+            "aws:RequestTag/${TagKey}",
+            "aws:TagKeys",
+            "sts:ExternalId",
+            "sts:RoleSessionName",
+            "sts:SourceIdentity",
+            "sts:TransitiveTagKeys",
+        ),
+        **na("no trust policy in the setup conditions on role tags", "iam:ResourceTag/${TagKey}"),
+    },
+)
+"""What a service's own sts:AssumeRole of a role it was given produces (`service_assumes_role`)."""
 _S3_SOURCE_READS = {
     "s3:GetObject": Authorizes(_S3_PRODUCES, _S3_GET_NA),
     "s3:GetObjectVersion": Authorizes(_S3_PRODUCES | {"s3:versionid"}, _S3_GET_NA),
@@ -1587,6 +1654,8 @@ MAPPINGS: dict[str, Mapping] = {
             # The fleet's own tag-on-create, and the fleet role's launches and tagging.
             "ec2:CreateTags": _tagging([*_LAUNCH_TAGGED, "spot-fleet-request"], on_create=True),
             **_FLEET_LAUNCH_ALSO,
+            # Spot Fleet assuming the fleet role (its trust policy).
+            "sts:AssumeRole": _SERVICE_ASSUMES_ROLE,
         },
     ),
     "ec2:CancelSpotFleetRequests": Mapping(
@@ -1822,6 +1891,7 @@ MAPPINGS: dict[str, Mapping] = {
             "iam:GetRolePolicy",
             "iam:ListAttachedRolePolicies",
             "iam:DeleteServiceLinkedRole",
+            "iam:UpdateAssumeRolePolicy",
         ],
         produces=frozenset({"role"}),
         not_applicable=na(

@@ -653,6 +653,72 @@ def test_copy_object_needs_get_on_the_source_and_put_on_the_destination(aws):
     assert "s3:GetObject on resource: arn:aws:s3:::copy-bucket/source/a" in refused["Message"]
 
 
+def test_spot_fleet_must_be_able_to_assume_its_fleet_role(aws):
+    """Spot Fleet launches as the IamFleetRole, which it assumes as spotfleet.amazonaws.com
+    ("Spot Fleet permissions", EC2 User Guide): the role's trust policy decides. A role trusting
+    only EC2 refuses the fleet; trusting Spot Fleet within this account, the fleet launches."""
+    iam = aws.client("iam")
+
+    def trust(service: str) -> str:
+        return json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Principal": {"Service": service},
+                        "Action": "sts:AssumeRole",
+                        "Condition": {"StringEquals": {"aws:SourceAccount": ACCOUNT}},
+                    }
+                ],
+            }
+        )
+
+    role = iam.create_role(RoleName="fleet", AssumeRolePolicyDocument=trust("ec2.amazonaws.com"))
+    iam.put_role_policy(
+        RoleName="fleet",
+        PolicyName="launch",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": ["ec2:RunInstances", "ec2:CreateTags"],
+                        "Resource": "*",
+                    }
+                ],
+            }
+        ),
+    )
+    fleet_role = role["Role"]["Arn"]
+    ec2 = aws.client(
+        "ec2",
+        **_user(
+            aws,
+            [
+                {"Effect": "Allow", "Action": "ec2:*", "Resource": "*"},
+                {"Effect": "Allow", "Action": "iam:PassRole", "Resource": fleet_role},
+            ],
+        ),
+    )
+    config = {
+        "IamFleetRole": fleet_role,
+        "TargetCapacity": 1,
+        "LaunchSpecifications": [{"ImageId": _ami(aws), "InstanceType": "m5.large"}],
+    }
+
+    error = _error(lambda: ec2.request_spot_fleet(SpotFleetRequestConfig=config))
+    assert error["Code"] == "UnauthorizedOperation"
+    assert (
+        f"(acting as spotfleet.amazonaws.com) is not authorized to perform: sts:AssumeRole on resource: {fleet_role}"
+        in error["Message"]
+    )
+
+    iam.update_assume_role_policy(RoleName="fleet", PolicyDocument=trust("spotfleet.amazonaws.com"))
+    assert ec2.request_spot_fleet(SpotFleetRequestConfig=config)["SpotFleetRequestId"]
+
+
 def test_public_ssm_parameters_are_judged_by_their_account_less_arn(aws):
     """SAR ssm:GetParameter acts on `parameter`; AWS's public parameters have no account in
     their ARN (Systems Manager User Guide, "Working with public parameters"), so a policy

@@ -53,10 +53,17 @@ def test_every_mapped_action_is_in_the_reference() -> None:
         # SAR ec2:RunInstances with tag-on-create (ec2:CreateTags, ec2:CreateAction) and the
         # instance profile's role passed to EC2 ("iam:PassRole" at launch).
         ("ec2:RunInstances", {"ec2:RunInstances", "ec2:CreateTags", "iam:PassRole"}),
-        # The fleet's own tag-on-create, passing the fleet role, and the fleet role's launches.
+        # The fleet's own tag-on-create, passing the fleet role, Spot Fleet assuming it (its
+        # trust policy), and the fleet role's launches.
         (
             "ec2:RequestSpotFleet",
-            {"ec2:RequestSpotFleet", "ec2:CreateTags", "iam:PassRole", "ec2:RunInstances"},
+            {
+                "ec2:RequestSpotFleet",
+                "ec2:CreateTags",
+                "iam:PassRole",
+                "ec2:RunInstances",
+                "sts:AssumeRole",
+            },
         ),
         (
             "ec2:CreateFleet",
