@@ -1927,6 +1927,36 @@ MAPPINGS: dict[str, Mapping] = {
                 "CreatePolicy",
                 "DeletePolicy",
                 "CreateGroup",
+                # What an administrator's scripts (and the tests standing in for one) do to
+                # give users their policies: groups, inline and managed, and reading them back.
+                *(
+                    f"{verb}{noun}"
+                    for verb, noun in (
+                        ("AddUserTo", "Group"),
+                        ("RemoveUserFrom", "Group"),
+                        ("Attach", "GroupPolicy"),
+                        ("Detach", "GroupPolicy"),
+                        ("Put", "GroupPolicy"),
+                        ("Delete", "GroupPolicy"),
+                        ("Get", "GroupPolicy"),
+                        ("Delete", "Group"),
+                        ("Get", "Group"),
+                        ("List", "GroupPolicies"),
+                        ("ListAttached", "GroupPolicies"),
+                        ("List", "GroupsForUser"),
+                        ("List", "AccessKeys"),
+                        ("List", "UserPolicies"),
+                        ("ListAttached", "UserPolicies"),
+                        ("Get", "UserPolicy"),
+                        ("Tag", "User"),
+                        ("Tag", "Role"),
+                        ("Update", "Role"),
+                        ("List", "InstanceProfilesForRole"),
+                        ("List", "PolicyVersions"),
+                        ("Create", "PolicyVersion"),
+                        ("Delete", "PolicyVersion"),
+                    )
+                ),
             )
         ],
         produces=frozenset(

@@ -787,3 +787,45 @@ def test_delete_objects_is_judged_per_object_and_version(aws):
         "s3:DeleteObjectVersion on resource: arn:aws:s3:::batch-bucket/annex/b"
         in (version_refused["Message"])
     )
+
+
+def test_group_writes_are_judged_on_the_group_with_the_policy_arn(aws):
+    """SAR iam:AttachGroupPolicy acts on `group` with iam:PolicyARN: an administrator limited
+    to one group and one policy can attach only that."""
+    root = aws.client("iam")
+    for group in ("annex-operators", "admins"):
+        root.create_group(GroupName=group)
+    policy = root.create_policy(
+        PolicyName="annex-operator",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "*"}],
+            }
+        ),
+    )["Policy"]["Arn"]
+    iam = aws.client(
+        "iam",
+        **_user(
+            aws,
+            [
+                {
+                    "Effect": "Allow",
+                    "Action": ["iam:AttachGroupPolicy", "iam:AddUserToGroup"],
+                    "Resource": f"arn:aws:iam::{ACCOUNT}:group/annex-operators",
+                    "Condition": {"ArnEqualsIfExists": {"iam:PolicyARN": policy}},
+                }
+            ],
+        ),
+    )
+
+    iam.attach_group_policy(GroupName="annex-operators", PolicyArn=policy)
+    iam.add_user_to_group(GroupName="annex-operators", UserName="engine-user")
+    other_group = _error(lambda: iam.attach_group_policy(GroupName="admins", PolicyArn=policy))
+    admin_policy = "arn:aws:iam::aws:policy/AdministratorAccess"
+    other_policy = _error(
+        lambda: iam.attach_group_policy(GroupName="annex-operators", PolicyArn=admin_policy)
+    )
+
+    assert other_group["Code"] == other_policy["Code"] == "AccessDenied"
+    assert "group/admins" in other_group["Message"]
