@@ -821,6 +821,8 @@ def create_tags(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
             # Images live in the owner's account but their ARN has none ("ec2:image" in SAR).
             resource = _ec2(world, req, f"image/{resource_id}", account=False)
         else:
+            # An id of a type no row knows yet types as nothing the reference lists: the engine
+            # refuses it as "could not evaluate", naming the resource (add its prefix above).
             resource = _ec2(world, req, f"{kind or 'unknown-resource-type'}/{resource_id}")
         checks.append(Check("ec2:CreateTags", resource, context))
     return checks
