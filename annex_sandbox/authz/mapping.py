@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
-from xml.etree import ElementTree
 
 from annex_sandbox.authz.request import AwsRequest, members
 from annex_sandbox.authz.world import PARTITION, Caller, World
@@ -735,6 +734,52 @@ def describe_instance_attribute(req: AwsRequest, world: World, caller: Caller) -
     ]
 
 
+def security_group_ingress(action: str) -> Builder:
+    """SAR "AuthorizeSecurityGroupIngress"/"DeleteSecurityGroup": the group, with its current
+    tags, `ec2:SecurityGroupID` and `ec2:Vpc`."""
+
+    def build(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+        return _security_group_checks(world, req, action, [str(req.param("GroupId", ""))], None)
+
+    return build
+
+
+def create_image(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    """SAR "CreateImage": the new image and the snapshots made for it (with their request tags),
+    and the instance it is made from (its current tags, `ec2:InstanceID`); tag-on-create."""
+    action = "ec2:CreateImage"
+    specs = _tag_specs(req.param("TagSpecification"))
+    instance_id = str(req.param("InstanceId", ""))
+    checks = [
+        Check(
+            action,
+            _ec2(world, req, "image/*", account=False),
+            request_tag_context(specs.get("image", {})),
+        ),
+        Check(
+            action, _ec2(world, req, "snapshot/*"), request_tag_context(specs.get("snapshot", {}))
+        ),
+        Check(
+            action,
+            _ec2(world, req, f"instance/{instance_id}"),
+            {
+                **resource_tag_context(world.ec2_tags(req.region, instance_id)),
+                "ec2:InstanceID": instance_id,
+            },
+        ),
+    ]
+    for kind in ("image", "snapshot"):
+        if specs.get(kind):
+            checks.append(
+                Check(
+                    "ec2:CreateTags",
+                    _ec2(world, req, f"{kind}/*", account=kind != "image"),
+                    {**request_tag_context(specs[kind]), "ec2:CreateAction": "CreateImage"},
+                )
+            )
+    return checks
+
+
 _TAGGABLE_BY_PREFIX = {
     "i": "instance",
     "vol": "volume",
@@ -776,6 +821,8 @@ def create_tags(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
             # Images live in the owner's account but their ARN has none ("ec2:image" in SAR).
             resource = _ec2(world, req, f"image/{resource_id}", account=False)
         else:
+            # An id of a type no row knows yet types as nothing the reference lists: the engine
+            # refuses it as "could not evaluate", naming the resource (add its prefix above).
             resource = _ec2(world, req, f"{kind or 'unknown-resource-type'}/{resource_id}")
         checks.append(Check("ec2:CreateTags", resource, context))
     return checks
@@ -863,6 +910,36 @@ def copy_object(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
         )
     )
     return checks
+
+
+def delete_objects(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    """DeleteObjects (S3 API Reference, "DeleteObjects": "you must have s3:DeleteObject ...
+    and s3:DeleteObjectVersion for a specific version") for each object named in the body."""
+    bucket = str(req.param("Bucket", ""))
+    policy = world.bucket_policy(bucket)
+    checks = []
+    for item in req.param("Delete") or []:
+        context = s3_context(req, world)
+        version = item.get("VersionId")
+        if version:
+            context["s3:versionid"] = version
+        checks.append(
+            Check(
+                "s3:DeleteObjectVersion" if version else "s3:DeleteObject",
+                f"arn:{PARTITION}:s3:::{bucket}/{item['Key']}",
+                context,
+                resource_policy=policy,
+            )
+        )
+    # A body naming no object is malformed (S3 refuses it): judged as deleting any object.
+    return checks or [
+        Check(
+            "s3:DeleteObject",
+            f"arn:{PARTITION}:s3:::{bucket}/*",
+            s3_context(req, world),
+            resource_policy=policy,
+        )
+    ]
 
 
 # --- IAM, STS, CloudFormation, Scheduler, Lambda --------------------------------------------------
@@ -1708,6 +1785,63 @@ MAPPINGS: dict[str, Mapping] = {
     "ec2:CreateTags": Mapping(
         create_tags, _CREATE_TAGS.not_applicable, produces=_CREATE_TAGS.produces
     ),
+    **{
+        f"ec2:{operation}": Mapping(
+            security_group_ingress(f"ec2:{operation}"),
+            {
+                **_EC2_NA,
+                **na(
+                    "the rule has no id before it is created; no flow tags rules",
+                    "security-group-rule",
+                ),
+            },
+            produces=frozenset(
+                {
+                    "security-group",
+                    "aws:ResourceTag/${TagKey}",
+                    "ec2:SecurityGroupID",
+                    "ec2:Vpc",
+                }
+            )
+            & reference_names(f"ec2:{operation}"),
+        )
+        for operation in ("AuthorizeSecurityGroupIngress", "DeleteSecurityGroup")
+    },
+    "ec2:CreateImage": Mapping(
+        create_image,
+        {
+            **_EC2_NA,
+            **_INSTANCE_ATTRIBUTES_NA,
+            **_LAUNCHED_ATTRIBUTES_NA,
+            **na(
+                "the image and its snapshots have no id, owner or time before they are made",
+                "ec2:ImageID",
+                "ec2:Owner",
+                "ec2:SnapshotID",
+                "ec2:SnapshotTime",
+                "ec2:ParentVolume",
+                "ec2:VolumeSize",
+            ),
+            **na(
+                "no boot mode override or Outposts in any flow",
+                "ec2:BootModeOverride",
+                "ec2:OutpostArn",
+                "ec2:SourceOutpostArn",
+            ),
+        },
+        produces=frozenset(
+            {
+                "image",
+                "snapshot",
+                "instance",
+                "aws:RequestTag/${TagKey}",
+                "aws:TagKeys",
+                "aws:ResourceTag/${TagKey}",
+                "ec2:InstanceID",
+            }
+        ),
+        also={"ec2:CreateTags": _tagging(["image", "snapshot"], on_create=True)},
+    ),
     **_rows(_s3_object, ["s3:GetObject"], produces=_S3_PRODUCES, not_applicable=_S3_GET_NA),
     "s3:HeadObject": Mapping(
         _s3_object("s3:GetObject"), _S3_GET_NA, action="s3:GetObject", produces=_S3_PRODUCES
@@ -1734,6 +1868,13 @@ MAPPINGS: dict[str, Mapping] = {
         action="s3:ListBucketVersions",
         produces=_S3_BUCKET_PRODUCES | {"s3:prefix", "s3:delimiter", "s3:max-keys"},
     ),
+    "s3:DeleteObjects": Mapping(
+        delete_objects,
+        {**_S3_NA, **na("the product's batch deletes name no ETag to match", "s3:if-match")},
+        action="s3:DeleteObject",
+        produces=_S3_PRODUCES,
+        also={"s3:DeleteObjectVersion": Authorizes(_S3_PRODUCES | {"s3:versionid"}, _S3_NA)},
+    ),
     "s3:CopyObject": Mapping(
         copy_object,
         _S3_PUT_NA,
@@ -1743,7 +1884,7 @@ MAPPINGS: dict[str, Mapping] = {
     ),
     **_rows(
         _s3_bucket,
-        ["s3:GetBucketLocation", "s3:GetBucketPolicy"],
+        ["s3:GetBucketLocation", "s3:GetBucketPolicy", "s3:PutBucketVersioning"],
         produces=_S3_BUCKET_PRODUCES,
         not_applicable=_S3_NA,
     ),
@@ -1803,6 +1944,36 @@ MAPPINGS: dict[str, Mapping] = {
                 "CreatePolicy",
                 "DeletePolicy",
                 "CreateGroup",
+                # What an administrator's scripts (and the tests standing in for one) do to
+                # give users their policies: groups, inline and managed, and reading them back.
+                *(
+                    f"{verb}{noun}"
+                    for verb, noun in (
+                        ("AddUserTo", "Group"),
+                        ("RemoveUserFrom", "Group"),
+                        ("Attach", "GroupPolicy"),
+                        ("Detach", "GroupPolicy"),
+                        ("Put", "GroupPolicy"),
+                        ("Delete", "GroupPolicy"),
+                        ("Get", "GroupPolicy"),
+                        ("Delete", "Group"),
+                        ("Get", "Group"),
+                        ("List", "GroupPolicies"),
+                        ("ListAttached", "GroupPolicies"),
+                        ("List", "GroupsForUser"),
+                        ("List", "AccessKeys"),
+                        ("List", "UserPolicies"),
+                        ("ListAttached", "UserPolicies"),
+                        ("Get", "UserPolicy"),
+                        ("Tag", "User"),
+                        ("Tag", "Role"),
+                        ("Update", "Role"),
+                        ("List", "InstanceProfilesForRole"),
+                        ("List", "PolicyVersions"),
+                        ("Create", "PolicyVersion"),
+                        ("Delete", "PolicyVersion"),
+                    )
+                ),
             )
         ],
         produces=frozenset(
@@ -2012,7 +2183,9 @@ MAPPINGS: dict[str, Mapping] = {
         action="lambda:InvokeFunction",
         produces=frozenset({"function"}),
     ),
-    **_rows(_function, ["lambda:GetFunction"], produces=frozenset({"function"})),
+    **_rows(
+        _function, ["lambda:GetFunction", "lambda:DeleteFunction"], produces=frozenset({"function"})
+    ),
 }
 """`<signing name>:<Operation>` → mapping. Wildcard-only actions need no entry."""
 
@@ -2043,9 +2216,3 @@ def checks_for(req: AwsRequest, world: World, caller: Caller) -> Optional[list[C
     if is_wildcard_only(action):
         return [Check(action, "*")]
     return None
-
-
-def xml_keys(body: bytes) -> list[str]:
-    """Object keys of an S3 DeleteObjects body."""
-    root = ElementTree.fromstring(body)  # noqa: S314 - our own clients' request bodies
-    return [el.text or "" for el in root.iter() if el.tag.endswith("Key")]

@@ -16,6 +16,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Optional
+from xml.etree import ElementTree
 
 _CREDENTIAL_RE = re.compile(r"Credential=([^/,\s]+)/[^/]+/([^/]+)/([^/]+)/aws4_request")
 
@@ -162,7 +163,25 @@ def parse_request(
     elif service == "s3":
         request.params = _s3_bucket_and_key(environ)
         request.params.update({k: v[0] for k, v in query.items()})
+        if operation == "DeleteObjects":
+            request.params["Delete"] = _objects_to_delete(_read_body(environ))
     return request
+
+
+def _objects_to_delete(body: bytes) -> list[dict[str, str]]:
+    """`[{"Key", "VersionId"?}]` of an S3 DeleteObjects body (`<Delete><Object>...`)."""
+    try:
+        root = ElementTree.fromstring(body)  # noqa: S314 - the local AWS's own clients' bodies
+    except ElementTree.ParseError:
+        return []
+    out = []
+    for element in root:
+        if not element.tag.endswith("Object"):
+            continue
+        fields = {child.tag.rsplit("}", 1)[-1]: child.text or "" for child in element}
+        if "Key" in fields:
+            out.append({k: v for k, v in fields.items() if k in ("Key", "VersionId")})
+    return out
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

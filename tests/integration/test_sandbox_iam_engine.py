@@ -803,3 +803,83 @@ def test_update_function_configuration_passes_a_new_role(aws):
     assert refused["Code"] == "AccessDeniedException"
     assert f"iam:PassRole on resource: {second}" in refused["Message"]
     assert aws.client("lambda").get_function(FunctionName="fn")["Configuration"]["Role"] == second
+
+
+def test_delete_objects_is_judged_per_object_and_version(aws):
+    """S3 API Reference "DeleteObjects": s3:DeleteObject for each key named, and
+    s3:DeleteObjectVersion for a specific version (SAR: with s3:versionid)."""
+    root = aws.client("s3")
+    root.create_bucket(Bucket="batch-bucket")
+    root.put_bucket_versioning(Bucket="batch-bucket", VersioningConfiguration={"Status": "Enabled"})
+    versions = {
+        key: root.put_object(Bucket="batch-bucket", Key=key, Body=b"x")["VersionId"]
+        for key in ("annex/a", "annex/b", "other/c")
+    }
+    delete = {
+        "Effect": "Allow",
+        "Action": "s3:DeleteObject",
+        "Resource": "arn:aws:s3:::batch-bucket/annex/*",
+    }
+    s3 = aws.client("s3", **_user(aws, [delete]))
+    versioned = aws.client(
+        "s3", **_user(aws, [{**delete, "Action": "s3:DeleteObjectVersion"}], name="versions")
+    )
+
+    s3.delete_objects(Bucket="batch-bucket", Delete={"Objects": [{"Key": "annex/a"}]})
+    outside = _error(
+        lambda: s3.delete_objects(
+            Bucket="batch-bucket", Delete={"Objects": [{"Key": "annex/b"}, {"Key": "other/c"}]}
+        )
+    )
+    one_version = {"Objects": [{"Key": "annex/b", "VersionId": versions["annex/b"]}]}
+    version_refused = _error(lambda: s3.delete_objects(Bucket="batch-bucket", Delete=one_version))
+    versioned.delete_objects(Bucket="batch-bucket", Delete=one_version)
+
+    assert outside["Code"] == "AccessDenied"
+    assert "s3:DeleteObject on resource: arn:aws:s3:::batch-bucket/other/c" in outside["Message"]
+    assert (
+        "s3:DeleteObjectVersion on resource: arn:aws:s3:::batch-bucket/annex/b"
+        in (version_refused["Message"])
+    )
+
+
+def test_group_writes_are_judged_on_the_group_with_the_policy_arn(aws):
+    """SAR iam:AttachGroupPolicy acts on `group` with iam:PolicyARN: an administrator limited
+    to one group and one policy can attach only that."""
+    root = aws.client("iam")
+    for group in ("annex-operators", "admins"):
+        root.create_group(GroupName=group)
+    policy = root.create_policy(
+        PolicyName="annex-operator",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "*"}],
+            }
+        ),
+    )["Policy"]["Arn"]
+    iam = aws.client(
+        "iam",
+        **_user(
+            aws,
+            [
+                {
+                    "Effect": "Allow",
+                    "Action": ["iam:AttachGroupPolicy", "iam:AddUserToGroup"],
+                    "Resource": f"arn:aws:iam::{ACCOUNT}:group/annex-operators",
+                    "Condition": {"ArnEqualsIfExists": {"iam:PolicyARN": policy}},
+                }
+            ],
+        ),
+    )
+
+    iam.attach_group_policy(GroupName="annex-operators", PolicyArn=policy)
+    iam.add_user_to_group(GroupName="annex-operators", UserName="engine-user")
+    other_group = _error(lambda: iam.attach_group_policy(GroupName="admins", PolicyArn=policy))
+    admin_policy = "arn:aws:iam::aws:policy/AdministratorAccess"
+    other_policy = _error(
+        lambda: iam.attach_group_policy(GroupName="annex-operators", PolicyArn=admin_policy)
+    )
+
+    assert other_group["Code"] == other_policy["Code"] == "AccessDenied"
+    assert "group/admins" in other_group["Message"]

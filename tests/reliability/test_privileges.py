@@ -240,6 +240,41 @@ def test_a_removed_grant_is_caught(env: AnnexEnv, observed: Any) -> None:
     )
 
 
+@mark(AREA, "mutation: an operator without ec2:RunInstances cannot request a Spot Fleet")
+def test_spot_fleet_needs_the_requesters_own_run_instances(env: AnnexEnv, observed: Any) -> None:
+    """EC2 User Guide, "Spot Fleet permissions": the user's policy must include ec2:RunInstances
+    ("Required to launch instances in a Spot Fleet"), though the fleet role does the launching.
+    With RunInstances taken out of the operator policies (the fleet role keeps its own), the
+    Spot Fleet create is refused on the operator's own RunInstances, and rolls back."""
+    mutants = [_without_action(d, "ec2:RunInstances") for d in operator_documents(env)]
+    assert "ec2:RunInstances" not in json.dumps(mutants)
+    argv = ["-annex-name", "op-spot-norun", "-slots", "1", "-aws-ami-id", env.ami_id,
+            "-aws-spot-instance-types", "m5.large"]  # fmt: skip
+    checked = len(env.local.state.authorizer.checks)
+    try:
+        with operator_credentials(env, mutants) as (clients, arn):
+            run = cli(env, *argv, clients=clients)
+        _, refused = decisions(env, arn)
+        own_launch = [
+            (action, resource, ok)
+            for principal, action, resource, ok in env.local.state.authorizer.checks[checked:]
+            if principal == arn and action == "ec2:RunInstances"
+        ]
+    finally:
+        cli(env, "off", "-annex-name", "op-spot-norun")
+    observed.check(f"exit {run.code}", run.code != 0, run.err)
+    observed.check(
+        f"refused: {', '.join(refused)}",
+        any(r.startswith("ec2:RequestSpotFleet: ec2:RunInstances on ") for r in refused),
+        refused,
+    )
+    observed.check(
+        f"the operator's own RunInstances checks: {own_launch}",
+        bool(own_launch) and not any(ok for _, _, ok in own_launch),
+    )
+    observed.check("nothing left running", env.live_instances("op-spot-norun") == [])
+
+
 def _code(call: Any) -> str:
     try:
         call()

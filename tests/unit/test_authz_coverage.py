@@ -28,6 +28,8 @@ from tests.fixtures.authz_coverage import (
     unmapped_operations,
 )
 
+pytest_plugins = ["pytester"]
+
 
 def _gaps(rows: dict[str, Mapping]) -> list[str]:
     return [gap for key, mapping in rows.items() for gap in coverage_gaps(key, mapping)]
@@ -200,3 +202,31 @@ def test_the_emulator_page_lists_every_mapping() -> None:
         if f"`{key}`" not in table and f"`{key.split(':', 1)[1]}`" not in table
     ]
     assert missing == []
+
+
+def test_the_session_fails_on_an_operation_only_the_root_made_without_a_row(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session check itself (tests/fixtures/authz_coverage.py), in a session of its own:
+    its tests pass, but its served log holds an unmapped operation only the account root made
+    and an action a row does not declare; the session fails and names both."""
+    from annex_sandbox.authz import SERVED_LOG_ENV
+
+    log = pytester.path / "served.jsonl"
+    log.write_text(
+        '["ec2:CreateInternetGateway", "root"]\n["ec2:RunInstances", "user"]\n'
+        '{"operation": "ec2:TerminateInstances", "authorizes": "iam:PassRole"}\n'
+    )
+    monkeypatch.setenv(SERVED_LOG_ENV, str(log))
+    pytester.makepyfile("def test_nothing():\n    assert True\n")
+
+    result = pytester.runpytest_inprocess("-p", "tests.fixtures.authz_coverage")
+
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "*IAM engine coverage FAILED*",
+            "*unmapped (made by root): ec2:CreateInternetGateway*",
+            "*undeclared action: ec2:TerminateInstances → iam:PassRole*",
+        ]
+    )
