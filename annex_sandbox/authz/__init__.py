@@ -29,7 +29,7 @@ from annex_sandbox.authz.mapping import (
     is_mapped,
     service_assumes_role,
 )
-from annex_sandbox.authz.request import AwsRequest, parse_request
+from annex_sandbox.authz.request import ACTING_SERVICE_HEADER, AwsRequest, parse_request
 from annex_sandbox.authz.world import Caller, CallerUnknown, World
 
 __all__ = [
@@ -112,6 +112,14 @@ class Authorizer:
             return Decision(False, unknown_caller=unknown.reason)
         self._note_served(req, caller)
         if caller.is_root:
+            acting = req.headers.get(ACTING_SERVICE_HEADER)
+            if acting and (req.service, req.operation) == ("sts", "AssumeRole"):
+                # An emulator assuming a role for a service (IMDS for EC2): the trust decides.
+                refusals = self.service_assumes_role(
+                    f"{acting}:AssumeRole", acting, str(req.param("RoleArn", "")), {}, req.region
+                )
+                if refusals:
+                    return Decision(False, caller, [r.check for r in refusals], refusals)
             # AWS allows the root everything: no checks to build, only unmapped calls to note.
             if not is_mapped(req):
                 self._note_unmapped(req, caller)

@@ -20,6 +20,12 @@ from xml.etree import ElementTree
 
 _CREDENTIAL_RE = re.compile(r"Credential=([^/,\s]+)/[^/]+/([^/]+)/([^/]+)/aws4_request")
 
+ACTING_SERVICE_HEADER = "x-annex-sandbox-acting-service"
+"""Header of an AssumeRole the local AWS's own emulators make for an AWS service (the IMDS
+emulator assuming an instance's role as `ec2.amazonaws.com`, as EC2 does for instance metadata):
+signed with the sandbox's root key, it is judged as the named service assuming the role — by the
+role's trust policy — and honoured from the root only."""
+
 SECURE_TRANSPORT_KEY = "annex_sandbox.secure_transport"
 """WSGI environ key: False when the request came in on the local AWS's plain-HTTP listener.
 
