@@ -27,6 +27,7 @@ from annex_sandbox.patches.cloudformation import (
     cloudformation_updates_security_group_rules_in_place,
     cloudformation_use_previous_value_of_ssm_parameters,
     cloudformation_validates_vpc_id_parameters,
+    cloudformation_no_value_removes_list_elements,
 )
 from annex_sandbox.patches.ec2_fleet import (
     delete_fleets_ends_every_instance,
@@ -91,6 +92,7 @@ PATCHES: tuple[Callable[[], None], ...] = (
     scheduler_update_replaces_every_field,
     cloudformation_resolves_s3_template_urls,
     cloudformation_ssm_parameter_generated_name,
+    cloudformation_no_value_removes_list_elements,
     iam_trust_policy_account_principals,
     iam_authorizes_against_resource_arns,
     iam_inline_policies_stored_as_json,
