@@ -20,6 +20,7 @@ from annex_sandbox.patches.cloudformation import (
     cloudformation_deletes_managed_policies,
     cloudformation_executing_a_change_set_clears_the_stacks_change_sets,
     cloudformation_failed_update_rolls_back,
+    cloudformation_no_value_removes_list_elements,
     cloudformation_resolves_s3_template_urls,
     cloudformation_security_groups_admit_ipv6_ranges,
     cloudformation_ssm_parameter_generated_name,
@@ -27,7 +28,6 @@ from annex_sandbox.patches.cloudformation import (
     cloudformation_updates_security_group_rules_in_place,
     cloudformation_use_previous_value_of_ssm_parameters,
     cloudformation_validates_vpc_id_parameters,
-    cloudformation_no_value_removes_list_elements,
 )
 from annex_sandbox.patches.ec2_fleet import (
     delete_fleets_ends_every_instance,
