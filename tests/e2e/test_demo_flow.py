@@ -2,7 +2,9 @@
 
 The same `Demo` that `make demo` runs: local AWS as a process, `condor_annex -setup` through the
 pinned CDK CLI, an on-demand and a Spot Fleet annex, the real boot agent per instance, status,
-a lease expiring into the lease Lambda, `off`, and `-destroy-setup`.
+a lease expiring into the lease Lambda, `off`, and `-destroy-setup` — `-setup`/`-destroy-setup`
+as an administrator IAM user, every other command as an operator IAM user holding only the
+setup's operator policies, with the local AWS's IAM engine deciding every request.
 """
 
 from __future__ import annotations
