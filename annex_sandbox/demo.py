@@ -560,8 +560,13 @@ class Demo:
             time.sleep(1)
         self.outcomes.powered_off = {i: self.nodes[i].poweroffs for i in ours}
         for instance_id, count in self.outcomes.powered_off.items():
-            state = "still running" if self.nodes[instance_id].running() else "HTCondor exited"
+            node = self.nodes[instance_id]
+            state = "still running" if node.running() else "HTCondor exited"
             self.console.detail(f"{instance_id}: {state}, power-off hook called {count}x")
+            if node.running():
+                # Why it did not idle out: the startd's last words (its claim, its state).
+                for line in node.log_text("StartLog").splitlines()[-3:]:
+                    self.console.detail(f"  StartLog: {line}")
         self.expect(
             all(count == 1 for count in self.outcomes.powered_off.values()),
             f"expected one power-off per idle instance: {self.outcomes.powered_off}",
