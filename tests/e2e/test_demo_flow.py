@@ -17,15 +17,19 @@ import pytest
 
 from annex_sandbox.demo import FLEET_ANNEX, ON_DEMAND_ANNEX, SPOT_ANNEX, Demo
 from condor_annex import contract
+from tests.fixtures.htcondor_pool import pool_directory
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory):
-    workdir = tmp_path_factory.mktemp("demo")
-    transcript = io.StringIO()
-    demo = Demo(workdir, out=transcript)
-    outcomes = demo.run()
-    return demo, outcomes, transcript.getvalue(), workdir
+def demo_run():
+    # Not under pytest's basetemp: any pytest session starting on this host meanwhile resets it
+    # to 0700, and the idle instances' masters (condor user) then failed to reach their procd
+    # pipe and died without powering off ("expected one power-off per idle instance: 0, 0").
+    with pool_directory("demo") as workdir:
+        transcript = io.StringIO()
+        demo = Demo(workdir, out=transcript)
+        outcomes = demo.run()
+        yield demo, outcomes, transcript.getvalue(), workdir
 
 
 pytestmark = [pytest.mark.cdk, pytest.mark.xdist_group("cdk-deploy")]
