@@ -101,6 +101,12 @@ STACK_OUTPUTS: tuple[StackOutput, ...] = (
     OUTPUT_OPERATOR_POLICY_ARN,
     OUTPUT_OPERATOR_LAUNCH_POLICY_ARN,
 )
+OPERATOR_POLICY_OUTPUTS: tuple[StackOutput, ...] = (
+    OUTPUT_OPERATOR_POLICY_ARN,
+    OUTPUT_OPERATOR_LAUNCH_POLICY_ARN,
+)
+"""Every managed policy an operator attaches (split by verb to fit IAM's managed-policy size)."""
+
 MACRO_BY_OUTPUT_KEY: dict[str, str] = {o.key: o.macro for o in STACK_OUTPUTS}
 OUTPUT_KEY_BY_MACRO: dict[str, str] = {o.macro: o.key for o in STACK_OUTPUTS}
 
