@@ -849,8 +849,18 @@ def role_credentials_from_local_aws(
 ) -> Callable[[], Credentials]:
     """A credential source that assumes `role_arn` on the local AWS, as EC2 does for a profile.
 
-    With the emulator's IAM enforcement on, the credentials get exactly the role's permissions.
+    With the emulator's IAM enforcement on, the credentials get exactly the role's permissions,
+    and the AssumeRole is judged as EC2's (`ec2.amazonaws.com` must be let in by the role's trust
+    policy; refused, IMDS serves `AssumeRoleUnauthorizedAccess` as EC2 does).
     """
+    from annex_sandbox.authz.request import ACTING_SERVICE_HEADER
+
+    def as_ec2(request: Any, **_: Any) -> None:
+        request.headers[ACTING_SERVICE_HEADER] = "ec2.amazonaws.com"
+
+    sts_client.meta.events.register(
+        "before-sign.sts.AssumeRole", as_ec2, unique_id="annex-sandbox-imds-acting-service"
+    )
 
     def fetch() -> Credentials:
         answer = sts_client.assume_role(RoleArn=role_arn, RoleSessionName=session_name[:64])

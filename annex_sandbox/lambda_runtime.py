@@ -23,7 +23,7 @@ import tempfile
 import threading
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 _RUNNER = r"""
 import importlib, json, sys, time, traceback
@@ -50,6 +50,12 @@ except Exception as exc:
 
 _unpack_lock = threading.Lock()
 _installed_endpoint: list[str] = []
+
+RoleTrust = Callable[[str, str], Optional[str]]
+"""`(execution role ARN, region)` → why Lambda may not assume the role, or None."""
+
+CANNOT_ASSUME = "The role defined for the function cannot be assumed by Lambda."
+_installed_trust: list[Optional[RoleTrust]] = [None]
 
 
 def _code_dir(code_bytes: bytes, cache_root: Path) -> Path:
@@ -135,21 +141,55 @@ def _invoke_in_subprocess(fn: Any, event: Any, endpoint_url: str) -> tuple[str, 
     return result, done.returncode != 0, logs
 
 
-def install(endpoint_url: str) -> None:
+def install(endpoint_url: str, role_trust: Optional[RoleTrust] = None) -> None:
     """Make every moto Lambda function invoke its Python handler in a child process.
 
     `endpoint_url` is where the function's own AWS calls go (the local AWS itself).
+    `role_trust` decides whether Lambda (`lambda.amazonaws.com`) may assume an execution role
+    (the IAM engine: the role's trust policy). CreateFunction and an UpdateFunctionConfiguration
+    naming a new role refuse a role Lambda cannot assume with InvalidParameterValueException
+    "The role defined for the function cannot be assumed by Lambda." (the Lambda API's answer);
+    an invocation whose role's trust has since changed fails the same way and the handler does
+    not run.
     """
-    from moto.awslambda.models import LambdaFunction
+    from moto.awslambda.models import LambdaBackend, LambdaFunction
 
+    _installed_trust[0] = role_trust
     if _installed_endpoint:
         _installed_endpoint[0] = endpoint_url
         return
     _installed_endpoint.append(endpoint_url)
 
     def _invoke_lambda(self: Any, event: Any = None) -> tuple[str, bool, str]:
+        _refuse_untrusted_role(str(self.role), str(self.region))
         return _invoke_in_subprocess(
             self, event if event is not None else {}, _installed_endpoint[0]
         )
 
+    original_create: Callable[..., Any] = LambdaBackend.create_function
+    original_update: Callable[..., Any] = LambdaBackend.update_function_configuration
+
+    def create_function(self: LambdaBackend, spec: dict[str, Any]) -> Any:
+        if spec.get("Role"):
+            _refuse_untrusted_role(str(spec["Role"]), self.region_name)
+        return original_create(self, spec)
+
+    def update_function_configuration(
+        self: LambdaBackend, function_name: str, qualifier: str, body: dict[str, Any]
+    ) -> Any:
+        if body.get("Role"):
+            _refuse_untrusted_role(str(body["Role"]), self.region_name)
+        return original_update(self, function_name, qualifier, body)
+
     LambdaFunction._invoke_lambda = _invoke_lambda  # type: ignore[method-assign]
+    LambdaBackend.create_function = create_function  # type: ignore[method-assign]
+    LambdaBackend.update_function_configuration = update_function_configuration  # type: ignore[method-assign]
+
+
+def _refuse_untrusted_role(role_arn: str, region: str) -> None:
+    from moto.awslambda.exceptions import InvalidParameterValueException
+
+    trust = _installed_trust[0]
+    refused = trust(role_arn, region) if trust is not None else None
+    if refused is not None:
+        raise InvalidParameterValueException(f"{CANNOT_ASSUME} ({refused})")

@@ -407,9 +407,12 @@ class SandboxState:
         world.root_access_keys = world.root_access_keys | {access_key_id}
         world.invalidate()
 
-    def authorize_schedule_target(self, region: str, target: dict[str, Any]) -> Optional[str]:
+    def authorize_schedule_target(
+        self, region: str, schedule_arn: str, target: dict[str, Any]
+    ) -> Optional[str]:
         """Why Scheduler may not invoke `target` as its `RoleArn` (None: it may, or the engine
-        is off): `lambda:InvokeFunction` on the function, decided by the IAM engine."""
+        is off), decided by the IAM engine: the role's trust lets `scheduler.amazonaws.com`
+        assume it, then `lambda:InvokeFunction` on the function."""
         from annex_sandbox.authz import Check
 
         if not self.iam_engine:
@@ -417,6 +420,24 @@ class SandboxState:
         role_arn = str(target.get("RoleArn") or "")
         if not role_arn:
             return "the target names no RoleArn for Scheduler to assume"
+        # arn:<partition>:scheduler:<region>:<account>:schedule/<group>/<name>
+        prefix, _, path = schedule_arn.partition(":schedule/")
+        group = path.split("/", 1)[0]
+        untrusted = self.authorizer.service_assumes_role(
+            "scheduler:AssumeScheduleRole",
+            "scheduler.amazonaws.com",
+            role_arn,
+            {
+                "aws:SourceAccount": prefix.rsplit(":", 1)[-1],
+                "aws:SourceArn": f"{prefix}:schedule-group/{group}",
+            },
+            region,
+        )
+        if untrusted:
+            return (
+                f"scheduler.amazonaws.com cannot assume {role_arn}: its trust policy does not "
+                "allow it (" + "; ".join(r.describe() for r in untrusted) + ")"
+            )
         function_arn = str(target["Arn"])
         refusals = self.authorizer.decide_as_role(
             "scheduler:InvokeTarget",
@@ -430,6 +451,19 @@ class SandboxState:
             r.describe() for r in refusals
         )
 
+    def lambda_role_trust(self, role_arn: str, region: str) -> Optional[str]:
+        """Why Lambda may not assume the execution role `role_arn` (None: it may, or the engine
+        is off): the role's trust policy must let `lambda.amazonaws.com` in. No confused-deputy
+        keys are sent: the Lambda guide documents none for the execution role."""
+        if not self.iam_engine:
+            return None
+        refusals = self.authorizer.service_assumes_role(
+            "lambda:AssumeExecutionRole", "lambda.amazonaws.com", role_arn, {}, region
+        )
+        if not refusals:
+            return None
+        return "; ".join(r.describe() for r in refusals)
+
     def authz_report(self) -> dict[str, Any]:
         """What the IAM engine decided for callers other than the root, and what is unmapped."""
         authorizer = self.authorizer
@@ -442,11 +476,17 @@ class SandboxState:
 class SandboxMiddleware:
     """WSGI middleware: control endpoints, call log and throttling in front of moto."""
 
-    def __init__(self, app: WsgiApp, state: SandboxState) -> None:
+    def __init__(self, app: WsgiApp, state: SandboxState, *, secure_transport: bool = True) -> None:
+        """`secure_transport`: whether this listener stands in for AWS's TLS endpoints (the
+        SDKs' default) or for its plain-HTTP ones (`aws:SecureTransport` false)."""
         self.app = app
         self.state = state
+        self.secure_transport = secure_transport
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        from annex_sandbox.authz.request import SECURE_TRANSPORT_KEY
+
+        environ[SECURE_TRANSPORT_KEY] = self.secure_transport
         path = environ.get("PATH_INFO", "")
         if path.startswith(CONTROL_PREFIX):
             return self._control(environ, start_response, path[len(CONTROL_PREFIX) :])
@@ -558,6 +598,8 @@ class LocalAws:
         self.state = SandboxState(fleet_tag_delay, iam_engine=iam_engine)
         self._server: Any = None
         self._thread: threading.Thread | None = None
+        self._moto_app: Any = None
+        self._plain_http: Optional[tuple[Any, threading.Thread]] = None
 
     @property
     def endpoint_url(self) -> str:
@@ -573,14 +615,15 @@ class LocalAws:
         from annex_sandbox.schedule_clock import ScheduleClock
 
         apply_all()
-        app = SandboxMiddleware(DomainDispatcherApplication(create_backend_app), self.state)
+        self._moto_app = DomainDispatcherApplication(create_backend_app)
+        app = SandboxMiddleware(self._moto_app, self.state)
         self._server = make_server(
             self.host, self.port, app, threaded=True, request_handler=_quiet_handler()
         )
         self.port = int(self._server.server_address[1])
         self.state.set_fleet_tag_delay(self.state.default_fleet_tag_delay)
         # Lambda Invoke runs Python handlers; their own AWS calls come back here.
-        lambda_runtime.install(self.endpoint_url)
+        lambda_runtime.install(self.endpoint_url, self.state.lambda_role_trust)
         self.state.schedule_clock = ScheduleClock(
             authorize=self.state.authorize_schedule_target
         ).start()
@@ -594,10 +637,35 @@ class LocalAws:
         self._thread.start()
         return self
 
+    @property
+    def plain_http_endpoint_url(self) -> str:
+        """A second loopback listener onto the same local AWS, standing in for AWS's plain-HTTP
+        endpoints: its requests carry `aws:SecureTransport` false (authz/request.py). Started on
+        first use; the main endpoint stands in for the TLS endpoints every AWS client uses."""
+        from werkzeug.serving import make_server
+
+        if self._moto_app is None:
+            raise RuntimeError("start the local AWS first")
+        if self._plain_http is None:
+            app = SandboxMiddleware(self._moto_app, self.state, secure_transport=False)
+            server = make_server(self.host, 0, app, threaded=True, request_handler=_quiet_handler())
+            thread = threading.Thread(
+                target=server.serve_forever, name="local-aws-plain-http", daemon=True
+            )
+            thread.start()
+            self._plain_http = (server, thread)
+        return f"http://{self.host}:{int(self._plain_http[0].server_address[1])}"
+
     def stop(self) -> None:
         from annex_sandbox.patches.spot_fleet import FLEET_TAG_CLOCK
 
         FLEET_TAG_CLOCK.cancel_all()
+        if self._plain_http is not None:
+            server, thread = self._plain_http
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+            self._plain_http = None
         if self.state.schedule_clock is not None:
             self.state.schedule_clock.stop()
             self.state.schedule_clock = None

@@ -6,10 +6,12 @@ in its `ScheduleExpressionTimezone`) invokes its target once at that time, passi
 ("Schedule types on EventBridge Scheduler", "Configuring ActionAfterCompletion"). This clock scans
 the emulator's schedules and does the same for Lambda targets, asynchronously as Scheduler does.
 
-Scheduler invokes the target as the schedule's role (the target's `RoleArn`): a role without
-`lambda:InvokeFunction` on the function makes the invocation fail after the schedule fires
-("Set up the execution role", EventBridge Scheduler User Guide). `authorize` (the IAM engine)
-decides that; a refused firing is logged and kept in `refusals`, and the function does not run
+Scheduler invokes the target as the schedule's role (the target's `RoleArn`): it assumes the role
+as `scheduler.amazonaws.com` (the role's trust policy must let it, with the confused-deputy keys
+Scheduler sends: `aws:SourceAccount`, and `aws:SourceArn` the schedule group's ARN — "Confused
+deputy prevention in EventBridge Scheduler"), and a role without `lambda:InvokeFunction` on the
+function makes the invocation fail after the schedule fires ("Set up the execution role",
+EventBridge Scheduler User Guide). `authorize` (the IAM engine) decides both; a refused firing is logged and kept in `refusals`, and the function does not run
 (Scheduler's retries would be refused alike; no dead-letter queue is emulated).
 """
 
@@ -24,7 +26,8 @@ from zoneinfo import ZoneInfo
 
 log = logging.getLogger(__name__)
 
-TargetAuthorizer = Callable[[str, dict[str, Any]], Optional[str]]
+TargetAuthorizer = Callable[[str, str, dict[str, Any]], Optional[str]]
+"""`(region, schedule ARN, target)` → why the target may not be invoked, or None."""
 
 _AT_EXPRESSION = re.compile(r"^at\((\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})\)$")
 
@@ -49,8 +52,9 @@ class ScheduleClock:
         now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
         authorize: Optional[TargetAuthorizer] = None,
     ) -> None:
-        """`authorize(region, target)` answers why the target's role may not invoke it, or
-        None when it may (None for `authorize` itself: every invocation is allowed)."""
+        """`authorize(region, schedule ARN, target)` answers why Scheduler may not invoke the
+        target with its role, or None when it may (None for `authorize` itself: every
+        invocation is allowed)."""
         self._interval = interval
         self._now = now
         self._authorize = authorize
@@ -114,7 +118,9 @@ class ScheduleClock:
         if schedule.action_after_completion == "DELETE":
             group.delete_schedule(schedule.name)
             self._fired.discard(schedule.arn)
-        refused = self._authorize(region, target) if self._authorize is not None else None
+        refused = (
+            self._authorize(region, schedule.arn, target) if self._authorize is not None else None
+        )
         if refused is not None:
             log.warning(
                 "schedule %s: invoking %s refused: %s", schedule.arn, target["Arn"], refused

@@ -207,8 +207,16 @@ def _replica(aws: RemoteAws) -> Setup:
     )
     profile = iam.create_instance_profile(InstanceProfileName=name)["InstanceProfile"]
     iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
+    # Spot Fleet assumes its IamFleetRole as spotfleet.amazonaws.com; the instance role's EC2
+    # trust would refuse it (the IAM engine evaluates the trust when the fleet launches).
+    fleet_trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {**trust["Statement"][0], "Principal": {"Service": "spotfleet.amazonaws.com"}}
+        ],
+    }
     fleet_role = iam.create_role(
-        RoleName=f"annex-fleet-{suffix}", AssumeRolePolicyDocument=json.dumps(trust)
+        RoleName=f"annex-fleet-{suffix}", AssumeRolePolicyDocument=json.dumps(fleet_trust)
     )["Role"]
     return Setup(bucket, profile["Arn"], role["RoleName"], fleet_role["Arn"], "replica")
 

@@ -22,8 +22,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 from annex_sandbox.authz.engine import ALLOWED, EngineUnavailable, PolicyEngine
-from annex_sandbox.authz.mapping import MAPPINGS, Check, checks_for, is_mapped
-from annex_sandbox.authz.request import AwsRequest, parse_request
+from annex_sandbox.authz.mapping import (
+    MAPPINGS,
+    Check,
+    checks_for,
+    is_mapped,
+    service_assumes_role,
+)
+from annex_sandbox.authz.request import ACTING_SERVICE_HEADER, AwsRequest, parse_request
 from annex_sandbox.authz.world import Caller, CallerUnknown, World
 
 __all__ = [
@@ -88,6 +94,8 @@ class Authorizer:
         self.served: set[tuple[str, str]] = set()
         """(service:operation, caller kind) of every request decided since the server started;
         unlike `decisions`, kept across resets (the coverage check's input)."""
+        self.authorized: set[tuple[str, str]] = set()
+        """(service:operation, action) of every check built since the server started."""
 
     def close(self) -> None:
         self.engine.close()
@@ -104,16 +112,26 @@ class Authorizer:
             return Decision(False, unknown_caller=unknown.reason)
         self._note_served(req, caller)
         if caller.is_root:
+            acting = req.headers.get(ACTING_SERVICE_HEADER)
+            if acting and (req.service, req.operation) == ("sts", "AssumeRole"):
+                # An emulator assuming a role for a service (IMDS for EC2): the trust decides.
+                refusals = self.service_assumes_role(
+                    f"{acting}:AssumeRole", acting, str(req.param("RoleArn", "")), {}, req.region
+                )
+                if refusals:
+                    return Decision(False, caller, [r.check for r in refusals], refusals)
             # AWS allows the root everything: no checks to build, only unmapped calls to note.
             if not is_mapped(req):
                 self._note_unmapped(req, caller)
             return Decision(True, caller)
         checks = checks_for(req, self.world, caller)
+        if checks is not None:
+            self._note_authorized(req, checks)
         if checks is None:
             self._note_unmapped(req, caller)
             self._record(req, caller, False, ["unmapped"])
             return Decision(False, caller, unmapped=True)
-        refusals = self.evaluate(caller, checks, req.region)
+        refusals = self.evaluate(caller, checks, req.region, secure_transport=req.secure_transport)
         self._record(req, caller, not refusals, [r.describe() for r in refusals])
         return Decision(not refusals, caller, checks, refusals)
 
@@ -137,6 +155,20 @@ class Authorizer:
         )
         return refusals
 
+    def service_assumes_role(
+        self, operation: str, service: str, role_arn: str, context: dict[str, Any], region: str
+    ) -> list[Refusal]:
+        """Refusals of `service` assuming `role_arn` (the role's trust policy, with the
+        `context` the service sends), recorded like a request of the service. A role that does
+        not exist has no trust policy: nothing lets the service in."""
+        check = service_assumes_role(self.world, service, role_arn, context)
+        caller = Caller("service", service, self.world.account_id, service)
+        refusals = self.evaluate(caller, [check], region)
+        self._record_entry(
+            (operation, service, caller.kind, not refusals, [r.describe() for r in refusals])
+        )
+        return refusals
+
     def _note_served(self, req: AwsRequest, caller: Caller) -> None:
         entry = (f"{req.service}:{req.operation}", caller.kind)
         with self._lock:
@@ -147,6 +179,19 @@ class Authorizer:
             if path:
                 with open(path, "a") as log:
                     log.write(json.dumps(list(entry)) + "\n")
+
+    def _note_authorized(self, req: AwsRequest, checks: list[Check]) -> None:
+        """Log each action an operation's checks carry, once per server: the coverage check
+        holds every one to the operation's row (`Mapping.also`)."""
+        operation = f"{req.service}:{req.operation}"
+        with self._lock:
+            new = {(operation, c.action) for c in checks} - self.authorized
+            self.authorized |= new
+            path = os.environ.get(SERVED_LOG_ENV)
+            if new and path:
+                with open(path, "a") as log:
+                    for op, action in sorted(new):
+                        log.write(json.dumps({"operation": op, "authorizes": action}) + "\n")
 
     def _note_unmapped(self, req: AwsRequest, caller: Caller) -> None:
         operation = f"{req.service}:{req.operation}"
@@ -172,12 +217,20 @@ class Authorizer:
             with open(path, "a") as log:
                 log.write(json.dumps(entry) + "\n")
 
-    def evaluate(self, caller: Caller, checks: list[Check], region: str) -> list[Refusal]:
-        """The checks the engine does not allow for `caller` (roles in `as_role` act for it)."""
+    def evaluate(
+        self, caller: Caller, checks: list[Check], region: str, *, secure_transport: bool = True
+    ) -> list[Refusal]:
+        """The checks the engine does not allow for `caller` (roles in `as_role` act for it).
+
+        `secure_transport`: whether the request came over TLS (what a service does on its own
+        with a role it assumed always does)."""
         simulations = []
         principals = []
         for check in checks:
-            if check.as_role:
+            if check.as_service:
+                principal = check.as_service
+                policies = []
+            elif check.as_role:
                 role = self.world.role_by_arn(check.as_role)
                 principal = str(role.arn)
                 policies = self.world.role_policies(role.name)
@@ -185,7 +238,9 @@ class Authorizer:
                 principal = caller.arn
                 policies = self.world.identity_policies(caller)
             principals.append(principal)
-            simulations.append(self._simulation(principal, policies, check, region))
+            simulations.append(
+                self._simulation(principal, policies, check, region, secure_transport)
+            )
         results = self.engine.decide(simulations)
         with self._lock:
             self.checks += [
@@ -199,15 +254,26 @@ class Authorizer:
         ]
 
     def _simulation(
-        self, principal: str, policies: list[dict[str, Any]], check: Check, region: str
+        self,
+        principal: str,
+        policies: list[dict[str, Any]],
+        check: Check,
+        region: str,
+        secure_transport: bool,
     ) -> dict[str, Any]:
         account = self.world.account_id
+        # A service principal has no ARN or account; AWS names the service instead.
+        principal_context = (
+            {"aws:PrincipalArn": principal, "aws:PrincipalAccount": account}
+            if principal.startswith("arn:")
+            else {"aws:PrincipalServiceName": principal, "aws:PrincipalIsAWSService": "true"}
+        )
         context: dict[str, Any] = {
-            "aws:PrincipalArn": principal,
-            "aws:PrincipalAccount": account,
+            **principal_context,
             "aws:ResourceAccount": account,
-            # The loopback endpoint stands in for AWS's TLS endpoints.
-            "aws:SecureTransport": "true",
+            # The loopback endpoint stands in for AWS's TLS endpoints (authz/request.py,
+            # SECURE_TRANSPORT_KEY); its plain-HTTP listener for AWS's unencrypted ones.
+            "aws:SecureTransport": "true" if secure_transport else "false",
             "aws:RequestedRegion": region,
             **{k: v if isinstance(v, list) else str(v) for k, v in check.context.items()},
         }
@@ -224,6 +290,8 @@ class Authorizer:
         }
         if check.resource_policy is not None:
             simulation["resourcePolicy"] = check.resource_policy
+        if check.resource_type is not None:
+            simulation["resourceType"] = check.resource_type
         return simulation
 
     # --- the request path -------------------------------------------------------------------

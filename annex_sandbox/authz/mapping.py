@@ -19,12 +19,12 @@ Adding an operation (docs/EMULATOR.md, "IAM engine"): write a builder returning 
 from __future__ import annotations
 
 import json
+import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
-from xml.etree import ElementTree
 
 from annex_sandbox.authz.request import AwsRequest, members
 from annex_sandbox.authz.world import PARTITION, Caller, World
@@ -36,16 +36,33 @@ Context = dict[str, Any]
 
 @dataclass(frozen=True)
 class Check:
-    """`action` on `resource` with `context`, decided for `as_role` (an ARN) or the caller."""
+    """`action` on `resource` with `context`, decided for `as_role` (an ARN), `as_service` (a
+    service principal such as `scheduler.amazonaws.com`: it holds no identity policies, so the
+    resource policy alone decides) or the caller.
+
+    `resource_type` names the reference's resource type where the engine cannot tell it from
+    the ARN (AWS's account-less public SSM parameters); otherwise the engine types it."""
 
     action: str
     resource: str
     context: Context = field(default_factory=dict)
     as_role: Optional[str] = None
     resource_policy: Optional[dict[str, Any]] = None
+    as_service: Optional[str] = None
+    resource_type: Optional[str] = None
 
 
 Builder = Callable[[AwsRequest, World, Caller], list[Check]]
+
+
+@dataclass(frozen=True)
+class Authorizes:
+    """What a row's checks produce for one more action they authorize (tag-on-create's
+    `ec2:CreateTags`, `iam:PassRole`, the Spot Fleet role's launch), and the reasons for the
+    rest the reference lists for it; held to the reference like the row's own action."""
+
+    produces: frozenset[str] = frozenset()
+    not_applicable: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -57,13 +74,20 @@ class Mapping:
     the builder puts into its checks for that action; `not_applicable` names every other one
     the reference lists for it, each with a one-line reason. The keys of a resource type
     declared not applicable need no entry of their own: without the resource there is nothing
-    to condition on.
+    to condition on. `also` declares the same for every other action the builder's checks
+    carry; the session's coverage check fails on a check whose action is neither.
     """
 
     build: Builder
     not_applicable: dict[str, str] = field(default_factory=dict)
     action: str = ""
     produces: frozenset[str] = frozenset()
+    also: dict[str, Authorizes] = field(default_factory=dict)
+
+    def authorizes(self, operation_key: str) -> dict[str, Authorizes]:
+        """Every action the row's checks may carry → what is produced / not applicable."""
+        own = Authorizes(self.produces, self.not_applicable)
+        return {mapped_action(operation_key, self): own, **self.also}
 
 
 def mapped_action(operation_key: str, mapping: Mapping) -> str:
@@ -496,6 +520,7 @@ def request_spot_fleet(req: AwsRequest, world: World, caller: Caller) -> list[Ch
         launch["SubnetId"] = subnets[0] if subnets else None
         launch["SecurityGroupId"] = [g for g in groups if g]
         launches.append(launch)
+    checks += _spot_fleet_requester_checks(world, req, launches)
     if fleet_role:
         checks.append(
             Check("iam:PassRole", fleet_role, {"iam:PassedToService": "spotfleet.amazonaws.com"})
@@ -504,12 +529,52 @@ def request_spot_fleet(req: AwsRequest, world: World, caller: Caller) -> list[Ch
         # A dry run launches nothing: EC2 checks only the caller's permissions ("DryRun" in the
         # RequestSpotFleet API reference); the role's launch is decided when the fleet launches.
         launching = world.role_exists(fleet_role) and not req.flag("DryRun")
+        if launching:
+            # Spot Fleet assumes the role to launch: its trust must let spotfleet.amazonaws.com
+            # in ("Spot Fleet permissions", EC2 User Guide). The fleet's ID does not exist yet
+            # while the request is decided, so only aws:SourceAccount is sent.
+            checks.append(
+                service_assumes_role(
+                    world,
+                    "spotfleet.amazonaws.com",
+                    fleet_role,
+                    {"aws:SourceAccount": world.account_id},
+                )
+            )
         for launch in launches if launching else []:
             checks += launch_checks(
                 world, req, launch, create_action="RunInstances", as_role=fleet_role
             )
             checks += _fleet_tagging_checks(world, req, launch, fleet_role)
     return checks
+
+
+REQUESTER_LAUNCH_ACTIONS = ("ec2:RunInstances", "ec2:CreateTags")
+
+
+def _spot_fleet_requester_checks(
+    world: World, req: AwsRequest, launches: list[dict[str, Any]]
+) -> list[Check]:
+    """The requester's own launch permissions at RequestSpotFleet. EC2 User Guide, "Spot Fleet
+    permissions", Required EC2 and IAM APIs — the user's policy must include
+    `ec2:RunInstances` ("Required to launch instances in a Spot Fleet") and `ec2:CreateTags`
+    ("Required to tag the Spot Fleet request, instances, or volumes"), beside the fleet role
+    that does the launching. The guide names the actions, not their resources: each launch
+    the request describes is checked for the caller as RunInstances would check it (instance,
+    volume, interface, image, subnets, groups, template; its instance/volume tags with
+    `ec2:CreateAction` = RequestSpotFleet, the caller's own call). Not `iam:PassRole` of the
+    instance profile's role: the guide's user policy passes only the fleet role, and the
+    fleet role passes the instance role when it launches. Checked at a dry run too: DryRun
+    checks the caller's permissions, which these are. A launch from a template that does not
+    exist describes nothing to check (and launches nothing: the fleet fails it)."""
+    return [
+        check
+        for launch in launches
+        if not launch.get("LaunchTemplate")
+        or _launch_template(world, req, launch["LaunchTemplate"]) is not None
+        for check in launch_checks(world, req, launch, create_action="RequestSpotFleet")
+        if check.action in REQUESTER_LAUNCH_ACTIONS
+    ]
 
 
 def _fleet_tagging_checks(
@@ -572,6 +637,197 @@ def delete_fleets(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
     ]
 
 
+def create_launch_template_version(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    """SAR "CreateLaunchTemplateVersion": the template, with its current tags."""
+    template = _launch_template(world, req, req.params)
+    template_id = template.id if template is not None else req.param("LaunchTemplateId", "*")
+    return [
+        Check(
+            "ec2:CreateLaunchTemplateVersion",
+            _ec2(world, req, f"launch-template/{template_id}"),
+            resource_tag_context(world.ec2_tags(req.region, template_id)),
+        )
+    ]
+
+
+def _vpc_check(world: World, req: AwsRequest, action: str, vpc_id: str) -> Check:
+    """`action` on an existing VPC, with its current tags and `ec2:VpcID`."""
+    context = resource_tag_context(world.ec2_tags(req.region, vpc_id))
+    context["ec2:VpcID"] = vpc_id
+    return Check(action, _ec2(world, req, f"vpc/{vpc_id}"), context)
+
+
+def _created_with_tags(
+    world: World, req: AwsRequest, action: str, kind: str, extra: Optional[list[Check]] = None
+) -> list[Check]:
+    """A create of one EC2 resource of `kind`: `action` on `<kind>/*` with the request's tags
+    for it, the checks on what it is created in (`extra`), and tag-on-create (`ec2:CreateTags`
+    with `ec2:CreateAction`, "Grant permission to tag resources during creation")."""
+    tags = _tag_specs(req.param("TagSpecification")).get(kind, {})
+    resource = _ec2(world, req, f"{kind}/*")
+    checks = [Check(action, resource, request_tag_context(tags)), *(extra or [])]
+    if tags:
+        checks.append(
+            Check(
+                "ec2:CreateTags",
+                resource,
+                {**request_tag_context(tags), "ec2:CreateAction": action.split(":", 1)[1]},
+            )
+        )
+    return checks
+
+
+def create_vpc(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    return _created_with_tags(world, req, "ec2:CreateVpc", "vpc")
+
+
+def create_subnet(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    """SAR "CreateSubnet": the new subnet and the VPC it is made in (both required)."""
+    action = "ec2:CreateSubnet"
+    vpc = [_vpc_check(world, req, action, str(req.param("VpcId", "")))]
+    return _created_with_tags(world, req, action, "subnet", vpc)
+
+
+def create_security_group(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    """SAR "CreateSecurityGroup": the new group and the VPC it is made in (the default VPC
+    when the request names none, as EC2 does)."""
+    action = "ec2:CreateSecurityGroup"
+    vpc_id = req.param("VpcId")
+    if not vpc_id:
+        default = world.ec2(req.region).get_default_vpc()
+        vpc_id = default.id if default is not None else None
+    vpc = [_vpc_check(world, req, action, str(vpc_id))] if vpc_id else []
+    return _created_with_tags(world, req, action, "security-group", vpc)
+
+
+def delete_subnet(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    subnet_id = str(req.param("SubnetId", ""))
+    return _subnet_checks(world, req, "ec2:DeleteSubnet", [subnet_id], None)
+
+
+def delete_vpc(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    return [_vpc_check(world, req, "ec2:DeleteVpc", str(req.param("VpcId", "")))]
+
+
+def describe_fleet_instances(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    fleet_id = str(req.param("FleetId", ""))
+    return [
+        Check(
+            "ec2:DescribeFleetInstances",
+            _ec2(world, req, f"fleet/{fleet_id}"),
+            resource_tag_context(world.ec2_tags(req.region, fleet_id)),
+        )
+    ]
+
+
+def describe_instance_attribute(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    instance_id = str(req.param("InstanceId", ""))
+    return [
+        Check(
+            "ec2:DescribeInstanceAttribute",
+            _ec2(world, req, f"instance/{instance_id}"),
+            {
+                **resource_tag_context(world.ec2_tags(req.region, instance_id)),
+                "ec2:InstanceID": instance_id,
+            },
+        )
+    ]
+
+
+def security_group_ingress(action: str) -> Builder:
+    """SAR "AuthorizeSecurityGroupIngress"/"DeleteSecurityGroup": the group, with its current
+    tags, `ec2:SecurityGroupID` and `ec2:Vpc`."""
+
+    def build(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+        return _security_group_checks(world, req, action, [str(req.param("GroupId", ""))], None)
+
+    return build
+
+
+def create_image(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    """SAR "CreateImage": the new image and the snapshots made for it (with their request tags),
+    and the instance it is made from (its current tags, `ec2:InstanceID`); tag-on-create."""
+    action = "ec2:CreateImage"
+    specs = _tag_specs(req.param("TagSpecification"))
+    instance_id = str(req.param("InstanceId", ""))
+    checks = [
+        Check(
+            action,
+            _ec2(world, req, "image/*", account=False),
+            request_tag_context(specs.get("image", {})),
+        ),
+        Check(
+            action, _ec2(world, req, "snapshot/*"), request_tag_context(specs.get("snapshot", {}))
+        ),
+        Check(
+            action,
+            _ec2(world, req, f"instance/{instance_id}"),
+            {
+                **resource_tag_context(world.ec2_tags(req.region, instance_id)),
+                "ec2:InstanceID": instance_id,
+            },
+        ),
+    ]
+    for kind in ("image", "snapshot"):
+        if specs.get(kind):
+            checks.append(
+                Check(
+                    "ec2:CreateTags",
+                    _ec2(world, req, f"{kind}/*", account=kind != "image"),
+                    {**request_tag_context(specs[kind]), "ec2:CreateAction": "CreateImage"},
+                )
+            )
+    return checks
+
+
+_TAGGABLE_BY_PREFIX = {
+    "i": "instance",
+    "vol": "volume",
+    "eni": "network-interface",
+    "sg": "security-group",
+    "subnet": "subnet",
+    "vpc": "vpc",
+    "lt": "launch-template",
+    "sfr": "spot-fleet-request",
+    "fleet": "fleet",
+    "ami": "image",
+    "key": "key-pair",
+}
+"""EC2 resource type by resource-id prefix, for the resources a flow or test tags by id."""
+
+_ID_CONDITION_KEY = {
+    "instance": "ec2:InstanceID",
+    "security-group": "ec2:SecurityGroupID",
+    "subnet": "ec2:SubnetID",
+    "vpc": "ec2:VpcID",
+}
+
+
+def create_tags(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    """SAR "CreateTags" on each resource named, typed by its id, with the request's tags and
+    the resource's current ones. A direct CreateTags has no `ec2:CreateAction` (EC2 sets it
+    only when tags are applied by the creating call)."""
+    tags = _key_values(req.param("Tag"))
+    checks = []
+    for resource_id in dict.fromkeys(str(r) for r in members(req.param("ResourceId"))):
+        kind = _TAGGABLE_BY_PREFIX.get(resource_id.split("-", 1)[0], "")
+        context = {
+            **request_tag_context(tags),
+            **resource_tag_context(world.ec2_tags(req.region, resource_id)),
+        }
+        if kind in _ID_CONDITION_KEY:
+            context[_ID_CONDITION_KEY[kind]] = resource_id
+        if kind == "image":
+            # Images live in the owner's account but their ARN has none ("ec2:image" in SAR).
+            resource = _ec2(world, req, f"image/{resource_id}", account=False)
+        else:
+            # An id of a type no row knows yet types as nothing the reference lists: the engine
+            # refuses it as "could not evaluate", naming the resource (add its prefix above).
+            resource = _ec2(world, req, f"{kind or 'unknown-resource-type'}/{resource_id}")
+        checks.append(Check("ec2:CreateTags", resource, context))
+    return checks
+
+
 # --- S3 -------------------------------------------------------------------------------------------
 
 _S3_HEADER_KEYS = ("if-match", "if-none-match")
@@ -611,21 +867,77 @@ def _s3_object(action: str) -> Builder:
     return build
 
 
-def _s3_list(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
-    bucket = req.param("Bucket")
-    context = s3_context(req, world)
-    if "prefix" in req.params:
-        context["s3:prefix"] = req.param("prefix")
-    if "delimiter" in req.params:
-        context["s3:delimiter"] = req.param("delimiter")
-    if "max-keys" in req.params:
-        context["s3:max-keys"] = req.param("max-keys")
-    return [
+def _s3_listing(action: str) -> Builder:
+    """A listing of the bucket (ListObjects*, HeadBucket as s3:ListBucket; ListObjectVersions
+    as s3:ListBucketVersions) with the listing's own condition keys, when sent."""
+
+    def build(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+        bucket = req.param("Bucket")
+        context = s3_context(req, world)
+        for parameter in ("prefix", "delimiter", "max-keys"):
+            if parameter in req.params:
+                context[f"s3:{parameter}"] = req.param(parameter)
+        return [
+            Check(
+                action,
+                f"arn:{PARTITION}:s3:::{bucket}",
+                context,
+                resource_policy=world.bucket_policy(bucket),
+            )
+        ]
+
+    return build
+
+
+def copy_object(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    """CopyObject (S3 API Reference, "CopyObject", Permissions): s3:PutObject on the destination
+    (its `x-amz-copy-source`/`x-amz-metadata-directive` headers as condition keys) and
+    s3:GetObject on the source — s3:GetObjectVersion when the source names a version."""
+    source = urllib.parse.unquote(req.headers.get("x-amz-copy-source", "")).lstrip("/")
+    source_path, _, source_query = source.partition("?")
+    source_bucket = source_path.partition("/")[0]
+    version = urllib.parse.parse_qs(source_query).get("versionId", [""])[0]
+    checks = _s3_object("s3:PutObject")(req, world, caller)
+    read_context = s3_context(req, world)
+    if version:
+        read_context["s3:versionid"] = version
+    checks.append(
         Check(
-            "s3:ListBucket",
-            f"arn:{PARTITION}:s3:::{bucket}",
-            context,
-            resource_policy=world.bucket_policy(bucket),
+            "s3:GetObjectVersion" if version else "s3:GetObject",
+            f"arn:{PARTITION}:s3:::{source_path}",
+            read_context,
+            resource_policy=world.bucket_policy(source_bucket),
+        )
+    )
+    return checks
+
+
+def delete_objects(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    """DeleteObjects (S3 API Reference, "DeleteObjects": "you must have s3:DeleteObject ...
+    and s3:DeleteObjectVersion for a specific version") for each object named in the body."""
+    bucket = str(req.param("Bucket", ""))
+    policy = world.bucket_policy(bucket)
+    checks = []
+    for item in req.param("Delete") or []:
+        context = s3_context(req, world)
+        version = item.get("VersionId")
+        if version:
+            context["s3:versionid"] = version
+        checks.append(
+            Check(
+                "s3:DeleteObjectVersion" if version else "s3:DeleteObject",
+                f"arn:{PARTITION}:s3:::{bucket}/{item['Key']}",
+                context,
+                resource_policy=policy,
+            )
+        )
+    # A body naming no object is malformed (S3 refuses it): judged as deleting any object.
+    return checks or [
+        Check(
+            "s3:DeleteObject",
+            f"arn:{PARTITION}:s3:::{bucket}/*",
+            s3_context(req, world),
+            resource_policy=policy,
         )
     ]
 
@@ -646,7 +958,7 @@ def _iam_role(action: str) -> Builder:
 
 
 def _iam_entity(action: str) -> Builder:
-    """IAM writes on one user, role, instance profile or policy (the action's one resource
+    """IAM writes on one user, role, group, instance profile or policy (the action's one resource
     type), with its request tags and `iam:PolicyARN`. AddRoleToInstanceProfile also passes the
     role ("Using instance profiles": the caller needs iam:PassRole on it)."""
     listed = reference_names(action)
@@ -667,6 +979,9 @@ def _iam_entity(action: str) -> Builder:
             resource = f"arn:{PARTITION}:iam::{account}:role{path}{name}"
             if world.role_exists(resource):
                 resource = str(world.role_by_arn(resource).arn)
+        elif "group" in listed:
+            path = str(req.param("Path") or "/")
+            resource = f"arn:{PARTITION}:iam::{account}:group{path}{req.param('GroupName', '')}"
         else:
             # No UserName: IAM acts on the caller's own user.
             name = str(req.param("UserName") or "")
@@ -718,12 +1033,32 @@ def _iam_policy(action: str) -> Builder:
     return build
 
 
+def role_trust(world: World, role_arn: str) -> Optional[dict[str, Any]]:
+    """The role's trust policy (its resource policy for sts:AssumeRole); None for no such role."""
+    try:
+        trust: dict[str, Any] = json.loads(world.role_by_arn(role_arn).assume_role_policy_document)
+    except Exception:
+        return None
+    return trust
+
+
+def service_assumes_role(world: World, service: str, role_arn: str, context: Context) -> Check:
+    """`service` (a service principal) assuming `role_arn` on its own, as AWS does before acting
+    with a role it was given (Scheduler with a schedule's RoleArn, Spot Fleet with its
+    IamFleetRole, Lambda with a function's execution role): the trust policy alone decides,
+    with the confused-deputy keys the service sends (`aws:SourceAccount`, `aws:SourceArn`)."""
+    return Check(
+        "sts:AssumeRole",
+        role_arn,
+        context,
+        resource_policy=role_trust(world, role_arn),
+        as_service=service,
+    )
+
+
 def assume_role(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
     arn = str(req.param("RoleArn", ""))
-    try:
-        trust = json.loads(world.role_by_arn(arn).assume_role_policy_document)
-    except Exception:
-        trust = None
+    trust = role_trust(world, arn)
     context: Context = {"sts:RoleSessionName": str(req.param("RoleSessionName", ""))}
     for parameter in ("ExternalId", "SourceIdentity"):
         if req.param(parameter):
@@ -811,10 +1146,16 @@ def _ssm_parameter(action: str) -> Builder:
         for name in names:
             path = str(name).lstrip("/")
             # AWS's public parameters (/aws/service/...) belong to no account: their ARN has an
-            # empty account field ("Working with public parameters", Systems Manager User Guide).
-            account = "" if path.startswith("aws/service/") else world.account_id
+            # empty account field ("Working with public parameters", Systems Manager User Guide),
+            # which the engine cannot type by pattern: the type is named.
+            public = path.startswith("aws/service/")
+            account = "" if public else world.account_id
             out.append(
-                Check(action, f"arn:{PARTITION}:ssm:{req.region}:{account}:parameter/{path}")
+                Check(
+                    action,
+                    f"arn:{PARTITION}:ssm:{req.region}:{account}:parameter/{path}",
+                    resource_type="parameter" if public else None,
+                )
             )
         return out
 
@@ -879,6 +1220,21 @@ def create_function(req: AwsRequest, world: World, caller: Caller) -> list[Check
             request_tag_context({str(k): str(v) for k, v in dict(tags).items()}),
         )
     ]
+    if req.param("Role"):
+        checks.append(
+            Check(
+                "iam:PassRole",
+                str(req.param("Role")),
+                {"iam:PassedToService": "lambda.amazonaws.com"},
+            )
+        )
+    return checks
+
+
+def update_function_configuration(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
+    """UpdateFunctionConfiguration on the function; a new execution role is passed to Lambda
+    (iam:PassRole), as at CreateFunction."""
+    checks = _function("lambda:UpdateFunctionConfiguration")(req, world, caller)
     if req.param("Role"):
         checks.append(
             Check(
@@ -1043,6 +1399,73 @@ _FLEET_NAMES_NA = {
         "ec2:KeyPairType",
     ),
 }
+_LAUNCHED_ATTRIBUTES_NA = na(
+    "policies scope calls on a running instance by aws:ResourceTag; the launch held these",
+    "ec2:InstanceProfile",
+    "ec2:InstanceType",
+    "ec2:MetadataHttpTokens",
+)
+_NO_IPAM_NA = na(
+    "no IP address manager pools: addresses come from the request's CIDR block",
+    "ipam-pool",
+    "ipv6pool-ec2",
+    "ec2:Ipv4IpamPoolId",
+    "ec2:Ipv6IpamPoolId",
+)
+_TENANCY_NA = na("every VPC has default tenancy; no policy conditions on it", "ec2:Tenancy")
+_PLACEMENT_NA = na(
+    "no deployed policy conditions on a subnet's zone",
+    "ec2:AvailabilityZone",
+    "ec2:AvailabilityZoneId",
+)
+
+
+def _tagging(kinds: Iterable[str], *, on_create: bool, id_keys: Iterable[str] = ()) -> Authorizes:
+    """What `ec2:CreateTags` checks on `kinds` produce — at creation (`ec2:CreateAction`, no
+    current tags yet) or by id on existing resources (their current tags and `id_keys`) — and
+    the reasons for everything else the reference lists across its ~100 taggable resource
+    types (computed: the list is long and grows with EC2)."""
+    tagged = set(kinds)
+    produces = tagged | {"aws:RequestTag/${TagKey}", "aws:TagKeys", *id_keys}
+    not_applicable = dict(_EC2_NA)
+    if on_create:
+        produces.add("ec2:CreateAction")
+        not_applicable.update(
+            na("the resource is being created: no current tags", "aws:ResourceTag/${TagKey}")
+        )
+    else:
+        produces.add("aws:ResourceTag/${TagKey}")
+        not_applicable.update(
+            na(
+                "a direct CreateTags has none: EC2 sets it only on tag-on-create",
+                "ec2:CreateAction",
+            )
+        )
+    for resource_type in (action_details("ec2:CreateTags") or {}).get("resourceTypes", []):
+        name = resource_type["name"]
+        if name not in tagged:
+            not_applicable[name] = "no flow or test tags one here"
+            continue
+        for key in resource_type["conditionKeys"]:
+            if key not in produces and key not in not_applicable:
+                not_applicable[key] = (
+                    "tagging is scoped by tags; no deployed policy conditions on the tagged "
+                    "resource's attributes"
+                )
+    return Authorizes(frozenset(produces), not_applicable)
+
+
+_CREATE_TAGS = _tagging(
+    _TAGGABLE_BY_PREFIX.values(), on_create=False, id_keys=_ID_CONDITION_KEY.values()
+)
+_LAUNCH_TAGGED = ("instance", "volume", "network-interface", "spot-instances-request")
+_PASS_ROLE = Authorizes(
+    frozenset({"role", "iam:PassedToService"}),
+    na(
+        "no deployed policy conditions PassRole on the resource the role is associated with",
+        "iam:AssociatedResourceArn",
+    ),
+)
 _S3_NA = {
     **na("the product addresses the bucket directly", "accesspoint", "accesspointobject"),
     **na("no S3 Access Grants in the setup", "s3:AccessGrantsInstanceArn"),
@@ -1120,34 +1543,89 @@ _STACK_NA = {
 }
 
 
+_LAUNCH_ALSO = {
+    "ec2:CreateTags": _tagging(_LAUNCH_TAGGED, on_create=True),
+    "iam:PassRole": _PASS_ROLE,
+}
+"""What a launch (`launch_checks`) authorizes besides ec2:RunInstances."""
+_FLEET_LAUNCH_ALSO = {
+    # The fleet's launches: ec2:RunInstances as the fleet role (Spot Fleet) or the caller
+    # (an instant EC2 Fleet), with the launch's own tagging and role passing.
+    "ec2:RunInstances": Authorizes(_LAUNCH_PRODUCES, _LAUNCH_NA),
+    "iam:PassRole": _PASS_ROLE,
+}
+_SERVICE_ASSUMES_ROLE = Authorizes(
+    frozenset({"role"}),
+    {
+        **na(
+            "a service assuming a role on its own sends no web-identity or SAML claims",
+            "accounts.google.com:aud",
+            "accounts.google.com:sub",
+            "cognito-identity.amazonaws.com:amr",
+            "cognito-identity.amazonaws.com:aud",
+            "cognito-identity.amazonaws.com:sub",
+            "graph.facebook.com:app_id",
+            "graph.facebook.com:id",
+            "saml:namequalifier",
+            "saml:sub",
+            "saml:sub_type",
+            "www.amazon.com:app_id",
+            "www.amazon.com:user_id",
+        ),
+        **na(
+            "the service names its own session: no session tags, external ID, source identity "
+            "or session name for a trust to condition on",
+            "aws:RequestTag/${TagKey}",
+            "aws:TagKeys",
+            "sts:ExternalId",
+            "sts:RoleSessionName",
+            "sts:SourceIdentity",
+            "sts:TransitiveTagKeys",
+        ),
+        **na("no trust policy in the setup conditions on role tags", "iam:ResourceTag/${TagKey}"),
+    },
+)
+"""What a service's own sts:AssumeRole of a role it was given produces (`service_assumes_role`)."""
+_S3_SOURCE_READS = {
+    "s3:GetObject": Authorizes(_S3_PRODUCES, _S3_GET_NA),
+    "s3:GetObjectVersion": Authorizes(_S3_PRODUCES | {"s3:versionid"}, _S3_GET_NA),
+}
+
+
 def _rows(
     factory: Callable[[str], Builder],
     actions: Iterable[str],
     *,
     produces: frozenset[str],
     not_applicable: Optional[dict[str, str]] = None,
+    also: Optional[dict[str, dict[str, Authorizes]]] = None,
 ) -> dict[str, Mapping]:
     """One row per action whose operation has the action's own name, built the same way.
 
     A family shares its builder and declarations; each row keeps the part of them the
-    reference lists for its own action (the builders produce only those keys)."""
+    reference lists for its own action (the builders produce only those keys). `also`: the
+    other actions a row of the family authorizes, by the row's action."""
     return {
         action: Mapping(
             factory(action),
             {k: v for k, v in (not_applicable or {}).items() if k in reference_names(action)},
             action=action,
             produces=produces & reference_names(action),
+            also=(also or {}).get(action, {}),
         )
         for action in actions
     }
 
 
 MAPPINGS: dict[str, Mapping] = {
-    "ec2:RunInstances": Mapping(run_instances, _LAUNCH_NA, produces=_LAUNCH_PRODUCES),
+    "ec2:RunInstances": Mapping(
+        run_instances, _LAUNCH_NA, produces=_LAUNCH_PRODUCES, also=_LAUNCH_ALSO
+    ),
     "ec2:CreateLaunchTemplate": Mapping(
         create_launch_template,
         _EC2_NA,
         produces=frozenset({"launch-template", "aws:RequestTag/${TagKey}", "aws:TagKeys"}),
+        also={"ec2:CreateTags": _tagging(["launch-template"], on_create=True)},
     ),
     "ec2:DeleteLaunchTemplate": Mapping(
         delete_launch_template,
@@ -1159,12 +1637,7 @@ MAPPINGS: dict[str, Mapping] = {
         {
             **_EC2_NA,
             **_INSTANCE_ATTRIBUTES_NA,
-            **na(
-                "policies scope terminate by aws:ResourceTag; the launch already held these",
-                "ec2:InstanceProfile",
-                "ec2:InstanceType",
-                "ec2:MetadataHttpTokens",
-            ),
+            **_LAUNCHED_ATTRIBUTES_NA,
         },
         produces=frozenset({"instance", "aws:ResourceTag/${TagKey}", "ec2:InstanceID"}),
     ),
@@ -1194,6 +1667,13 @@ MAPPINGS: dict[str, Mapping] = {
                 "ec2:Vpc",
             }
         ),
+        also={
+            # The fleet's own tag-on-create, and the fleet role's launches and tagging.
+            "ec2:CreateTags": _tagging([*_LAUNCH_TAGGED, "spot-fleet-request"], on_create=True),
+            **_FLEET_LAUNCH_ALSO,
+            # Spot Fleet assuming the fleet role (its trust policy).
+            "sts:AssumeRole": _SERVICE_ASSUMES_ROLE,
+        },
     ),
     "ec2:CancelSpotFleetRequests": Mapping(
         cancel_spot_fleet_requests,
@@ -1223,9 +1703,144 @@ MAPPINGS: dict[str, Mapping] = {
                 "ec2:Vpc",
             }
         ),
+        also={
+            # The fleet's tag-on-create, and an instant fleet's launch as the caller.
+            "ec2:CreateTags": _tagging([*_LAUNCH_TAGGED, "fleet"], on_create=True),
+            **_FLEET_LAUNCH_ALSO,
+        },
     ),
     "ec2:DeleteFleets": Mapping(
         delete_fleets, _EC2_NA, produces=frozenset({"fleet", "aws:ResourceTag/${TagKey}"})
+    ),
+    "ec2:DescribeFleetInstances": Mapping(
+        describe_fleet_instances,
+        _EC2_NA,
+        produces=frozenset({"fleet", "aws:ResourceTag/${TagKey}"}),
+    ),
+    "ec2:DescribeInstanceAttribute": Mapping(
+        describe_instance_attribute,
+        {**_EC2_NA, **_INSTANCE_ATTRIBUTES_NA, **_LAUNCHED_ATTRIBUTES_NA},
+        produces=frozenset({"instance", "aws:ResourceTag/${TagKey}", "ec2:InstanceID"}),
+    ),
+    "ec2:CreateLaunchTemplateVersion": Mapping(
+        create_launch_template_version,
+        _EC2_NA,
+        produces=frozenset({"launch-template", "aws:ResourceTag/${TagKey}"}),
+    ),
+    "ec2:CreateVpc": Mapping(
+        create_vpc,
+        {**_EC2_NA, **_NO_IPAM_NA, **na("the VPC has no id before it is created", "ec2:VpcID")},
+        produces=frozenset({"vpc", "aws:RequestTag/${TagKey}", "aws:TagKeys"}),
+        also={"ec2:CreateTags": _tagging(["vpc"], on_create=True)},
+    ),
+    "ec2:CreateSubnet": Mapping(
+        create_subnet,
+        {
+            **_EC2_NA,
+            **_NO_IPAM_NA,
+            **_TENANCY_NA,
+            **na("the subnet has no id before it is created", "ec2:SubnetID"),
+        },
+        produces=frozenset(
+            {
+                "subnet",
+                "vpc",
+                "aws:RequestTag/${TagKey}",
+                "aws:TagKeys",
+                "aws:ResourceTag/${TagKey}",
+                "ec2:VpcID",
+            }
+        ),
+        also={"ec2:CreateTags": _tagging(["subnet"], on_create=True)},
+    ),
+    "ec2:CreateSecurityGroup": Mapping(
+        create_security_group,
+        {
+            **_EC2_NA,
+            **_TENANCY_NA,
+            **na("the group has no id before it is created", "ec2:SecurityGroupID"),
+        },
+        produces=frozenset(
+            {
+                "security-group",
+                "vpc",
+                "aws:RequestTag/${TagKey}",
+                "aws:TagKeys",
+                "aws:ResourceTag/${TagKey}",
+                "ec2:VpcID",
+            }
+        ),
+        also={"ec2:CreateTags": _tagging(["security-group"], on_create=True)},
+    ),
+    "ec2:DeleteSubnet": Mapping(
+        delete_subnet,
+        {**_EC2_NA, **_PLACEMENT_NA},
+        produces=frozenset({"subnet", "aws:ResourceTag/${TagKey}", "ec2:SubnetID", "ec2:Vpc"}),
+    ),
+    "ec2:DeleteVpc": Mapping(
+        delete_vpc,
+        {**_EC2_NA, **_TENANCY_NA},
+        produces=frozenset({"vpc", "aws:ResourceTag/${TagKey}", "ec2:VpcID"}),
+    ),
+    "ec2:CreateTags": Mapping(
+        create_tags, _CREATE_TAGS.not_applicable, produces=_CREATE_TAGS.produces
+    ),
+    **{
+        f"ec2:{operation}": Mapping(
+            security_group_ingress(f"ec2:{operation}"),
+            {
+                **_EC2_NA,
+                **na(
+                    "the rule has no id before it is created; no flow tags rules",
+                    "security-group-rule",
+                ),
+            },
+            produces=frozenset(
+                {
+                    "security-group",
+                    "aws:ResourceTag/${TagKey}",
+                    "ec2:SecurityGroupID",
+                    "ec2:Vpc",
+                }
+            )
+            & reference_names(f"ec2:{operation}"),
+        )
+        for operation in ("AuthorizeSecurityGroupIngress", "DeleteSecurityGroup")
+    },
+    "ec2:CreateImage": Mapping(
+        create_image,
+        {
+            **_EC2_NA,
+            **_INSTANCE_ATTRIBUTES_NA,
+            **_LAUNCHED_ATTRIBUTES_NA,
+            **na(
+                "the image and its snapshots have no id, owner or time before they are made",
+                "ec2:ImageID",
+                "ec2:Owner",
+                "ec2:SnapshotID",
+                "ec2:SnapshotTime",
+                "ec2:ParentVolume",
+                "ec2:VolumeSize",
+            ),
+            **na(
+                "no boot mode override or Outposts in any flow",
+                "ec2:BootModeOverride",
+                "ec2:OutpostArn",
+                "ec2:SourceOutpostArn",
+            ),
+        },
+        produces=frozenset(
+            {
+                "image",
+                "snapshot",
+                "instance",
+                "aws:RequestTag/${TagKey}",
+                "aws:TagKeys",
+                "aws:ResourceTag/${TagKey}",
+                "ec2:InstanceID",
+            }
+        ),
+        also={"ec2:CreateTags": _tagging(["image", "snapshot"], on_create=True)},
     ),
     **_rows(_s3_object, ["s3:GetObject"], produces=_S3_PRODUCES, not_applicable=_S3_GET_NA),
     "s3:HeadObject": Mapping(
@@ -1240,15 +1855,38 @@ MAPPINGS: dict[str, Mapping] = {
     ),
     **{
         operation: Mapping(
-            _s3_list,
+            _s3_listing("s3:ListBucket"),
             _S3_NA,
             action="s3:ListBucket",
             produces=_S3_BUCKET_PRODUCES | {"s3:prefix", "s3:delimiter", "s3:max-keys"},
         )
         for operation in ("s3:ListObjectsV2", "s3:ListObjects", "s3:HeadBucket")
     },
+    "s3:ListObjectVersions": Mapping(
+        _s3_listing("s3:ListBucketVersions"),
+        _S3_NA,
+        action="s3:ListBucketVersions",
+        produces=_S3_BUCKET_PRODUCES | {"s3:prefix", "s3:delimiter", "s3:max-keys"},
+    ),
+    "s3:DeleteObjects": Mapping(
+        delete_objects,
+        {**_S3_NA, **na("the product's batch deletes name no ETag to match", "s3:if-match")},
+        action="s3:DeleteObject",
+        produces=_S3_PRODUCES,
+        also={"s3:DeleteObjectVersion": Authorizes(_S3_PRODUCES | {"s3:versionid"}, _S3_NA)},
+    ),
+    "s3:CopyObject": Mapping(
+        copy_object,
+        _S3_PUT_NA,
+        action="s3:PutObject",
+        produces=_S3_PUT_PRODUCES,
+        also=_S3_SOURCE_READS,
+    ),
     **_rows(
-        _s3_bucket, ["s3:GetBucketLocation"], produces=_S3_BUCKET_PRODUCES, not_applicable=_S3_NA
+        _s3_bucket,
+        ["s3:GetBucketLocation", "s3:GetBucketPolicy", "s3:PutBucketVersioning"],
+        produces=_S3_BUCKET_PRODUCES,
+        not_applicable=_S3_NA,
     ),
     "s3:GetBucketEncryption": Mapping(
         _s3_bucket("s3:GetEncryptionConfiguration"),
@@ -1269,6 +1907,8 @@ MAPPINGS: dict[str, Mapping] = {
             "iam:ListRolePolicies",
             "iam:GetRolePolicy",
             "iam:ListAttachedRolePolicies",
+            "iam:DeleteServiceLinkedRole",
+            "iam:UpdateAssumeRolePolicy",
         ],
         produces=frozenset({"role"}),
         not_applicable=na(
@@ -1303,12 +1943,44 @@ MAPPINGS: dict[str, Mapping] = {
                 "RemoveRoleFromInstanceProfile",
                 "CreatePolicy",
                 "DeletePolicy",
+                "CreateGroup",
+                # What an administrator's scripts (and the tests standing in for one) do to
+                # give users their policies: groups, inline and managed, and reading them back.
+                *(
+                    f"{verb}{noun}"
+                    for verb, noun in (
+                        ("AddUserTo", "Group"),
+                        ("RemoveUserFrom", "Group"),
+                        ("Attach", "GroupPolicy"),
+                        ("Detach", "GroupPolicy"),
+                        ("Put", "GroupPolicy"),
+                        ("Delete", "GroupPolicy"),
+                        ("Get", "GroupPolicy"),
+                        ("Delete", "Group"),
+                        ("Get", "Group"),
+                        ("List", "GroupPolicies"),
+                        ("ListAttached", "GroupPolicies"),
+                        ("List", "GroupsForUser"),
+                        ("List", "AccessKeys"),
+                        ("List", "UserPolicies"),
+                        ("ListAttached", "UserPolicies"),
+                        ("Get", "UserPolicy"),
+                        ("Tag", "User"),
+                        ("Tag", "Role"),
+                        ("Update", "Role"),
+                        ("List", "InstanceProfilesForRole"),
+                        ("List", "PolicyVersions"),
+                        ("Create", "PolicyVersion"),
+                        ("Delete", "PolicyVersion"),
+                    )
+                ),
             )
         ],
         produces=frozenset(
             {
                 "user",
                 "role",
+                "group",
                 "instance-profile",
                 "policy",
                 "aws:RequestTag/${TagKey}",
@@ -1321,6 +1993,20 @@ MAPPINGS: dict[str, Mapping] = {
             "iam:PermissionsBoundary",
             "iam:RoleTemplateARN",
         ),
+        also={
+            "iam:AddRoleToInstanceProfile": {
+                "iam:PassRole": Authorizes(
+                    frozenset({"role"}),
+                    {
+                        **_PASS_ROLE.not_applicable,
+                        **na(
+                            "the role goes into an instance profile, not to a service",
+                            "iam:PassedToService",
+                        ),
+                    },
+                )
+            }
+        },
     ),
     **_rows(_iam_policy, ["iam:GetPolicy", "iam:GetPolicyVersion"], produces=frozenset({"policy"})),
     "sts:AssumeRole": Mapping(
@@ -1364,6 +2050,12 @@ MAPPINGS: dict[str, Mapping] = {
             {k: v for k, v in _STACK_NA.items() if k in reference_names(action)},
             action=action,
             produces=_STACK_PRODUCES & reference_names(action),
+            # The actions that take a service role pass it (`RoleARN`).
+            also=(
+                {"iam:PassRole": _PASS_ROLE}
+                if "cloudformation:RoleArn" in reference_names(action)
+                else {}
+            ),
         )
         for action in [
             f"cloudformation:{operation}"
@@ -1382,6 +2074,7 @@ MAPPINGS: dict[str, Mapping] = {
                 "UpdateStack",
                 "DeleteStack",
                 "UpdateTerminationProtection",
+                "ListStackResources",
             )
         ]
     },
@@ -1406,6 +2099,10 @@ MAPPINGS: dict[str, Mapping] = {
             "Scheduler schedules take no tags (only schedule groups do)",
             "aws:ResourceTag/${TagKey}",
         ),
+        also={
+            f"scheduler:{op}": {"iam:PassRole": _PASS_ROLE}
+            for op in ("CreateSchedule", "UpdateSchedule")
+        },
     ),
     "lambda:CreateFunction": Mapping(
         create_function,
@@ -1418,6 +2115,19 @@ MAPPINGS: dict[str, Mapping] = {
             "lambda:VpcIds",
         ),
         produces=frozenset({"function", "aws:RequestTag/${TagKey}", "aws:TagKeys"}),
+        also={"iam:PassRole": _PASS_ROLE},
+    ),
+    "lambda:UpdateFunctionConfiguration": Mapping(
+        update_function_configuration,
+        na(
+            "the setup's functions use no layers or VPC",
+            "lambda:Layer",
+            "lambda:SecurityGroupIds",
+            "lambda:SubnetIds",
+            "lambda:VpcIds",
+        ),
+        produces=frozenset({"function"}),
+        also={"iam:PassRole": _PASS_ROLE},
     ),
     "ssm:PutParameter": Mapping(
         put_parameter,
@@ -1473,7 +2183,9 @@ MAPPINGS: dict[str, Mapping] = {
         action="lambda:InvokeFunction",
         produces=frozenset({"function"}),
     ),
-    **_rows(_function, ["lambda:GetFunction"], produces=frozenset({"function"})),
+    **_rows(
+        _function, ["lambda:GetFunction", "lambda:DeleteFunction"], produces=frozenset({"function"})
+    ),
 }
 """`<signing name>:<Operation>` → mapping. Wildcard-only actions need no entry."""
 
@@ -1504,9 +2216,3 @@ def checks_for(req: AwsRequest, world: World, caller: Caller) -> Optional[list[C
     if is_wildcard_only(action):
         return [Check(action, "*")]
     return None
-
-
-def xml_keys(body: bytes) -> list[str]:
-    """Object keys of an S3 DeleteObjects body."""
-    root = ElementTree.fromstring(body)  # noqa: S314 - our own clients' request bodies
-    return [el.text or "" for el in root.iter() if el.tag.endswith("Key")]

@@ -16,8 +16,23 @@ import urllib.parse
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Optional
+from xml.etree import ElementTree
 
 _CREDENTIAL_RE = re.compile(r"Credential=([^/,\s]+)/[^/]+/([^/]+)/([^/]+)/aws4_request")
+
+ACTING_SERVICE_HEADER = "x-annex-sandbox-acting-service"
+"""Header of an AssumeRole the local AWS's own emulators make for an AWS service (the IMDS
+emulator assuming an instance's role as `ec2.amazonaws.com`, as EC2 does for instance metadata):
+signed with the sandbox's root key, it is judged as the named service assuming the role — by the
+role's trust policy — and honoured from the root only."""
+
+SECURE_TRANSPORT_KEY = "annex_sandbox.secure_transport"
+"""WSGI environ key: False when the request came in on the local AWS's plain-HTTP listener.
+
+AWS clients (the SDKs, the CDK CLI, the agent) talk HTTPS to AWS; the local AWS's loopback HTTP
+endpoint stands in for those TLS endpoints, so its requests carry `aws:SecureTransport` true. Its
+second listener (`LocalAws.plain_http_endpoint_url`) stands in for AWS's plain-HTTP endpoints
+(`http://s3.amazonaws.com`): there the key is false, as AWS sets it for unencrypted requests."""
 
 
 @dataclass
@@ -35,6 +50,8 @@ class AwsRequest:
     params: dict[str, Any] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
     """Lower-case header names."""
+    secure_transport: bool = True
+    """Whether the request came over TLS (`aws:SecureTransport`): see `SECURE_TRANSPORT_KEY`."""
 
     def param(self, name: str, default: Any = None) -> Any:
         return self.params.get(name, default)
@@ -126,6 +143,7 @@ def parse_request(
         path=urllib.parse.unquote(environ.get("PATH_INFO", "/")),
         query=query,
         headers=headers,
+        secure_transport=bool(environ.get(SECURE_TRANSPORT_KEY, True)),
     )
     content_type = environ.get("CONTENT_TYPE", "")
     if protocol in ("query", "ec2"):
@@ -151,7 +169,25 @@ def parse_request(
     elif service == "s3":
         request.params = _s3_bucket_and_key(environ)
         request.params.update({k: v[0] for k, v in query.items()})
+        if operation == "DeleteObjects":
+            request.params["Delete"] = _objects_to_delete(_read_body(environ))
     return request
+
+
+def _objects_to_delete(body: bytes) -> list[dict[str, str]]:
+    """`[{"Key", "VersionId"?}]` of an S3 DeleteObjects body (`<Delete><Object>...`)."""
+    try:
+        root = ElementTree.fromstring(body)  # noqa: S314 - the local AWS's own clients' bodies
+    except ElementTree.ParseError:
+        return []
+    out = []
+    for element in root:
+        if not element.tag.endswith("Object"):
+            continue
+        fields = {child.tag.rsplit("}", 1)[-1]: child.text or "" for child in element}
+        if "Key" in fields:
+            out.append({k: v for k, v in fields.items() if k in ("Key", "VersionId")})
+    return out
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

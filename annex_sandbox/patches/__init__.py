@@ -16,6 +16,7 @@ from annex_sandbox.patches.capacity import (
 from annex_sandbox.patches.cloudformation import (
     cloudformation_change_set_without_changes_fails,
     cloudformation_change_sets_belong_to_their_stack,
+    cloudformation_creates_bucket_policies,
     cloudformation_deletes_managed_policies,
     cloudformation_executing_a_change_set_clears_the_stacks_change_sets,
     cloudformation_failed_update_rolls_back,
@@ -46,6 +47,7 @@ from annex_sandbox.patches.iam import (
     iam_service_linked_roles_named_and_unique_like_aws,
     iam_trust_policy_account_principals,
 )
+from annex_sandbox.patches.s3 import s3_bucket_policies_judged_with_their_conditions
 from annex_sandbox.patches.scheduler import scheduler_update_replaces_every_field
 from annex_sandbox.patches.spot_fleet import (
     cancelled_spot_fleets_stay_visible,
@@ -84,6 +86,8 @@ PATCHES: tuple[Callable[[], None], ...] = (
     cloudformation_security_groups_admit_ipv6_ranges,
     cloudformation_validates_vpc_id_parameters,
     cloudformation_deletes_managed_policies,
+    cloudformation_creates_bucket_policies,
+    s3_bucket_policies_judged_with_their_conditions,
     scheduler_update_replaces_every_field,
     cloudformation_resolves_s3_template_urls,
     cloudformation_ssm_parameter_generated_name,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from collections.abc import Callable
@@ -601,3 +602,108 @@ def cloudformation_failed_update_rolls_back() -> None:
                 del self.change_sets[change_set_id]
 
     CloudFormationBackend.execute_change_set = execute_change_set  # type: ignore[method-assign]
+
+
+def _policy_bytes(document: Any) -> bytes:
+    """A template's `PolicyDocument` (object or JSON string) as the bytes PutBucketPolicy stores."""
+    return (document if isinstance(document, str) else json.dumps(document)).encode()
+
+
+def cloudformation_creates_bucket_policies() -> None:
+    """`AWS::S3::BucketPolicy` puts its policy on the bucket, updates it, and deletes it.
+
+    "AWS::S3::BucketPolicy" (AWS CloudFormation User Guide,
+    https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/aws-resource-s3-bucketpolicy.html):
+    the resource "applies an Amazon S3 bucket policy to an Amazon S3 bucket"; `PolicyDocument`
+    updates with no interruption, a new `Bucket` requires replacement (the old bucket loses the
+    policy), and deleting the resource deletes the bucket's policy. moto has no model for the
+    type and skips it with a warning, so the setup stack's config bucket had no policy at all
+    (the CDK's `enforceSSL` deny of non-TLS requests was never enforced).
+    """
+    from moto.cloudformation import parsing
+    from moto.core.common_models import CloudFormationModel
+    from moto.s3.exceptions import MissingBucket
+    from moto.s3.models import s3_backends
+    from moto.utilities.utils import get_partition
+
+    def s3_backend(account_id: str, region_name: str) -> Any:
+        return s3_backends[account_id][get_partition(region_name)]
+
+    class FakeBucketPolicy(CloudFormationModel):
+        """The stack's record of one bucket's policy (the policy itself lives on the bucket)."""
+
+        def __init__(self, physical_id: str, bucket_name: str, document: Any) -> None:
+            self.physical_id = physical_id
+            self.bucket_name = bucket_name
+            self.document = document
+
+        @property
+        def physical_resource_id(self) -> str:
+            return self.physical_id
+
+        @staticmethod
+        def cloudformation_name_type() -> str:
+            return ""  # CloudFormation generates the physical ID; the type has no name property
+
+        @staticmethod
+        def cloudformation_type() -> str:
+            return "AWS::S3::BucketPolicy"
+
+        @classmethod
+        def has_cfn_attr(cls, attr: str) -> bool:
+            return False  # the type has no Fn::GetAtt attributes
+
+        @classmethod
+        def create_from_cloudformation_json(
+            cls,
+            resource_name: str,
+            cloudformation_json: Any,
+            account_id: str,
+            region_name: str,
+            **kwargs: Any,
+        ) -> FakeBucketPolicy:
+            properties = cloudformation_json["Properties"]
+            bucket, document = str(properties["Bucket"]), properties["PolicyDocument"]
+            s3_backend(account_id, region_name).put_bucket_policy(bucket, _policy_bytes(document))
+            return cls(resource_name, bucket, document)
+
+        @classmethod
+        def update_from_cloudformation_json(
+            cls,
+            original_resource: Any,
+            new_resource_name: str,
+            cloudformation_json: Any,
+            account_id: str,
+            region_name: str,
+        ) -> FakeBucketPolicy:
+            properties = cloudformation_json["Properties"]
+            bucket, document = str(properties["Bucket"]), properties["PolicyDocument"]
+            backend = s3_backend(account_id, region_name)
+            backend.put_bucket_policy(bucket, _policy_bytes(document))
+            if bucket == original_resource.bucket_name:
+                original_resource.document = document
+                return original_resource  # type: ignore[no-any-return]
+            original_resource.delete(account_id, region_name)
+            return cls(new_resource_name, bucket, document)
+
+        @classmethod
+        def delete_from_cloudformation_json(
+            cls,
+            resource_name: str,
+            cloudformation_json: Any,
+            account_id: str,
+            region_name: str,
+        ) -> None:
+            pass  # never reached: the stack deletes the instance it holds (`delete`)
+
+        def delete(self, account_id: str, region_name: str) -> None:
+            # A bucket deleted first took its policy with it.
+            with contextlib.suppress(MissingBucket):
+                s3_backend(account_id, region_name).delete_bucket_policy(self.bucket_name)
+
+    # moto lists its CloudFormation models once (CloudFormationModel.__subclasses__(), cached).
+    parsing.get_model_list.cache_clear()
+    parsing.get_model_map.cache_clear()
+    parsing.get_name_type_map.cache_clear()
+    if parsing.resource_class_from_type("AWS::S3::BucketPolicy") is not FakeBucketPolicy:
+        raise RuntimeError("moto did not pick up the AWS::S3::BucketPolicy model")

@@ -187,3 +187,145 @@ def test_update_schedule_replaces_the_definition_with_create_defaults(aws) -> No
     ):
         time.sleep(0.2)
     assert [o["Key"] for o in s3.list_objects_v2(Bucket="fired-bucket")["Contents"]] == ["moved"]
+
+
+def _trust(service: str, condition: dict | None = None) -> str:
+    statement: dict = {
+        "Effect": "Allow",
+        "Principal": {"Service": service},
+        "Action": "sts:AssumeRole",
+    }
+    if condition:
+        statement["Condition"] = condition
+    return json.dumps({"Version": "2012-10-17", "Statement": [statement]})
+
+
+ACCOUNT = "123456789012"
+DEFAULT_GROUP_ARN = f"arn:aws:scheduler:us-east-1:{ACCOUNT}:schedule-group/default"
+
+
+@pytest.mark.parametrize(
+    ("trust", "runs"),
+    [
+        # The deployed scheduler role's trust (stacks/lease.py): Scheduler, this account.
+        (_trust("scheduler.amazonaws.com", {"StringEquals": {"aws:SourceAccount": ACCOUNT}}), True),
+        (
+            _trust("scheduler.amazonaws.com", {"ArnEquals": {"aws:SourceArn": DEFAULT_GROUP_ARN}}),
+            True,
+        ),
+        (_trust("lambda.amazonaws.com"), False),
+        (
+            _trust(
+                "scheduler.amazonaws.com", {"StringEquals": {"aws:SourceAccount": "210987654321"}}
+            ),
+            False,
+        ),
+        (
+            _trust(
+                "scheduler.amazonaws.com",
+                {"ArnEquals": {"aws:SourceArn": DEFAULT_GROUP_ARN.replace("default", "other")}},
+            ),
+            False,
+        ),
+    ],
+    ids=["source-account", "source-group", "not-scheduler", "other-account", "other-group"],
+)
+def test_scheduler_must_be_able_to_assume_the_schedules_role(aws, trust, runs) -> None:
+    """Scheduler assumes the target's RoleArn as scheduler.amazonaws.com before invoking it
+    ("Set up the execution role"), sending aws:SourceAccount and, as aws:SourceArn, the schedule
+    group's ARN ("Confused deputy prevention in EventBridge Scheduler"): the role's trust policy
+    decides. Refused, the schedule fires but the function never runs."""
+    arn = _function(aws)
+    iam = aws.client("iam")
+    # Lambda still runs the function as fn-role; only the schedule's role changes.
+    role = iam.create_role(RoleName="schedule-role", AssumeRolePolicyDocument=trust)["Role"]["Arn"]
+    iam.put_role_policy(
+        RoleName="schedule-role",
+        PolicyName="invoke",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {"Effect": "Allow", "Action": "lambda:InvokeFunction", "Resource": arn}
+                ],
+            }
+        ),
+    )
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    aws.client("scheduler").create_schedule(
+        Name="lease-trust",
+        ScheduleExpression=f"at({now})",
+        FlexibleTimeWindow={"Mode": "OFF"},
+        ActionAfterCompletion="DELETE",
+        Target={"Arn": arn, "RoleArn": role, "Input": json.dumps({"key": "fired"})},
+    )
+    s3, clock = aws.client("s3"), aws.state.schedule_clock
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if clock.refusals or s3.list_objects_v2(Bucket="fired-bucket").get("KeyCount"):
+            break
+        time.sleep(0.2)
+
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="fired-bucket").get("Contents", [])]
+    if runs:
+        assert (keys, clock.refusals) == (["fired"], [])
+    else:
+        [(_, target, why)] = clock.refusals
+        assert target == arn
+        assert f"scheduler.amazonaws.com cannot assume {role}" in why
+        assert keys == []
+    assert aws.client("scheduler").list_schedules()["Schedules"] == []
+
+
+def test_invoke_fails_when_lambda_may_not_assume_the_execution_role(aws) -> None:
+    """Lambda runs a function with its execution role, which it assumes as lambda.amazonaws.com:
+    a role whose trust does not name Lambda is refused in Lambda's words ("The role defined for
+    the function cannot be assumed by Lambda.", InvalidParameterValueException) and the handler
+    never runs."""
+    _function(aws)
+    iam = aws.client("iam")
+    iam.update_assume_role_policy(
+        RoleName="fn-role", PolicyDocument=_trust("scheduler.amazonaws.com")
+    )
+    functions = aws.client("lambda")
+
+    with pytest.raises(functions.exceptions.InvalidParameterValueException) as refused:
+        functions.invoke(FunctionName="probe", Payload=json.dumps({"key": "ran"}))
+
+    assert "cannot be assumed by Lambda" in str(refused.value)
+    assert aws.client("s3").list_objects_v2(Bucket="fired-bucket").get("KeyCount") == 0
+    iam.update_assume_role_policy(RoleName="fn-role", PolicyDocument=TRUST_LAMBDA)
+    answer = functions.invoke(FunctionName="probe", Payload=json.dumps({"key": "ran"}))
+    assert "FunctionError" not in answer
+
+
+def test_create_function_refuses_a_role_lambda_cannot_assume(aws) -> None:
+    """CreateFunction / UpdateFunctionConfiguration: "The role defined for the function cannot
+    be assumed by Lambda." (InvalidParameterValueException) when the role's trust policy does
+    not let lambda.amazonaws.com in; nothing is created or changed."""
+    _function(aws)
+    iam, functions = aws.client("iam"), aws.client("lambda")
+    untrusted = iam.create_role(
+        RoleName="scheduler-only", AssumeRolePolicyDocument=_trust("scheduler.amazonaws.com")
+    )["Role"]["Arn"]
+    package = io.BytesIO()
+    with zipfile.ZipFile(package, "w") as archive:
+        archive.writestr("handler.py", HANDLER)
+
+    with pytest.raises(functions.exceptions.InvalidParameterValueException) as created:
+        functions.create_function(
+            FunctionName="untrusted",
+            Runtime="python3.13",
+            Role=untrusted,
+            Handler="handler.handler",
+            Code={"ZipFile": package.getvalue()},
+        )
+    with pytest.raises(functions.exceptions.InvalidParameterValueException) as updated:
+        functions.update_function_configuration(FunctionName="probe", Role=untrusted)
+
+    for refused in (created, updated):
+        assert "cannot be assumed by Lambda" in str(refused.value)
+    assert [f["FunctionName"] for f in functions.list_functions()["Functions"]] == ["probe"]
+    assert functions.get_function(FunctionName="probe")["Configuration"]["Role"].endswith(
+        "role/fn-role"
+    )

@@ -242,6 +242,29 @@ def test_served_credentials_get_exactly_the_role_permissions_under_iam_enforceme
     assert denied.value.response["Error"]["Code"] in ("AccessDenied", "UnauthorizedOperation")
 
 
+def test_ec2_must_be_able_to_assume_the_instance_role(launched: Launched, aws: LocalAws) -> None:
+    """EC2 assumes the instance profile's role as ec2.amazonaws.com to serve its credentials
+    ("IAM roles for Amazon EC2"): the role's trust policy decides (the IAM engine). A role that
+    trusts only Lambda yields IMDS's AssumeRoleUnauthorizedAccess; trusting EC2, credentials."""
+    path = f"/latest/meta-data/iam/security-credentials/{launched.role_name}"
+    lambda_only = json.loads(EC2_TRUST_POLICY)
+    lambda_only["Statement"][0]["Principal"] = {"Service": "lambda.amazonaws.com"}
+    launched.iam.update_assume_role_policy(
+        RoleName=launched.role_name, PolicyDocument=json.dumps(lambda_only)
+    )
+
+    refused = json.loads(get(launched.url, path).body)
+    launched.iam.update_assume_role_policy(
+        RoleName=launched.role_name, PolicyDocument=EC2_TRUST_POLICY
+    )
+    served = json.loads(get(launched.url, path).body)
+
+    assert refused["Code"] == "AssumeRoleUnauthorizedAccess"
+    assert "(acting as ec2.amazonaws.com)" in refused["Message"]
+    assert "sts:AssumeRole" in refused["Message"]
+    assert served["Code"] == "Success"
+
+
 def test_botocore_region_fetcher_reads_region_from_availability_zone(
     imds_server: ImdsServer,
 ) -> None:

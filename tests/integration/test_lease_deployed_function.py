@@ -103,9 +103,29 @@ def test_lease_schedule_fires_the_function_as_the_scheduler_role(aws, setup_outp
     annex = on_demand_annex(aws, setup_outputs, "fired")
     _fire_now(aws, setup_outputs, annex)
 
-    assert _wait(lambda: not live_instances(aws, annex.instance_ids))
+    # The function deletes the lease record last, after terminating: wait for both.
+    assert _wait(
+        lambda: (
+            not live_instances(aws, annex.instance_ids)
+            and contract.lease_key("fired") not in objects(aws, annex.record.bucket)
+        )
+    )
     assert aws.state.schedule_clock.refusals == []
     assert_ended(aws, annex)
+    # The deployed trusts let the services in (aws:SourceAccount condition included): Scheduler
+    # assumed the scheduler role, Lambda the lease function's role.
+    lease_role = aws.client("lambda").get_function(
+        FunctionName=setup_outputs[contract.OUTPUT_LEASE_FUNCTION_ARN.key]
+    )["Configuration"]["Role"]
+    assumed = {
+        (principal, resource)
+        for principal, action, resource, allowed in aws.state.authorizer.checks
+        if action == "sts:AssumeRole" and allowed
+    }
+    assert {
+        ("scheduler.amazonaws.com", setup_outputs[contract.OUTPUT_SCHEDULER_ROLE_ARN.key]),
+        ("lambda.amazonaws.com", lease_role),
+    } <= assumed
 
 
 def test_lease_schedule_without_the_invoke_grant_fires_but_runs_nothing(aws, setup_outputs):

@@ -8,14 +8,15 @@ requests: an IAM user holding exactly the statements under test.
 from __future__ import annotations
 
 import base64
+import io
 import json
+import zipfile
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
 from annex_sandbox.authz.mapping import MAPPINGS, action_details, mapped_action
-from tests.fixtures.authz_coverage import DELIBERATELY_UNMAPPED
 from tests.fixtures.aws import STOCK_IMAGE_ID
 
 ACCOUNT = "123456789012"
@@ -439,16 +440,19 @@ def test_scheduler_create_schedule_passes_its_target_role(aws):
     assert "iam:PassRole" in error["Message"]
 
 
-def test_unmapped_operations_are_denied_to_everyone_but_the_root(aws):
-    """No mapping, no guess: an operation the table does not know is refused ("unmapped")."""
+def test_unmapped_operations_are_denied_to_everyone_but_the_root(aws, monkeypatch):
+    """No mapping, no guess: an operation the table does not know is refused ("unmapped").
+
+    The row is removed for this test only (the server runs in this process): every operation
+    a flow or test makes has a row, and the session's coverage check fails on any that has not.
+    """
     iam = aws.client("iam", **_user(aws, [{"Effect": "Allow", "Action": "*", "Resource": "*"}]))
+    monkeypatch.delitem(MAPPINGS, "iam:CreateGroup")
 
     error = _error(lambda: iam.create_group(GroupName="x"))
-    aws.client("iam").create_group(GroupName="by-root")
+    aws.client("iam").create_group(GroupName="by-root")  # the root is allowed: no error
 
     assert error["Code"] == "AccessDenied" and "unmapped" in error["Message"]
-    assert "iam:CreateGroup" not in MAPPINGS
-    assert "iam:CreateGroup" in DELIBERATELY_UNMAPPED  # the session's coverage check allows it
 
 
 def test_policy_changes_apply_to_the_next_request(aws):
@@ -520,8 +524,14 @@ def test_create_service_linked_role_is_scoped_by_service_name(aws):
 
 def test_a_spot_fleet_dry_run_checks_the_caller_not_the_fleet_roles_launch(aws):
     """RequestSpotFleet "DryRun": the caller's permissions; the fleet role launches later (and
-    is judged then). A caller allowed the request and the PassRole gets DryRunOperation even
-    though the fleet role could launch nothing; without RequestSpotFleet, UnauthorizedOperation."""
+    is judged then). A caller allowed the request, its own launch permissions and the PassRole
+    gets DryRunOperation even though the fleet role could launch nothing; without
+    RequestSpotFleet, UnauthorizedOperation.
+
+    The caller's own launch permissions: EC2 User Guide, "Spot Fleet permissions", Required EC2
+    and IAM APIs — the user's policy must include ec2:RunInstances ("Required to launch
+    instances in a Spot Fleet") beside ec2:RequestSpotFleet and iam:PassRole of the fleet role.
+    A requester holding only the request and the PassRole is refused RunInstances."""
     iam = aws.client("iam")
     trust = {
         "Version": "2012-10-17",
@@ -540,24 +550,336 @@ def test_a_spot_fleet_dry_run_checks_the_caller_not_the_fleet_roles_launch(aws):
         "Resource": role["Arn"],
         "Condition": {"StringEquals": {"iam:PassedToService": "spotfleet.amazonaws.com"}},
     }
-    allowed = aws.client(
-        "ec2",
-        **_user(
-            aws, [passing, {"Effect": "Allow", "Action": "ec2:RequestSpotFleet", "Resource": "*"}]
-        ),
-    )
+    request = {"Effect": "Allow", "Action": "ec2:RequestSpotFleet", "Resource": "*"}
+    launch = {"Effect": "Allow", "Action": "ec2:RunInstances", "Resource": "*"}
+    allowed = aws.client("ec2", **_user(aws, [passing, request, launch]))
     refused = aws.client("ec2", **_user(aws, [passing], name="no-fleets"))
+    cannot_launch = aws.client("ec2", **_user(aws, [passing, request], name="no-launch"))
     config = {
         "IamFleetRole": role["Arn"],
         "TargetCapacity": 1,
         "LaunchSpecifications": [{"ImageId": _ami(aws), "InstanceType": "m5.large"}],
     }
 
-    codes = [
-        _error(lambda c=client: c.request_spot_fleet(DryRun=True, SpotFleetRequestConfig=config))[
-            "Code"
-        ]
-        for client in (allowed, refused)
+    errors = [
+        _error(lambda c=client: c.request_spot_fleet(DryRun=True, SpotFleetRequestConfig=config))
+        for client in (allowed, refused, cannot_launch)
     ]
 
-    assert codes == ["DryRunOperation", "UnauthorizedOperation"]
+    assert [e["Code"] for e in errors] == [
+        "DryRunOperation",
+        "UnauthorizedOperation",
+        "UnauthorizedOperation",
+    ]
+    assert "perform: ec2:RunInstances on resource" in errors[2]["Message"]
+    assert "acting as" not in errors[2]["Message"]  # the requester's own, not the fleet role's
+
+
+def test_create_tags_by_id_checks_the_resource_and_its_current_tags(aws):
+    """SAR ec2:CreateTags: the resource named (typed by its id) with aws:ResourceTag/${TagKey}
+    and aws:RequestTag/${TagKey}; a direct call carries no ec2:CreateAction."""
+    root = aws.client("ec2")
+    tagged = root.run_instances(
+        ImageId=_ami(aws), MinCount=1, MaxCount=1, TagSpecifications=ANNEX_TAGS
+    )["Instances"][0]["InstanceId"]
+    other = root.run_instances(ImageId=_ami(aws), MinCount=1, MaxCount=1)["Instances"][0][
+        "InstanceId"
+    ]
+    ec2 = aws.client(
+        "ec2",
+        **_user(
+            aws,
+            [
+                {
+                    "Effect": "Allow",
+                    "Action": "ec2:CreateTags",
+                    "Resource": "arn:aws:ec2:*:*:instance/*",
+                    "Condition": {"StringEquals": {f"aws:ResourceTag/{TAG}": "a"}},
+                }
+            ],
+        ),
+    )
+    late = [{"Key": "Late", "Value": "1"}]
+
+    ec2.create_tags(Resources=[tagged], Tags=late)
+    refused = _error(lambda: ec2.create_tags(Resources=[other], Tags=late))
+
+    assert refused["Code"] == "UnauthorizedOperation"
+    assert f"instance/{other}" in refused["Message"]
+
+
+def test_create_subnet_also_needs_the_vpc(aws):
+    """SAR ec2:CreateSubnet: `subnet` and `vpc` are both required resource types."""
+    root = aws.client("ec2")
+    vpc = root.create_vpc(CidrBlock="10.61.0.0/16")["Vpc"]["VpcId"]
+    subnet_only = [
+        {"Effect": "Allow", "Action": "ec2:CreateSubnet", "Resource": "arn:aws:ec2:*:*:subnet/*"}
+    ]
+    ec2 = aws.client("ec2", **_user(aws, subnet_only))
+    with_vpc = aws.client(
+        "ec2",
+        **_user(
+            aws,
+            [
+                {
+                    **subnet_only[0],
+                    "Resource": ["arn:aws:ec2:*:*:subnet/*", f"arn:aws:ec2:*:*:vpc/{vpc}"],
+                }
+            ],
+            name="with-vpc",
+        ),
+    )
+
+    refused = _error(lambda: ec2.create_subnet(VpcId=vpc, CidrBlock="10.61.1.0/24"))
+    with_vpc.create_subnet(VpcId=vpc, CidrBlock="10.61.2.0/24")
+
+    assert refused["Code"] == "UnauthorizedOperation" and f"vpc/{vpc}" in refused["Message"]
+
+
+def test_copy_object_needs_get_on_the_source_and_put_on_the_destination(aws):
+    """S3 API Reference "CopyObject", Permissions: s3:GetObject on the source object and
+    s3:PutObject on the destination."""
+    root = aws.client("s3")
+    root.create_bucket(Bucket="copy-bucket")
+    root.put_object(Bucket="copy-bucket", Key="source/a", Body=b"x")
+    put = {"Effect": "Allow", "Action": "s3:PutObject", "Resource": "arn:aws:s3:::copy-bucket/*"}
+    get = {**put, "Action": "s3:GetObject", "Resource": "arn:aws:s3:::copy-bucket/source/*"}
+    put_only = aws.client("s3", **_user(aws, [put]))
+    both = aws.client("s3", **_user(aws, [put, get], name="both"))
+    copy = {"Bucket": "copy-bucket", "Key": "dest/a", "CopySource": "copy-bucket/source/a"}
+
+    refused = _error(lambda: put_only.copy_object(**copy))
+    both.copy_object(**copy)
+
+    assert refused["Code"] == "AccessDenied"
+    assert "s3:GetObject on resource: arn:aws:s3:::copy-bucket/source/a" in refused["Message"]
+
+
+def test_spot_fleet_must_be_able_to_assume_its_fleet_role(aws):
+    """Spot Fleet launches as the IamFleetRole, which it assumes as spotfleet.amazonaws.com
+    ("Spot Fleet permissions", EC2 User Guide): the role's trust policy decides. A role trusting
+    only EC2 refuses the fleet; trusting Spot Fleet within this account, the fleet launches."""
+    iam = aws.client("iam")
+
+    def trust(service: str) -> str:
+        return json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Principal": {"Service": service},
+                        "Action": "sts:AssumeRole",
+                        "Condition": {"StringEquals": {"aws:SourceAccount": ACCOUNT}},
+                    }
+                ],
+            }
+        )
+
+    role = iam.create_role(RoleName="fleet", AssumeRolePolicyDocument=trust("ec2.amazonaws.com"))
+    iam.put_role_policy(
+        RoleName="fleet",
+        PolicyName="launch",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": ["ec2:RunInstances", "ec2:CreateTags"],
+                        "Resource": "*",
+                    }
+                ],
+            }
+        ),
+    )
+    fleet_role = role["Role"]["Arn"]
+    ec2 = aws.client(
+        "ec2",
+        **_user(
+            aws,
+            [
+                {"Effect": "Allow", "Action": "ec2:*", "Resource": "*"},
+                {"Effect": "Allow", "Action": "iam:PassRole", "Resource": fleet_role},
+            ],
+        ),
+    )
+    config = {
+        "IamFleetRole": fleet_role,
+        "TargetCapacity": 1,
+        "LaunchSpecifications": [{"ImageId": _ami(aws), "InstanceType": "m5.large"}],
+    }
+
+    error = _error(lambda: ec2.request_spot_fleet(SpotFleetRequestConfig=config))
+    assert error["Code"] == "UnauthorizedOperation"
+    assert (
+        f"(acting as spotfleet.amazonaws.com) is not authorized to perform: sts:AssumeRole on resource: {fleet_role}"
+        in error["Message"]
+    )
+
+    iam.update_assume_role_policy(RoleName="fleet", PolicyDocument=trust("spotfleet.amazonaws.com"))
+    assert ec2.request_spot_fleet(SpotFleetRequestConfig=config)["SpotFleetRequestId"]
+
+
+def test_public_ssm_parameters_are_judged_by_their_account_less_arn(aws):
+    """SAR ssm:GetParameter acts on `parameter`; AWS's public parameters have no account in
+    their ARN (Systems Manager User Guide, "Working with public parameters"), so a policy
+    naming the caller's own account does not cover them, and `*` in the account field does."""
+    name = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+
+    def grant(resource: str) -> dict[str, Any]:
+        return {"Effect": "Allow", "Action": "ssm:GetParameter", "Resource": resource}
+
+    any_account = aws.client("ssm", **_user(aws, [grant("arn:aws:ssm:*:*:parameter/*")]))
+    public_only = aws.client(
+        "ssm",
+        **_user(
+            aws,
+            [grant("arn:aws:ssm:us-east-1::parameter/aws/service/ami-amazon-linux-latest/*")],
+            name="public-only",
+        ),
+    )
+    own_account = aws.client(
+        "ssm",
+        **_user(aws, [grant(f"arn:aws:ssm:us-east-1:{ACCOUNT}:parameter/*")], name="own-account"),
+    )
+
+    values = [c.get_parameter(Name=name)["Parameter"]["Value"] for c in (any_account, public_only)]
+    refused = _error(lambda: own_account.get_parameter(Name=name))
+
+    assert all(v.startswith("ami-") for v in values)
+    assert refused["Code"] == "AccessDeniedException"
+    assert f"resource: arn:aws:ssm:us-east-1::parameter{name}" in refused["Message"]
+    assert "could not evaluate" not in refused["Message"]
+
+
+def test_update_function_configuration_passes_a_new_role(aws):
+    """SAR lambda:UpdateFunctionConfiguration on `function`; a new execution role is passed to
+    Lambda (iam:PassRole with iam:PassedToService lambda.amazonaws.com), as at CreateFunction."""
+    iam = aws.client("iam")
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "lambda.amazonaws.com"},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+    first, second = (
+        iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+        for name in ("fn-first", "fn-second")
+    )
+    package = io.BytesIO()
+    with zipfile.ZipFile(package, "w") as archive:
+        archive.writestr("handler.py", "def handler(event, context):\n    return event\n")
+    function = aws.client("lambda").create_function(
+        FunctionName="fn",
+        Runtime="python3.13",
+        Role=first,
+        Handler="handler.handler",
+        Code={"ZipFile": package.getvalue()},
+    )["FunctionArn"]
+    update = {
+        "Effect": "Allow",
+        "Action": "lambda:UpdateFunctionConfiguration",
+        "Resource": function,
+    }
+    passing = {
+        "Effect": "Allow",
+        "Action": "iam:PassRole",
+        "Resource": second,
+        "Condition": {"StringEquals": {"iam:PassedToService": "lambda.amazonaws.com"}},
+    }
+    without_pass = aws.client("lambda", **_user(aws, [update]))
+    with_pass = aws.client("lambda", **_user(aws, [update, passing], name="passer"))
+
+    refused = _error(
+        lambda: without_pass.update_function_configuration(FunctionName="fn", Role=second)
+    )
+    with_pass.update_function_configuration(FunctionName="fn", Role=second)
+
+    assert refused["Code"] == "AccessDeniedException"
+    assert f"iam:PassRole on resource: {second}" in refused["Message"]
+    assert aws.client("lambda").get_function(FunctionName="fn")["Configuration"]["Role"] == second
+
+
+def test_delete_objects_is_judged_per_object_and_version(aws):
+    """S3 API Reference "DeleteObjects": s3:DeleteObject for each key named, and
+    s3:DeleteObjectVersion for a specific version (SAR: with s3:versionid)."""
+    root = aws.client("s3")
+    root.create_bucket(Bucket="batch-bucket")
+    root.put_bucket_versioning(Bucket="batch-bucket", VersioningConfiguration={"Status": "Enabled"})
+    versions = {
+        key: root.put_object(Bucket="batch-bucket", Key=key, Body=b"x")["VersionId"]
+        for key in ("annex/a", "annex/b", "other/c")
+    }
+    delete = {
+        "Effect": "Allow",
+        "Action": "s3:DeleteObject",
+        "Resource": "arn:aws:s3:::batch-bucket/annex/*",
+    }
+    s3 = aws.client("s3", **_user(aws, [delete]))
+    versioned = aws.client(
+        "s3", **_user(aws, [{**delete, "Action": "s3:DeleteObjectVersion"}], name="versions")
+    )
+
+    s3.delete_objects(Bucket="batch-bucket", Delete={"Objects": [{"Key": "annex/a"}]})
+    outside = _error(
+        lambda: s3.delete_objects(
+            Bucket="batch-bucket", Delete={"Objects": [{"Key": "annex/b"}, {"Key": "other/c"}]}
+        )
+    )
+    one_version = {"Objects": [{"Key": "annex/b", "VersionId": versions["annex/b"]}]}
+    version_refused = _error(lambda: s3.delete_objects(Bucket="batch-bucket", Delete=one_version))
+    versioned.delete_objects(Bucket="batch-bucket", Delete=one_version)
+
+    assert outside["Code"] == "AccessDenied"
+    assert "s3:DeleteObject on resource: arn:aws:s3:::batch-bucket/other/c" in outside["Message"]
+    assert (
+        "s3:DeleteObjectVersion on resource: arn:aws:s3:::batch-bucket/annex/b"
+        in (version_refused["Message"])
+    )
+
+
+def test_group_writes_are_judged_on_the_group_with_the_policy_arn(aws):
+    """SAR iam:AttachGroupPolicy acts on `group` with iam:PolicyARN: an administrator limited
+    to one group and one policy can attach only that."""
+    root = aws.client("iam")
+    for group in ("annex-operators", "admins"):
+        root.create_group(GroupName=group)
+    policy = root.create_policy(
+        PolicyName="annex-operator",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "*"}],
+            }
+        ),
+    )["Policy"]["Arn"]
+    iam = aws.client(
+        "iam",
+        **_user(
+            aws,
+            [
+                {
+                    "Effect": "Allow",
+                    "Action": ["iam:AttachGroupPolicy", "iam:AddUserToGroup"],
+                    "Resource": f"arn:aws:iam::{ACCOUNT}:group/annex-operators",
+                    "Condition": {"ArnEqualsIfExists": {"iam:PolicyARN": policy}},
+                }
+            ],
+        ),
+    )
+
+    iam.attach_group_policy(GroupName="annex-operators", PolicyArn=policy)
+    iam.add_user_to_group(GroupName="annex-operators", UserName="engine-user")
+    other_group = _error(lambda: iam.attach_group_policy(GroupName="admins", PolicyArn=policy))
+    admin_policy = "arn:aws:iam::aws:policy/AdministratorAccess"
+    other_policy = _error(
+        lambda: iam.attach_group_policy(GroupName="annex-operators", PolicyArn=admin_policy)
+    )
+
+    assert other_group["Code"] == other_policy["Code"] == "AccessDenied"
+    assert "group/admins" in other_group["Message"]

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from condor_annex import contract
+from condor_annex import contract, images
 from condor_annex.annex_settings import USER_DEFAULT_MACROS, AnnexClients
-from condor_annex.errors import CredentialsError
+from condor_annex.errors import CredentialsError, InvalidInput
 from condor_annex.setup import raise_for_problems
 from condor_annex.user_config import write_annex_macros
 from tests.integration.annex_env import AnnexEnv
@@ -168,6 +168,42 @@ def test_operator_policy_allows_off(env: AnnexEnv, observed: Any) -> None:
     _run_as_operator(env, observed, "off", expected, "off", "-annex-name", "op-off")
 
 
+@mark(AREA, "operator credentials, IAM engine: the default image from AWS's public SSM parameter")
+def test_operator_looks_up_the_default_image(env: AnnexEnv, observed: Any) -> None:
+    """`images.default_image` reads `/aws/service/ami-amazon-linux-latest/...`, a public
+    parameter whose ARN has no account (`arn:aws:ssm:<region>::parameter/aws/service/...`,
+    Systems Manager User Guide, "Working with public parameters"): the engine judges it as a
+    `parameter` against the policy's Resource. Allowed with the deployed policies; refused
+    ("next:" step named) without the ReadDefaultImageParameter grant."""
+    default = env.local.client("ssm").get_parameter(Name=images.DEFAULT_IMAGE_PARAMETERS["x86_64"])[
+        "Parameter"
+    ]["Value"]
+    with operator_credentials(env) as (clients, arn):
+        found = images.default_image(clients.ssm, "x86_64")
+        allowed, refused = decisions(env, arn)
+    mutants = [_without_action(d, "ssm:GetParameter") for d in operator_documents(env)]
+    with operator_credentials(env, mutants) as (clients, arn):
+        with pytest.raises(InvalidInput) as raised:
+            images.default_image(clients.ssm, "x86_64")
+        mutant_refused = decisions(env, arn)[1]
+    observed.equal("with the deployed policies: {}", found, default)
+    observed.check(
+        f"engine allowed ssm:GetParameter ({allowed['ssm:GetParameter']}x), refused {refused}",
+        allowed["ssm:GetParameter"] == 1 and refused == [],
+    )
+    observed.check(
+        f"without the grant: {raised.value}",
+        "AccessDenied" in str(raised.value) and bool(raised.value.next_step),
+    )
+    observed.check(
+        f"the engine refused it (not an error): {mutant_refused}",
+        len(mutant_refused) == 1
+        and "ssm:GetParameter on arn:aws:ssm:" in mutant_refused[0]
+        and "::parameter/aws/service/ami-amazon-linux-latest/" in mutant_refused[0]
+        and mutant_refused[0].endswith("(ImplicitlyDenied)"),
+    )
+
+
 @mark(AREA, "operator credentials, IAM engine: a Spot Fleet create (fleet role launches too)")
 def test_operator_policy_allows_spot_fleet_create(env: AnnexEnv, observed: Any) -> None:
     argv = ["-annex-name", "op-spot", "-slots", "2", "-aws-ami-id", env.ami_id,
@@ -202,6 +238,41 @@ def test_a_removed_grant_is_caught(env: AnnexEnv, observed: Any) -> None:
         any(r.startswith("ec2:TerminateInstances") for r in refused),
         refused,
     )
+
+
+@mark(AREA, "mutation: an operator without ec2:RunInstances cannot request a Spot Fleet")
+def test_spot_fleet_needs_the_requesters_own_run_instances(env: AnnexEnv, observed: Any) -> None:
+    """EC2 User Guide, "Spot Fleet permissions": the user's policy must include ec2:RunInstances
+    ("Required to launch instances in a Spot Fleet"), though the fleet role does the launching.
+    With RunInstances taken out of the operator policies (the fleet role keeps its own), the
+    Spot Fleet create is refused on the operator's own RunInstances, and rolls back."""
+    mutants = [_without_action(d, "ec2:RunInstances") for d in operator_documents(env)]
+    assert "ec2:RunInstances" not in json.dumps(mutants)
+    argv = ["-annex-name", "op-spot-norun", "-slots", "1", "-aws-ami-id", env.ami_id,
+            "-aws-spot-instance-types", "m5.large"]  # fmt: skip
+    checked = len(env.local.state.authorizer.checks)
+    try:
+        with operator_credentials(env, mutants) as (clients, arn):
+            run = cli(env, *argv, clients=clients)
+        _, refused = decisions(env, arn)
+        own_launch = [
+            (action, resource, ok)
+            for principal, action, resource, ok in env.local.state.authorizer.checks[checked:]
+            if principal == arn and action == "ec2:RunInstances"
+        ]
+    finally:
+        cli(env, "off", "-annex-name", "op-spot-norun")
+    observed.check(f"exit {run.code}", run.code != 0, run.err)
+    observed.check(
+        f"refused: {', '.join(refused)}",
+        any(r.startswith("ec2:RequestSpotFleet: ec2:RunInstances on ") for r in refused),
+        refused,
+    )
+    observed.check(
+        f"the operator's own RunInstances checks: {own_launch}",
+        bool(own_launch) and not any(ok for _, _, ok in own_launch),
+    )
+    observed.check("nothing left running", env.live_instances("op-spot-norun") == [])
 
 
 def _code(call: Any) -> str:
@@ -465,6 +536,7 @@ def _clients_for(
         s3=make_client(session, "s3", max_attempts=2),
         scheduler=make_client(session, "scheduler", max_attempts=2),
         lambda_=make_client(session, "lambda", max_attempts=2),
+        ssm=make_client(session, "ssm", max_attempts=2),
         region=env.local.region,
     )
 
