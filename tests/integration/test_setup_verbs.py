@@ -393,7 +393,7 @@ def test_check_setup_with_credentials_aws_rejects_names_the_fix(deployed):
             check_setup(session=session, config_file=deployed.config_file, collector="x")
         assert info.value.exit_code == CredentialsError.exit_code
     finally:
-        deployed.aws.enforce_iam(False)
+        deployed.aws.enforce_iam(deployed.aws.state.iam_engine_default)
 
 
 @cdk

@@ -580,7 +580,7 @@ def instance_role_credentials(env: AnnexEnv) -> Iterator[tuple[AnnexClients, Any
     try:
         yield clients, role_iam
     finally:
-        env.local.enforce_iam(False)
+        env.local.enforce_iam(env.local.state.iam_engine_default)
         for name in iam.list_role_policies(RoleName=role)["PolicyNames"]:
             iam.delete_role_policy(RoleName=role, PolicyName=name)
         iam.delete_role(RoleName=role)
