@@ -170,6 +170,30 @@ def cloudformation_deletes_managed_policies() -> None:
     ManagedPolicy.delete_from_cloudformation_json = classmethod(delete_from_cloudformation_json)  # type: ignore[method-assign,assignment]
 
 
+def cloudformation_no_value_removes_list_items() -> None:
+    """`AWS::NoValue` inside a list removes that item, as it removes a property.
+
+    "Pseudo parameters reference", AWS::NoValue (AWS CloudFormation User Guide,
+    https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/pseudo-parameter-reference.html):
+    "Removes the corresponding resource property when specified as a return value in the Fn::If
+    intrinsic function." moto drops a property that resolves to it but keeps a list item as
+    `null`: the CDK bootstrap stack's role trust policies (`Fn::If [HasTrustedAccounts, {...},
+    AWS::NoValue]` statements) were stored with `null` statements no policy engine can read.
+    """
+    import moto.cloudformation.parsing as parsing
+
+    original: Callable[[Any, Any], Any] = parsing.clean_json
+
+    def clean_json(resource_json: Any, resources_map: Any) -> Any:
+        if isinstance(resource_json, list):
+            cleaned = (clean_json(item, resources_map) for item in resource_json)
+            return [item for item in cleaned if item is not None]
+        return original(resource_json, resources_map)
+
+    # moto's clean_json recurses through the module global, so nested lists are covered too.
+    parsing.clean_json = clean_json
+
+
 class ChangeSetNotFound(CloudFormationError):
     """CloudFormation's 404 for a change set name or ARN the stack does not have.
 

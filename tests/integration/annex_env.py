@@ -173,9 +173,7 @@ class AnnexEnv:
         return sorted(o["Key"] for o in listing.get("Contents", []))
 
     def schedules(self) -> list[str]:
-        return sorted(
-            s["Name"] for s in self.admin.scheduler.list_schedules().get("Schedules", [])
-        )
+        return sorted(s["Name"] for s in self.admin.scheduler.list_schedules().get("Schedules", []))
 
     def launch_templates(self) -> list[str]:
         return sorted(
@@ -317,9 +315,7 @@ def _environment(local: LocalAws, tmp_path: Path, synth: Any) -> Iterator[AnnexE
             Resources=[_AMI[0]], Tags=[{"Key": READY_IMAGE_TAG, "Value": "tests"}]
         )
         subnets = sorted(
-            s["SubnetId"]
-            for s in admin.ec2.describe_subnets()["Subnets"]
-            if s.get("DefaultForAz")
+            s["SubnetId"] for s in admin.ec2.describe_subnets()["Subnets"] if s.get("DefaultForAz")
         )
         collector = Collector()
         try:

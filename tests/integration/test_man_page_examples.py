@@ -35,9 +35,9 @@ def _cli(env: AnnexEnv, *argv: str) -> tuple[int, str, str]:
 
 
 def _user_data(env: AnnexEnv, instance_id: str) -> bytes:
-    value = env.admin.ec2.describe_instance_attribute(
-        InstanceId=instance_id, Attribute="userData"
-    )["UserData"].get("Value", "")
+    value = env.admin.ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")[
+        "UserData"
+    ].get("Value", "")
     return base64.b64decode(value)
 
 

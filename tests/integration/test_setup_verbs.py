@@ -197,16 +197,24 @@ def test_setup_deploys_with_the_keys_from_the_key_files(deployed):
 
 @cdk
 def test_setup_runs_as_an_administrator_the_engine_judged(deployed):
-    """AdministratorAccess is all `-setup` needs: the engine allowed the administrator's
-    CloudFormation, S3 and IAM requests and refused none."""
-    decided = [
-        (operation, allowed, why)
-        for operation, caller, _, allowed, why in list(deployed.aws.state.authorizer.decisions)
+    """AdministratorAccess is all `-setup` needs: the engine judged the administrator's requests
+    and refused none, and the CDK CLI deployed through the bootstrap stack's deploy role (its
+    trust lets the account in), as it does in AWS."""
+    decisions = list(deployed.aws.state.authorizer.decisions)
+    mine = [
+        (op, ok, why)
+        for op, caller, _, ok, why in decisions
         if caller == deployed.administrator.arn
     ]
-    made = {operation.split(":")[0] for operation, _, _ in decided}
-    assert {"cloudformation", "iam"} <= made, made
-    assert [(op, why) for op, allowed, why in decided if not allowed] == []
+    made = {operation.split(":")[0] for operation, _, _ in mine}
+    assert {"cloudformation", "iam", "sts"} <= made, made
+    assert [(op, why) for op, ok, why in mine if not ok] == []
+    deploy_role = ":assumed-role/cdk-hnb659fds-deploy-role-"
+    as_deploy_role = [
+        (op, ok, why) for op, caller, _, ok, why in decisions if deploy_role in caller
+    ]
+    assert any(op.startswith("cloudformation:") for op, _, _ in as_deploy_role), as_deploy_role
+    assert [(op, why) for op, ok, why in as_deploy_role if not ok] == []
 
 
 @cdk

@@ -188,9 +188,7 @@ def test_every_role_runs_its_flow_unrefused_and_the_must_deny_list_is_denied(env
         )
         role.s3.get_object(Bucket=env.settings.config_bucket, Key=contract.config_key("agent"))
         role.ec2.describe_instances()
-    env.admin.s3.delete_object(
-        Bucket=env.settings.config_bucket, Key=contract.config_key("agent")
-    )
+    env.admin.s3.delete_object(Bucket=env.settings.config_bucket, Key=contract.config_key("agent"))
 
     reports = by_principal(authorizer.checks[start:], _labels(env, operator_arn))
     must_deny = _must_deny(env)
