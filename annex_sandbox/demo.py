@@ -10,6 +10,11 @@ installed), shows `condor_annex status`, runs an ordinary user's job on an annex
 an idle instance power itself off, lets one lease expire and watches the lease Lambda clean up,
 switches the other annex off and removes the setup. Everything it started is stopped at the end,
 whatever happened; the exit code is non-zero when any step failed.
+
+The local AWS's IAM engine decides every request. `-setup` and `-destroy-setup` run as an
+administrator IAM user, every other command as an operator IAM user holding exactly the setup's
+operator policies (AWS allows the account root everything, which would prove nothing); the last
+check is that the engine refused none of the flow's requests.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
+from annex_sandbox import principals
 from annex_sandbox.local_aws import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY
 from annex_sandbox.pool import install_image_config
 from condor_annex import annex, contract
@@ -71,6 +77,12 @@ class Outcomes:
     after_lease: dict[str, Any] = field(default_factory=dict)
     after_off: dict[str, Any] = field(default_factory=dict)
     destroyed: bool = False
+    principals: dict[str, str] = field(default_factory=dict)
+    """The IAM user each `condor_annex` command ran as, by its first argument."""
+    refused: list[list[Any]] = field(default_factory=list)
+    """The IAM engine's refusals over the whole flow (operation, caller, kind, allowed, checks)."""
+    engine_decisions: dict[str, int] = field(default_factory=dict)
+    """How many requests the engine decided, by caller kind (the root's are not judged)."""
     pool: str = ""
     """`real` (HTCondor daemons) or `pretend` (a TCP listener), with the reason for the latter."""
     slots_in_pool: list[str] = field(default_factory=list)
@@ -151,7 +163,7 @@ def write_pool_signing_key(path: Path) -> None:
 class Demo:
     """The demo's state: processes it started, paths it uses, what it observed."""
 
-    STEPS = 12
+    STEPS = 13
 
     def __init__(self, workdir: Path, out: TextIO = sys.stdout, *, real_pool: bool = True) -> None:
         self.workdir = workdir
@@ -169,16 +181,16 @@ class Demo:
         self.collector: Optional[PretendCollector] = None
         self.control: Any = None
         self.aws_log: Optional[TextIO] = None
+        self.administrator: Optional[principals.UserKeys] = None
+        self.operator: Optional[principals.UserKeys] = None
 
     # --- plumbing --------------------------------------------------------------------------
 
-    def aws_env(self) -> dict[str, str]:
+    def aws_env(self, user: principals.UserKeys) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env.update(
             AWS_ENDPOINT_URL=self.endpoint.replace("127.0.0.1", "localhost"),
-            # The local AWS's account root: its IAM engine allows it everything, as AWS does.
-            AWS_ACCESS_KEY_ID=FAKE_ACCESS_KEY_ID,
-            AWS_SECRET_ACCESS_KEY=FAKE_SECRET_ACCESS_KEY,
+            **user.sdk_environment(),
             AWS_DEFAULT_REGION=REGION,
             AWS_REGION=REGION,
             HOME=str(self.workdir),
@@ -193,6 +205,7 @@ class Demo:
         return env
 
     def client(self, service: str) -> Any:
+        """A client of the local AWS's account root: the demo's own look at what happened."""
         import boto3
 
         return boto3.client(
@@ -203,13 +216,20 @@ class Demo:
             aws_secret_access_key=FAKE_SECRET_ACCESS_KEY,
         )
 
-    def condor_annex(self, *args: str, show: bool = True) -> tuple[int, str]:
-        """Run the real CLI; stream its output indented; return (exit code, stdout)."""
+    def condor_annex(
+        self, *args: str, show: bool = True, user: Optional[principals.UserKeys] = None
+    ) -> tuple[int, str]:
+        """Run the real CLI as `user` (default: the operator); stream its output indented;
+        return (exit code, stdout)."""
+        user = user or self.operator
+        if user is None:
+            raise DemoFailed(f"no IAM user to run condor_annex {args[0]} as")
         command = [str(self.bin_dir / "condor_annex"), *args, "-config-file", str(self.user_config)]
-        self.console.detail("$ condor_annex " + " ".join(args))
+        self.outcomes.principals[args[0]] = user.user_name
+        self.console.detail(f"[as IAM user {user.user_name}] $ condor_annex " + " ".join(args))
         process = subprocess.Popen(
             command,
-            env=self.aws_env(),
+            env=self.aws_env(user),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -298,12 +318,25 @@ class Demo:
         )
 
     def setup(self) -> None:
-        code, _ = self.condor_annex("-setup", "-aws-region", REGION, "-pool-cidr", "127.0.0.1/32")
+        iam = self.client("iam")
+        self.administrator = principals.create_administrator(iam)
+        self.console.detail(
+            f"IAM user {self.administrator.user_name}: AdministratorAccess, runs -setup"
+        )
+        code, _ = self.condor_annex(
+            "-setup", "-aws-region", REGION, "-pool-cidr", "127.0.0.1/32", user=self.administrator
+        )
         self.expect(code == 0, f"condor_annex -setup exited {code}")
         outputs = self.client("cloudformation").describe_stacks(StackName=contract.STACK_NAME)
         self.outcomes.setup_outputs = {
             o["OutputKey"]: o["OutputValue"] for o in outputs["Stacks"][0].get("Outputs", [])
         }
+        self.operator = principals.create_operator(iam, self.outcomes.setup_outputs)
+        self.console.detail(
+            f"IAM user {self.operator.user_name}: only the setup's operator policies "
+            f"({', '.join(principals.operator_policy_arns(self.outcomes.setup_outputs))}), "
+            "runs every command from here to -destroy-setup"
+        )
         written = self.user_config.read_text()
         missing = [o.macro for o in contract.STACK_OUTPUTS if o.macro not in written]
         self.expect(not missing, f"user config lacks {missing}")
@@ -517,15 +550,18 @@ class Demo:
             f"{ON_DEMAND_ANNEX} was created with -idle {DEMO_IDLE}: its unclaimed startds exit, "
             "their masters follow and run the image's shutdown script (power-off)"
         )
+        # Done when each master has exited AND its power-off hook has recorded the call; the
+        # deadline only bounds a failure (the idle clock of the instance that ran the job starts
+        # when its claim ends, so how soon this happens depends on the machine's load).
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
-            done = {i: self.nodes[i].poweroffs for i in ours if not self.nodes[i].running()}
-            if len(done) == len(ours):
+            if all(not self.nodes[i].running() and self.nodes[i].poweroffs for i in ours):
                 break
             time.sleep(1)
         self.outcomes.powered_off = {i: self.nodes[i].poweroffs for i in ours}
         for instance_id, count in self.outcomes.powered_off.items():
-            self.console.detail(f"{instance_id}: HTCondor exited, power-off hook called {count}x")
+            state = "still running" if self.nodes[instance_id].running() else "HTCondor exited"
+            self.console.detail(f"{instance_id}: {state}, power-off hook called {count}x")
         self.expect(
             all(count == 1 for count in self.outcomes.powered_off.values()),
             f"expected one power-off per idle instance: {self.outcomes.powered_off}",
@@ -592,7 +628,12 @@ class Demo:
         self.expect(not self.outcomes.after_off["running"], "off left instances running")
 
     def destroy(self) -> None:
-        code, _ = self.condor_annex("-destroy-setup", "-yes")
+        # The operator's user holds the setup's policies, and IAM refuses to delete an attached
+        # policy: the administrator removes the user first, as in an account.
+        if self.operator is not None:
+            principals.delete_user(self.client("iam"), self.operator.user_name)
+            self.console.detail(f"removed IAM user {self.operator.user_name}")
+        code, _ = self.condor_annex("-destroy-setup", "-yes", user=self.administrator)
         self.expect(code == 0, f"-destroy-setup exited {code}")
         stacks = self.client("cloudformation").list_stacks()["StackSummaries"]
         live = [
@@ -602,6 +643,34 @@ class Demo:
         ]
         self.expect(not live, f"stack still there: {live}")
         self.outcomes.destroyed = True
+
+    def engine_refused_nothing(self) -> None:
+        """Every request of the flow (operator, administrator, instance roles, Lambdas, the
+        services' roles) was one the deployed policies allow: the engine refused none."""
+        from annex_sandbox import SandboxControl
+
+        report = SandboxControl(self.endpoint).authz_report()
+        decisions = report["decisions"]
+        self.outcomes.refused = [d for d in decisions if not d[3]]
+        kinds: dict[str, int] = {}
+        for _operation, _caller, kind, _allowed, _checks in decisions:
+            kinds[kind] = kinds.get(kind, 0) + 1
+        self.outcomes.engine_decisions = kinds
+        self.console.detail(
+            f"the IAM engine decided {len(decisions)} requests of non-root callers "
+            f"({', '.join(f'{n} {kind}' for kind, n in sorted(kinds.items()))}); "
+            f"refused {len(self.outcomes.refused)}"
+        )
+        for operation, caller, _kind, _allowed, checks in self.outcomes.refused:
+            self.console.detail(f"  REFUSED {operation} by {caller}: {'; '.join(checks)}")
+        self.expect(bool(kinds.get("user")), "the engine judged no IAM user's request: was it on?")
+        # A non-root call without a mapping is a refusal above; the root's unmapped calls (the
+        # demo's own look around) are the coverage test's business, not this flow's.
+        self.expect(
+            not self.outcomes.refused,
+            f"the IAM engine refused {len(self.outcomes.refused)} requests of the flow: "
+            + "; ".join(f"{op} by {caller}" for op, caller, *_ in self.outcomes.refused),
+        )
 
     def stop(self) -> None:
         for node in self.nodes.values():
@@ -651,6 +720,8 @@ class Demo:
                 self.off()
             with c.step("condor_annex -destroy-setup", o):
                 self.destroy()
+            with c.step("The IAM engine refused nothing it should have allowed", o):
+                self.engine_refused_nothing()
         finally:
             with c.step("Stop the emulators", o):
                 self.stop()

@@ -873,3 +873,9 @@ class SandboxControl:
 
     def clear_calls(self) -> None:
         self._call("DELETE", "calls")
+
+    def authz_report(self) -> dict[str, Any]:
+        """`SandboxState.authz_report` of the server: the IAM engine's decisions for callers
+        other than the root, and the operations it found no mapping for."""
+        report: dict[str, Any] = self._call("GET", "authz")
+        return report

@@ -170,30 +170,6 @@ def cloudformation_deletes_managed_policies() -> None:
     ManagedPolicy.delete_from_cloudformation_json = classmethod(delete_from_cloudformation_json)  # type: ignore[method-assign,assignment]
 
 
-def cloudformation_no_value_removes_list_items() -> None:
-    """`AWS::NoValue` inside a list removes that item, as it removes a property.
-
-    "Pseudo parameters reference", AWS::NoValue (AWS CloudFormation User Guide,
-    https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/pseudo-parameter-reference.html):
-    "Removes the corresponding resource property when specified as a return value in the Fn::If
-    intrinsic function." moto drops a property that resolves to it but keeps a list item as
-    `null`: the CDK bootstrap stack's role trust policies (`Fn::If [HasTrustedAccounts, {...},
-    AWS::NoValue]` statements) were stored with `null` statements no policy engine can read.
-    """
-    import moto.cloudformation.parsing as parsing
-
-    original: Callable[[Any, Any], Any] = parsing.clean_json
-
-    def clean_json(resource_json: Any, resources_map: Any) -> Any:
-        if isinstance(resource_json, list):
-            cleaned = (clean_json(item, resources_map) for item in resource_json)
-            return [item for item in cleaned if item is not None]
-        return original(resource_json, resources_map)
-
-    # moto's clean_json recurses through the module global, so nested lists are covered too.
-    parsing.clean_json = clean_json
-
-
 class ChangeSetNotFound(CloudFormationError):
     """CloudFormation's 404 for a change set name or ARN the stack does not have.
 
@@ -731,3 +707,36 @@ def cloudformation_creates_bucket_policies() -> None:
     parsing.get_name_type_map.cache_clear()
     if parsing.resource_class_from_type("AWS::S3::BucketPolicy") is not FakeBucketPolicy:
         raise RuntimeError("moto did not pick up the AWS::S3::BucketPolicy model")
+
+
+_INTRINSICS = frozenset({"Ref", "Fn::If"})
+"""The intrinsics that can resolve to `AWS::NoValue`."""
+
+
+def _is_intrinsic(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in _INTRINSICS
+
+
+def cloudformation_no_value_removes_list_elements() -> None:
+    """`AWS::NoValue` in a list removes the element, as it removes a property.
+
+    "Pseudo parameters reference" (AWS CloudFormation User Guide, AWS::NoValue,
+    https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/pseudo-parameter-reference.html):
+    "Removes the corresponding resource property when specified as a return value in the Fn::If
+    intrinsic function." The CDK bootstrap template relies on it inside lists (its roles' trust
+    policies add a `TrustedAccounts` statement with `Fn::If [HasTrustedAccounts, ..., NoValue]`).
+    moto drops a property that resolves to nothing but keeps a list element as `null`, so those
+    trust policies held `null` statements that no IAM policy engine can evaluate.
+    """
+    import moto.cloudformation.parsing as parsing
+
+    original: Callable[[Any, Any], Any] = parsing.clean_json
+
+    def clean_json(resource_json: Any, resources_map: Any) -> Any:
+        if not isinstance(resource_json, list):
+            return original(resource_json, resources_map)
+        cleaned = [(raw, clean_json(raw, resources_map)) for raw in resource_json]
+        return [value for raw, value in cleaned if not (value is None and _is_intrinsic(raw))]
+
+    # moto's clean_json recurses through the module global, so nested lists are covered too.
+    parsing.clean_json = clean_json

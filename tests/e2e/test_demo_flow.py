@@ -2,7 +2,9 @@
 
 The same `Demo` that `make demo` runs: local AWS as a process, `condor_annex -setup` through the
 pinned CDK CLI, an on-demand and a Spot Fleet annex, the real boot agent per instance, status,
-a lease expiring into the lease Lambda, `off`, and `-destroy-setup`.
+a lease expiring into the lease Lambda, `off`, and `-destroy-setup` — `-setup`/`-destroy-setup`
+as an administrator IAM user, every other command as an operator IAM user holding only the
+setup's operator policies, with the local AWS's IAM engine deciding every request.
 """
 
 from __future__ import annotations
@@ -134,3 +136,22 @@ def test_with_real_daemons_a_users_job_runs_on_the_annex_and_idle_instances_powe
     assert any(i in (outcomes.job_host or "") for i in outcomes.annex_instances[ON_DEMAND_ANNEX])
     assert outcomes.job_output is not None and ON_DEMAND_ANNEX in outcomes.job_output
     assert outcomes.powered_off == dict.fromkeys(outcomes.annex_instances[ON_DEMAND_ANNEX], 1)
+
+
+def test_the_operator_runs_every_command_but_the_setup_and_the_engine_refused_nothing(
+    demo_run,
+) -> None:
+    _, outcomes, transcript, _ = demo_run
+    administrator, operator = "annex-administrator", "annex-operator"
+    assert outcomes.principals == {
+        "-setup": administrator,
+        "-check-setup": operator,
+        "-annex-name": operator,
+        "status": operator,
+        "off": operator,
+        "-destroy-setup": administrator,
+    }
+    assert f"[as IAM user {operator}] $ condor_annex status" in transcript
+    # The engine judged the users' requests (not only the root's) and refused none of them.
+    assert outcomes.engine_decisions.get("user", 0) > 0
+    assert outcomes.refused == []

@@ -2,6 +2,10 @@
 environments outside the checkout, running README's "Using it with a real AWS account" commands
 exactly (from an empty directory, against the local AWS), and the boot agent from the same wheel
 on a Python with only boto3.
+
+The local AWS's IAM engine decides every request: `-setup` and `-destroy-setup` run as an
+administrator IAM user, every other command as an operator IAM user holding only the setup's
+operator policies, as the README tells an account's administrator to arrange.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from annex_sandbox import principals
 from annex_sandbox.demo import PretendCollector, write_pool_signing_key
 from annex_sandbox.imds import ImdsServer, instance_from_ec2
 from annex_sandbox.local_aws import LocalAws
@@ -43,6 +48,8 @@ AGENT_DISTRIBUTIONS = {
     "setuptools",
 }
 """What a bare Python plus `pip install condor-annex` may hold: the wheel, boto3 and its deps."""
+ADMINISTRATOR_COMMANDS = {"-setup", "-destroy-setup"}
+"""What an account's administrator runs; the operator runs everything else."""
 
 
 def readme_commands() -> list[list[str]]:
@@ -104,7 +111,8 @@ def _venv(path: Path, requirement: str) -> Path:
 def emulators(local_aws: LocalAws) -> Iterator[tuple[LocalAws, ImdsServer, PretendCollector]]:
     local_aws.reset()
     local_aws.clear_throttles()
-    local_aws.enforce_iam(False)
+    # On even where a developer switched the engine off: the operator's policies are under test.
+    local_aws.enforce_iam(True)
     imds = ImdsServer().start()
     collector = PretendCollector().start()
     try:
@@ -158,13 +166,35 @@ def test_the_readme_commands_work_from_the_wheel_and_the_agent_needs_only_boto3(
         NPM_CONFIG_PREFER_OFFLINE="true",
     )
     (tmp_path / "home").mkdir()
+    iam = local.client("iam")
+    administrator = principals.create_administrator(iam)
+    operator: principals.UserKeys | None = None
+    operator_arns: list[str] = []
     outputs: dict[str, str] = {}
     for command in commands[1:]:
         assert command[0] == "condor_annex", command
         args = [stand_ins.get(prev, arg) for prev, arg in zip(["", *command], command)]
-        done = _run([str(cli / "condor_annex"), *args[1:]], cwd=workdir, env=env, timeout=900)
+        if command[1] == "-destroy-setup" and operator is not None:
+            # IAM refuses to delete a policy still attached: the operator's user goes first.
+            principals.delete_user(iam, operator.user_name)
+            operator = None
+        user = administrator if command[1] in ADMINISTRATOR_COMMANDS else operator
+        assert user is not None, f"{command} runs before -setup made the operator's policies"
+        done = _run(
+            [str(cli / "condor_annex"), *args[1:]],
+            cwd=workdir,
+            env={**env, **user.sdk_environment()},
+            timeout=900,
+        )
         assert done.returncode == 0, (command, done.stdout[-2000:], done.stderr[-3000:])
         outputs[" ".join(command[1:2])] = done.stdout
+        if command[1] == "-setup":
+            stack = local.client("cloudformation").describe_stacks(StackName=contract.STACK_NAME)
+            stack_outputs = {
+                o["OutputKey"]: o["OutputValue"] for o in stack["Stacks"][0]["Outputs"]
+            }
+            operator = principals.create_operator(iam, stack_outputs)
+            operator_arns.append(operator.arn)
         if "-count" in command:
             _boot_one_instance_with_the_bare_agent(local, imds, agent, tmp_path)
         assert not any(workdir.iterdir()), f"{command} wrote into the working directory"
@@ -181,6 +211,10 @@ def test_the_readme_commands_work_from_the_wheel_and_the_agent_needs_only_boto3(
         for s in stacks
         if s["StackName"] == contract.STACK_NAME
     )
+    # The engine judged the operator's commands and refused none of the flow's requests.
+    decisions = local.state.authz_report()["decisions"]
+    assert operator_arns and any(caller in operator_arns for _, caller, *_ in decisions)
+    assert [d for d in decisions if not d[3]] == []
 
 
 def _boot_one_instance_with_the_bare_agent(

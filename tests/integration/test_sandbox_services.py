@@ -87,6 +87,44 @@ def test_ssm_parameter_without_name_gets_a_generated_name(aws):
     assert ssm.get_parameter(Name=name)["Parameter"]["Value"] == "v1"
 
 
+def test_no_value_in_a_list_removes_the_element(aws):
+    """ "AWS::NoValue: Removes the corresponding resource property when specified as a return
+    value in the Fn::If intrinsic function" (CloudFormation User Guide, "Pseudo parameters
+    reference"); in a list it removes the element, as the CDK bootstrap template's role trust
+    policies rely on (a `null` statement would make the policy unevaluable)."""
+    statement = {
+        "Effect": "Allow",
+        "Principal": {"AWS": "123456789012"},
+        "Action": "sts:AssumeRole",
+    }
+    template = {
+        "Conditions": {"Never": {"Fn::Equals": ["a", "b"]}},
+        "Resources": {
+            "Role": {
+                "Type": "AWS::IAM::Role",
+                "Properties": {
+                    "RoleName": "no-value-role",
+                    "AssumeRolePolicyDocument": {
+                        "Version": "2012-10-17",
+                        "Statement": [
+                            statement,
+                            {"Fn::If": ["Never", statement, {"Ref": "AWS::NoValue"}]},
+                            {"Ref": "AWS::NoValue"},
+                        ],
+                    },
+                },
+            }
+        },
+    }
+    aws.client("cloudformation").create_stack(
+        StackName="no-value-stack", TemplateBody=json.dumps(template)
+    )
+
+    role = aws.client("iam").get_role(RoleName="no-value-role")["Role"]
+
+    assert role["AssumeRolePolicyDocument"]["Statement"] == [statement]
+
+
 @pytest.mark.parametrize(
     "url_form",
     [
