@@ -221,10 +221,16 @@ def translate_aws_error(exc: Exception, *, action: str, region: Optional[str] = 
     if code in _DENIED_CODES:
         return CredentialsError(
             f"cannot {action}: the AWS identity in use is not allowed to ({detail})",
+            # The operator policies grant only the setup's own bucket, security group, VPC and
+            # instance profile, so a macro or option naming another one (a typo, a deleted
+            # setup) is refused like missing permissions: AWS does not say which it was.
             next_step=(
                 "use credentials that carry the setup's operator policies "
                 f"({contract.OUTPUT_OPERATOR_POLICY_ARN.macro} and "
-                f"{contract.OUTPUT_OPERATOR_LAUNCH_POLICY_ARN.macro}) or an administrator's"
+                f"{contract.OUTPUT_OPERATOR_LAUNCH_POLICY_ARN.macro}) or an administrator's; "
+                "those policies allow only the setup's own bucket, security group, subnets and "
+                "instance profile, so check that the options and ANNEX_DEFAULT_* macros name "
+                "them (`condor_annex -check-setup` compares the macros with the setup)"
             ),
         )
     if code in _THROTTLE_CODES:

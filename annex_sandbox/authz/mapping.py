@@ -1056,9 +1056,17 @@ def service_assumes_role(world: World, service: str, role_arn: str, context: Con
     )
 
 
+NO_TRUST: dict[str, Any] = {"Version": "2012-10-17", "Statement": []}
+"""The trust of a role that does not exist: it lets nobody in. AWS answers AssumeRole of a
+missing role AccessDenied ("is not authorized to perform: sts:AssumeRole on resource"), never
+NoSuchEntity, so a caller cannot probe which roles exist."""
+
+
 def assume_role(req: AwsRequest, world: World, caller: Caller) -> list[Check]:
     arn = str(req.param("RoleArn", ""))
     trust = role_trust(world, arn)
+    if trust is None:
+        trust = NO_TRUST
     context: Context = {"sts:RoleSessionName": str(req.param("RoleSessionName", ""))}
     for parameter in ("ExternalId", "SourceIdentity"):
         if req.param(parameter):

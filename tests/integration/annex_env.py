@@ -1,9 +1,14 @@
 """A ready-to-create-annexes environment in the local AWS, for the CLI's integration tests.
 
 `shared_annex_env` gives one test module: the setup stack (synthesized once per session, deployed
-into the freshly reset local AWS), the `Settings` its outputs amount to, clients, a listening "collector" on
+into the freshly reset local AWS), the `Settings` its outputs amount to, a listening "collector" on
 loopback, the connectivity Lambda's handler run in-process (moto cannot run Lambda code), a
 pool signing key for real token minting, and a user config file holding the macros.
+
+The CLI runs as an operator: an IAM user holding exactly the setup's operator policies, whose
+keys are the module's standard SDK variables, and the local AWS's IAM engine decides every
+request it makes as AWS would. `clients` are the operator's; `admin` (the account root, which
+AWS allows everything) is for arranging a test and looking at what is left.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Any, Optional
 import pytest
 
 from annex_sandbox.local_aws import LocalAws
+from annex_sandbox.principals import UserKeys, create_operator
 from condor_annex import contract
 from condor_annex.annex_settings import AnnexClients, Settings
 from condor_annex.create import CreateHooks
@@ -90,6 +96,8 @@ class AnnexEnv:
     signing_key_file: Path
     ami_id: str
     subnet_ids: list[str]
+    admin: AnnexClients
+    operator: UserKeys
     progress: list[tuple[str, str]] = field(default_factory=list)
 
     def hooks(self, **overrides: Any) -> CreateHooks:
@@ -134,7 +142,7 @@ class AnnexEnv:
 
     def live_instances(self, annex: Optional[str] = None) -> list[dict[str, Any]]:
         out = []
-        pages = self.clients.ec2.get_paginator("describe_instances").paginate(
+        pages = self.admin.ec2.get_paginator("describe_instances").paginate(
             Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}]
         )
         for page in pages:
@@ -146,14 +154,14 @@ class AnnexEnv:
         return out
 
     def live_fleets(self) -> list[dict[str, Any]]:
-        fleets = self.clients.ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"]
+        fleets = self.admin.ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"]
         return [
             f for f in fleets if f["SpotFleetRequestState"] in ("submitted", "active", "modifying")
         ]
 
     def live_ec2_fleets(self) -> list[str]:
         """EC2 Fleets that still own (or may launch) instances."""
-        fleets = self.clients.ec2.describe_fleets()["Fleets"]
+        fleets = self.admin.ec2.describe_fleets()["Fleets"]
         return sorted(
             f["FleetId"]
             for f in fleets
@@ -161,18 +169,16 @@ class AnnexEnv:
         )
 
     def objects(self) -> list[str]:
-        listing = self.clients.s3.list_objects_v2(Bucket=self.settings.config_bucket)
+        listing = self.admin.s3.list_objects_v2(Bucket=self.settings.config_bucket)
         return sorted(o["Key"] for o in listing.get("Contents", []))
 
     def schedules(self) -> list[str]:
-        return sorted(
-            s["Name"] for s in self.clients.scheduler.list_schedules().get("Schedules", [])
-        )
+        return sorted(s["Name"] for s in self.admin.scheduler.list_schedules().get("Schedules", []))
 
     def launch_templates(self) -> list[str]:
         return sorted(
             t["LaunchTemplateName"]
-            for t in self.clients.ec2.describe_launch_templates().get("LaunchTemplates", [])
+            for t in self.admin.ec2.describe_launch_templates().get("LaunchTemplates", [])
         )
 
     def leftovers(self) -> dict[str, Any]:
@@ -261,11 +267,23 @@ def make_setup(local: LocalAws) -> dict[str, str]:
 _AMI: list[str] = []
 
 
+def root_clients(local: LocalAws) -> AnnexClients:
+    """The annex verbs' clients signed by the account root (AWS allows it everything)."""
+    return AnnexClients(
+        ec2=local.client("ec2"),
+        s3=local.client("s3"),
+        scheduler=local.client("scheduler"),
+        lambda_=local.client("lambda"),
+        region=local.region,
+        account_id=local.account_id,
+        ssm=local.client("ssm"),
+    )
+
+
 @contextlib.contextmanager
 def _environment(local: LocalAws, tmp_path: Path, synth: Any) -> Iterator[AnnexEnv]:
     local.reset()
     local.clear_throttles()
-    local.enforce_iam(False)
     local.set_fleet_tag_delay(0.2)
     with pytest.MonkeyPatch.context() as mp:
         for key, value in local.env().items():
@@ -276,6 +294,10 @@ def _environment(local: LocalAws, tmp_path: Path, synth: Any) -> Iterator[AnnexE
         mp.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # prices cached per module
         outputs = deploy_setup(synth, local) if synth is not None else make_setup(local)
         settings = Settings.from_outputs(outputs, region=local.region)
+        admin = root_clients(local)
+        operator = create_operator(local.client("iam"), outputs)
+        for key, value in operator.sdk_environment().items():
+            mp.setenv(key, value)
         clients = AnnexClients.from_session(region=local.region)
         config_file = tmp_path / "user_config"
         config_file.write_text("# the admin's own line\nMY_SETTING = keep me\n")
@@ -285,22 +307,29 @@ def _environment(local: LocalAws, tmp_path: Path, synth: Any) -> Iterator[AnnexE
         key_file = tmp_path / "POOL"
         write_scrambled_key(key_file, POOL_KEY)
         if not _AMI:  # the default AMIs are the same after every reset
-            images = clients.ec2.describe_images(Owners=["amazon"])["Images"]
+            images = admin.ec2.describe_images(Owners=["amazon"])["Images"]
             _AMI.append(sorted(i["ImageId"] for i in images)[0])
         # The tests' image stands for an annex-ready one (built with image/install-al2023.sh),
         # so launches carry exactly the user data the test gives (tags go with every reset).
-        clients.ec2.create_tags(
+        admin.ec2.create_tags(
             Resources=[_AMI[0]], Tags=[{"Key": READY_IMAGE_TAG, "Value": "tests"}]
         )
         subnets = sorted(
-            s["SubnetId"]
-            for s in clients.ec2.describe_subnets()["Subnets"]
-            if s.get("DefaultForAz")
+            s["SubnetId"] for s in admin.ec2.describe_subnets()["Subnets"] if s.get("DefaultForAz")
         )
         collector = Collector()
         try:
             yield AnnexEnv(
-                local, settings, clients, config_file, collector, key_file, _AMI[0], subnets
+                local,
+                settings,
+                clients,
+                config_file,
+                collector,
+                key_file,
+                _AMI[0],
+                subnets,
+                admin,
+                operator,
             )
         finally:
             collector.close()
@@ -318,10 +347,13 @@ def shared_annex_env(
 
 @pytest.fixture(scope="module")
 def minimal_annex_env(
-    local_aws: LocalAws, tmp_path_factory: pytest.TempPathFactory
+    local_aws: LocalAws, synthesized_setup: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[AnnexEnv]:
-    """Like `shared_annex_env` but with the setup's resources made by hand (no CDK synth)."""
-    with _environment(local_aws, tmp_path_factory.mktemp("annex"), None) as env:
+    """`shared_annex_env` under the name the pool and old-tool tests use.
+
+    It once made the setup's resources by hand; the operator's policies only mean something as
+    the setup deploys them, so it deploys the setup too (synthesized once per session)."""
+    with _environment(local_aws, tmp_path_factory.mktemp("annex"), synthesized_setup) as env:
         yield env
 
 

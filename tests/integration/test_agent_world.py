@@ -323,4 +323,4 @@ def world(aws: LocalAws, imds_server: ImdsServer, tmp_path: Path) -> Iterator[An
     """A fresh local AWS (the shared `aws` fixture), the IMDS emulator and an empty root."""
     (tmp_path / "root").mkdir()
     yield AnnexWorld(aws, imds_server, tmp_path / "root")
-    aws.enforce_iam(False)
+    aws.enforce_iam(aws.state.iam_engine_default)

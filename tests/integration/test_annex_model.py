@@ -29,7 +29,7 @@ def _launch(env, *, token=None, tag=None):
         args["TagSpecifications"] = [
             {"ResourceType": "instance", "Tags": [{"Key": contract.TAG_ANNEX_NAME, "Value": tag}]}
         ]
-    return env.clients.ec2.run_instances(**args)["Instances"][0]["InstanceId"]
+    return env.admin.ec2.run_instances(**args)["Instances"][0]["InstanceId"]
 
 
 def _state(env, instance_id):
@@ -74,7 +74,7 @@ def test_an_instance_with_only_the_token_or_only_the_tag_is_reported_and_never_e
 
     again = annex.end(annex.find(env.clients.ec2, "model"), ec2=env.clients.ec2)
     assert not again.changed
-    env.clients.ec2.terminate_instances(InstanceIds=[token_only, tag_only, other_token])
+    env.admin.ec2.terminate_instances(InstanceIds=[token_only, tag_only, other_token])
 
 
 def test_a_name_that_prefixes_another_owns_nothing_of_it(minimal_annex_env):

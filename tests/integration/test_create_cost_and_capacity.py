@@ -52,17 +52,17 @@ def clean(minimal_annex_env):
     yield env
     env.local.clear_capacity_errors()
     for instance in env.live_instances():
-        env.clients.ec2.terminate_instances(InstanceIds=[instance["InstanceId"]])
+        env.admin.ec2.terminate_instances(InstanceIds=[instance["InstanceId"]])
     for fleet in env.live_fleets():
-        env.clients.ec2.cancel_spot_fleet_requests(
+        env.admin.ec2.cancel_spot_fleet_requests(
             SpotFleetRequestIds=[fleet["SpotFleetRequestId"]], TerminateInstances=True
         )
     for key in env.objects():
-        env.clients.s3.delete_object(Bucket=env.settings.config_bucket, Key=key)
+        env.admin.s3.delete_object(Bucket=env.settings.config_bucket, Key=key)
     for name in env.schedules():
-        env.clients.scheduler.delete_schedule(Name=name)
+        env.admin.scheduler.delete_schedule(Name=name)
     for template in env.launch_templates():
-        env.clients.ec2.delete_launch_template(LaunchTemplateName=template)
+        env.admin.ec2.delete_launch_template(LaunchTemplateName=template)
 
 
 # --- Preview -------------------------------------------------------------------------------------

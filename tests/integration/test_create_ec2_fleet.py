@@ -32,20 +32,20 @@ def _cli(env, *argv: str) -> tuple[int, str, str]:
 
 
 def _fleet(env, fleet_id):
-    return env.clients.ec2.describe_fleets(FleetIds=[fleet_id])["Fleets"][0]
+    return env.admin.ec2.describe_fleets(FleetIds=[fleet_id])["Fleets"][0]
 
 
 def _fleet_instances(env, fleet_id):
     ids = [
         a["InstanceId"]
-        for a in env.clients.ec2.describe_fleet_instances(FleetId=fleet_id)["ActiveInstances"]
+        for a in env.admin.ec2.describe_fleet_instances(FleetId=fleet_id)["ActiveInstances"]
     ]
-    reservations = env.clients.ec2.describe_instances(InstanceIds=ids)["Reservations"]
+    reservations = env.admin.ec2.describe_instances(InstanceIds=ids)["Reservations"]
     return [i for r in reservations for i in r["Instances"]]
 
 
 def _vpc_subnets(env):
-    subnets = env.clients.ec2.describe_subnets(
+    subnets = env.admin.ec2.describe_subnets(
         Filters=[{"Name": "vpc-id", "Values": [env.settings.vpc_id]}]
     )["Subnets"]
     return sorted(s["SubnetId"] for s in subnets)
@@ -80,7 +80,7 @@ def test_instant_on_demand_fleet_from_the_command_line(env):
     assert fleet["TargetCapacitySpecification"]["TotalTargetCapacity"] == 2
     assert fleet["TargetCapacitySpecification"]["DefaultTargetCapacityType"] == "on-demand"
     (config,) = fleet["LaunchTemplateConfigs"]
-    template = env.clients.ec2.describe_launch_templates(
+    template = env.admin.ec2.describe_launch_templates(
         LaunchTemplateNames=[contract.launch_template_name("ef_od")]
     )["LaunchTemplates"][0]
     assert config["LaunchTemplateSpecification"]["LaunchTemplateId"] == template["LaunchTemplateId"]
@@ -167,7 +167,7 @@ def test_the_lease_ends_an_ec2_fleet_annex(env, fleet_type):
         hooks=env.hooks(),
     )
     record = contract.LeaseRecord.from_json(
-        env.clients.s3.get_object(Bucket=env.settings.config_bucket, Key=contract.lease_key(name))[
+        env.admin.s3.get_object(Bucket=env.settings.config_bucket, Key=contract.lease_key(name))[
             "Body"
         ].read()
     )
@@ -249,7 +249,7 @@ def test_a_maintain_annex_is_refilled_after_an_interruption_and_off_ends_the_ref
     assert len(before) == 2
 
     # A Spot interruption terminates the instance; the maintain fleet replaces it.
-    env.clients.ec2.terminate_instances(InstanceIds=before[:1])
+    env.admin.ec2.terminate_instances(InstanceIds=before[:1])  # AWS ends it, not the operator
 
     report = annex_status(settings=env.settings, clients=env.clients, annex_name="ef_refill")
     running = sorted(i.instance_id for i in report.annexes[0].instances if i.state == "running")

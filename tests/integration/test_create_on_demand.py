@@ -85,7 +85,7 @@ def test_on_demand_instances_carry_setup_profile_security_group_and_annex_tags(m
 
 def test_on_demand_user_data_is_passed_through_untouched(made):
     annex_env, result = made
-    attribute = annex_env.clients.ec2.describe_instance_attribute(
+    attribute = annex_env.admin.ec2.describe_instance_attribute(
         InstanceId=result.instance_ids[0], Attribute="userData"
     )
     assert base64.b64decode(attribute["UserData"]["Value"]) == USER_DATA

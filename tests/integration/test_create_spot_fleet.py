@@ -68,7 +68,7 @@ def test_spot_fleet_request_is_tagged_with_the_annex(made):
 
 def test_spot_fleet_launch_template_requires_imdsv2_with_setup_profile_and_group(made):
     env, _ = made
-    versions = env.clients.ec2.describe_launch_template_versions(
+    versions = env.admin.ec2.describe_launch_template_versions(
         LaunchTemplateName=contract.launch_template_name("spotty")
     )["LaunchTemplateVersions"]
     data = versions[0]["LaunchTemplateData"]

@@ -35,9 +35,9 @@ def _cli(env: AnnexEnv, *argv: str) -> tuple[int, str, str]:
 
 
 def _user_data(env: AnnexEnv, instance_id: str) -> bytes:
-    value = env.clients.ec2.describe_instance_attribute(
-        InstanceId=instance_id, Attribute="userData"
-    )["UserData"].get("Value", "")
+    value = env.admin.ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")[
+        "UserData"
+    ].get("Value", "")
     return base64.b64decode(value)
 
 
@@ -100,7 +100,7 @@ def test_an_annex_ready_image_gets_only_the_users_own_user_data(
     minimal_annex_env: AnnexEnv,
 ) -> None:
     env = minimal_annex_env
-    ec2 = env.clients.ec2
+    ec2 = env.admin.ec2  # the admin baking an annex-ready image
     [seed] = ec2.run_instances(ImageId=env.ami_id, MinCount=1, MaxCount=1)["Instances"]
     ready = ec2.create_image(InstanceId=seed["InstanceId"], Name="my-annex-image")["ImageId"]
     ec2.create_tags(Resources=[ready], Tags=[{"Key": images.READY_IMAGE_TAG, "Value": "1"}])

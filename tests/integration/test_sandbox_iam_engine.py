@@ -883,3 +883,17 @@ def test_group_writes_are_judged_on_the_group_with_the_policy_arn(aws):
 
     assert other_group["Code"] == other_policy["Code"] == "AccessDenied"
     assert "group/admins" in other_group["Message"]
+
+
+def test_assume_role_of_a_role_that_does_not_exist_is_access_denied(aws):
+    """AWS answers AssumeRole of a missing role AccessDenied ("not authorized to perform:
+    sts:AssumeRole"), as for a trust that does not let the caller in; the engine allowed it."""
+    sts = aws.client(
+        "sts", **_user(aws, [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"}])
+    )
+    arn = f"arn:aws:iam::{aws.account_id}:role/no-such-role"
+
+    error = _error(lambda: sts.assume_role(RoleArn=arn, RoleSessionName="probe"))
+
+    assert error["Code"] == "AccessDenied"
+    assert "sts:AssumeRole" in error["Message"]

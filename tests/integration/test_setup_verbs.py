@@ -19,11 +19,12 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import pytest
 
 from annex_sandbox import LocalAws
+from annex_sandbox.principals import UserKeys, create_administrator
 from condor_annex import contract
 from condor_annex import setup as setup_verbs
 from condor_annex.annex_settings import AnnexClients, load_settings, region_prefix
@@ -71,10 +72,12 @@ def _connectivity_handler() -> Callable[[dict[str, Any]], dict[str, Any]]:
     return lambda event: handler(event, None)
 
 
-def _key_files(directory: Path, mode: int = 0o600) -> tuple[Path, Path]:
+def _key_files(
+    directory: Path, mode: int = 0o600, keys: Optional[UserKeys] = None
+) -> tuple[Path, Path]:
     access, secret = directory / "publicKeyFile", directory / "privateKeyFile"
-    access.write_text(KEY_FILE_ACCESS_KEY_ID + "\n")
-    secret.write_text("secret-from-key-file\n")
+    access.write_text((keys.access_key_id if keys else KEY_FILE_ACCESS_KEY_ID) + "\n")
+    secret.write_text((keys.secret_access_key if keys else "secret-from-key-file") + "\n")
     access.chmod(mode)
     secret.chmod(mode)
     return access, secret
@@ -87,6 +90,7 @@ class Deployed:
     env: dict[str, str]
     config_file: Path
     progress: list[str]
+    administrator: UserKeys
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +109,9 @@ def deployed(local_aws: LocalAws, tmp_path_factory: pytest.TempPathFactory) -> I
             "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20",
         }
         # Reference compatibility: keys from ACCESS_KEY_FILE/SECRET_KEY_FILE, none in the env.
-        # The key-file key is one of the account root's access keys in the local AWS.
-        local_aws.add_root_access_key(KEY_FILE_ACCESS_KEY_ID)
+        # They are an administrator's (an IAM user, not the account root), so the local AWS's
+        # IAM engine decides every request the setup verbs make.
+        administrator = create_administrator(local_aws.client("iam"))
         env.pop("AWS_ACCESS_KEY_ID")
         env.pop("AWS_SECRET_ACCESS_KEY")
         home = tmp_path_factory.mktemp("home")
@@ -122,9 +127,9 @@ def deployed(local_aws: LocalAws, tmp_path_factory: pytest.TempPathFactory) -> I
             project_dir=PROJECT_DIR,
             env=env,
             progress=progress.append,
-            credentials_files=_key_files(config_file.parent),
+            credentials_files=_key_files(config_file.parent, keys=administrator),
         )
-        yield Deployed(local_aws, result, env, config_file, progress)
+        yield Deployed(local_aws, result, env, config_file, progress, administrator)
 
 
 @pytest.fixture
@@ -187,7 +192,29 @@ def test_setup_streams_the_stack_events_as_progress(deployed):
 @cdk
 def test_setup_deploys_with_the_keys_from_the_key_files(deployed):
     keys = {c.access_key_id for c in deployed.aws.calls("cloudformation")}
-    assert KEY_FILE_ACCESS_KEY_ID in keys
+    assert deployed.administrator.access_key_id in keys
+
+
+@cdk
+def test_setup_runs_as_an_administrator_the_engine_judged(deployed):
+    """AdministratorAccess is all `-setup` needs: the engine judged the administrator's requests
+    and refused none, and the CDK CLI deployed through the bootstrap stack's deploy role (its
+    trust lets the account in), as it does in AWS."""
+    decisions = list(deployed.aws.state.authorizer.decisions)
+    mine = [
+        (op, ok, why)
+        for op, caller, _, ok, why in decisions
+        if caller == deployed.administrator.arn
+    ]
+    made = {operation.split(":")[0] for operation, _, _ in mine}
+    assert {"cloudformation", "iam", "sts"} <= made, made
+    assert [(op, why) for op, ok, why in mine if not ok] == []
+    deploy_role = ":assumed-role/cdk-hnb659fds-deploy-role-"
+    as_deploy_role = [
+        (op, ok, why) for op, caller, _, ok, why in decisions if deploy_role in caller
+    ]
+    assert any(op.startswith("cloudformation:") for op, _, _ in as_deploy_role), as_deploy_role
+    assert [(op, why) for op, ok, why in as_deploy_role if not ok] == []
 
 
 @cdk
@@ -393,7 +420,7 @@ def test_check_setup_with_credentials_aws_rejects_names_the_fix(deployed):
             check_setup(session=session, config_file=deployed.config_file, collector="x")
         assert info.value.exit_code == CredentialsError.exit_code
     finally:
-        deployed.aws.enforce_iam(False)
+        deployed.aws.enforce_iam(deployed.aws.state.iam_engine_default)
 
 
 @cdk

@@ -34,7 +34,7 @@ def annexes(shared_annex_env):
         made[name] = create_annex(
             env.request(name, **kw), settings=env.settings, clients=env.clients, hooks=env.hooks()
         )
-    env.clients.ec2.run_instances(ImageId=env.ami_id, MinCount=1, MaxCount=1)
+    env.admin.ec2.run_instances(ImageId=env.ami_id, MinCount=1, MaxCount=1)  # not an annex
     # Spot Fleet tags its instances a moment after launch (the local AWS: 0.2 s).
     env.clients.ec2.get_waiter("instance_exists").wait(
         Filters=[

@@ -101,6 +101,9 @@ def two(
     creds = env.local.client("sts").assume_role(
         RoleArn=f"arn:aws:iam::{ACCOUNT_B}:role/AnnexAdmin", RoleSessionName="account-b"
     )["Credentials"]
+    # The local AWS's IAM engine models the one account it serves; account B's administrator
+    # is allowed everything there, as AdministratorAccess would.
+    env.local.add_root_access_key(creds["AccessKeyId"])
     credentials_file = home / "credentials"
     credentials_file.write_text(
         "[b]\n"

@@ -39,12 +39,12 @@ def _wait(condition: Any, timeout: float = 30.0) -> bool:
 
 def _fire_lease_now(env: AnnexEnv) -> None:
     """The annex's lease comes due: its record expired, its schedule moved to now."""
-    s3, bucket = env.clients.s3, env.settings.config_bucket
+    s3, bucket = env.admin.s3, env.settings.config_bucket
     key = contract.lease_key(ANNEX)
     record = contract.LeaseRecord.from_json(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
     expired = record.with_expiry(datetime.now(timezone.utc) - timedelta(minutes=1))
     s3.put_object(Bucket=bucket, Key=key, Body=expired.to_json())
-    scheduler = env.clients.scheduler
+    scheduler = env.admin.scheduler
     schedule = scheduler.get_schedule(Name=contract.schedule_name(ANNEX))
     scheduler.update_schedule(
         Name=schedule["Name"],
@@ -75,7 +75,7 @@ def _labels(env: AnnexEnv, operator_arn: str) -> dict[str, str]:
 
 def _must_deny(env: AnnexEnv) -> dict[str, str]:
     """The denials that must happen, as real requests: each answers its service's error."""
-    ec2, iam = env.clients.ec2, env.local.client("iam")
+    ec2, iam = env.admin.ec2, env.local.client("iam")
     bucket = env.settings.config_bucket
     other = ec2.run_instances(
         ImageId=env.ami_id,
@@ -171,26 +171,24 @@ def test_every_role_runs_its_flow_unrefused_and_the_must_deny_list_is_denied(env
     with operator_credentials(env) as (clients, operator_arn):
         created = cli(env, *argv, clients=clients)
     assert created.code == 0, created.err
-    fleet = env.clients.ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"]
+    fleet = env.admin.ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"]
     [fleet_id] = [f["SpotFleetRequestId"] for f in fleet if f["SpotFleetRequestState"] == "active"]
 
     _fire_lease_now(env)
     assert _wait(
-        lambda: env.clients.ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])[
+        lambda: env.admin.ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])[
             "SpotFleetRequestConfigs"
         ][0]["SpotFleetRequestState"].startswith("cancelled")
     ), env.local.state.schedule_clock.refusals
     swept = env.local.client("lambda").invoke(FunctionName=env.settings.sweep_function_arn)
     assert "FunctionError" not in swept, swept["Payload"].read()
     with instance_role_credentials(env) as (role, _):
-        env.clients.s3.put_object(
+        env.admin.s3.put_object(
             Bucket=env.settings.config_bucket, Key=contract.config_key("agent"), Body=b"tarball"
         )
         role.s3.get_object(Bucket=env.settings.config_bucket, Key=contract.config_key("agent"))
         role.ec2.describe_instances()
-    env.clients.s3.delete_object(
-        Bucket=env.settings.config_bucket, Key=contract.config_key("agent")
-    )
+    env.admin.s3.delete_object(Bucket=env.settings.config_bucket, Key=contract.config_key("agent"))
 
     reports = by_principal(authorizer.checks[start:], _labels(env, operator_arn))
     must_deny = _must_deny(env)

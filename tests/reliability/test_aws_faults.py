@@ -43,10 +43,10 @@ def _short_backoff() -> Backoff:
 
 @pytest.fixture
 def quiet_aws(env: AnnexEnv) -> Iterator[AnnexEnv]:
-    """`env`, with throttles and IAM enforcement switched off again after the test."""
+    """`env`, with throttles cleared and the IAM engine back to its default after the test."""
     yield env
     env.local.clear_throttles()
-    env.local.enforce_iam(False)
+    env.local.enforce_iam(env.local.state.iam_engine_default)
 
 
 # --- Credentials --------------------------------------------------------------------------------
@@ -71,7 +71,7 @@ def _credential_case(
     try:
         run = cli(env, *od_args(env, "creds"), clients=clients)
     finally:
-        env.local.enforce_iam(False)
+        env.local.enforce_iam(env.local.state.iam_engine_default)
     left = left_behind(env, before)
     claim_refused(observed, run, CredentialsError.exit_code, "next:", *mentions)
     observed.holds(

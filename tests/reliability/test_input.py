@@ -195,10 +195,10 @@ def _check_replaced(env: AnnexEnv, observed: Any, name: str, path: Path, *mentio
     made = left_behind(env, before)
     fleet_roles = [
         f["SpotFleetRequestConfig"]["IamFleetRole"]
-        for f in env.clients.ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"]
+        for f in env.admin.ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"]
         if f["SpotFleetRequestConfig"].get("ClientToken", "").startswith(f"{name}_")
     ]
-    template = env.clients.ec2.describe_launch_template_versions(
+    template = env.admin.ec2.describe_launch_template_versions(
         LaunchTemplateName=contract.launch_template_name(name)
     )["LaunchTemplateVersions"][0]["LaunchTemplateData"]
     off = cli(env, "off", "-annex-name", name)
@@ -249,7 +249,7 @@ def test_spot_config_foreign_instance_profile(env: AnnexEnv, observed: Any, tmp_
 def test_spot_config_foreign_open_security_group(
     env: AnnexEnv, observed: Any, tmp_path: Path
 ) -> None:
-    ec2 = env.clients.ec2
+    ec2 = env.admin.ec2
     vpc = ec2.create_vpc(CidrBlock="10.77.0.0/16")["Vpc"]["VpcId"]
     group = ec2.create_security_group(GroupName="wide-open", Description="x", VpcId=vpc)["GroupId"]
     ec2.authorize_security_group_ingress(

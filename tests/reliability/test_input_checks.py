@@ -170,7 +170,7 @@ def test_narrowing_start_expression_is_anded_and_parses(
     before = env.leftovers()
     run = cli(env, *od_args(env, "narrow", "-start-expression", "TARGET.RequestMemory <= 4096"))
     try:
-        body = env.clients.s3.get_object(
+        body = env.admin.s3.get_object(
             Bucket=env.settings.config_bucket, Key=contract.config_key("narrow")
         )["Body"].read()
         config_dir = tmp_path / "config.d"
@@ -216,7 +216,7 @@ def test_shared_port_collector_forms_work_end_to_end(
     name = "sock" + uuid.uuid4().hex[:6]
     run = cli(env, *with_defaults(env, od_args(env, name, "-collector", collector)), defaults=False)
     try:
-        body = env.clients.s3.get_object(
+        body = env.admin.s3.get_object(
             Bucket=env.settings.config_bucket, Key=contract.config_key(name)
         )["Body"].read()
         config_dir = tmp_path / "config.d"
@@ -480,7 +480,7 @@ def test_spot_config_bad_fleet_option_is_refused(
 @mark(AREA, "corrupt lease record (not JSON) for the name being extended")
 def test_corrupt_lease_record_is_a_named_error(env: AnnexEnv, observed: Any) -> None:
     key = contract.lease_key("corrupt")
-    env.clients.s3.put_object(Bucket=env.settings.config_bucket, Key=key, Body=b"\x00garbage")
+    env.admin.s3.put_object(Bucket=env.settings.config_bucket, Key=key, Body=b"\x00garbage")
     try:
         run = cli(env, "-annex-name", "corrupt", "-duration", "2h")
         claim_refused(observed, run, 1, "cannot be read", "condor_annex off -annex-name corrupt")

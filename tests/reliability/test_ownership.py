@@ -39,16 +39,16 @@ def _launch(env: AnnexEnv, *, token: Optional[str], tags: dict[str, str]) -> str
         kwargs["TagSpecifications"] = [
             {"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}
         ]
-    return str(env.clients.ec2.run_instances(**kwargs)["Instances"][0]["InstanceId"])
+    return str(env.admin.ec2.run_instances(**kwargs)["Instances"][0]["InstanceId"])
 
 
 def _state(env: AnnexEnv, instance_id: str) -> str:
-    reservations = env.clients.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+    reservations = env.admin.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
     return str(reservations[0]["Instances"][0]["State"]["Name"])
 
 
 def _cleanup(env: AnnexEnv, *ids: str) -> None:
-    env.clients.ec2.terminate_instances(InstanceIds=list(ids))
+    env.admin.ec2.terminate_instances(InstanceIds=list(ids))
 
 
 @pytest.mark.parametrize(

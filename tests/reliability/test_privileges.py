@@ -346,7 +346,7 @@ def test_operator_cannot_launch_outside_the_guard_rails(env: AnnexEnv, observed:
 def _another_vpc(env: AnnexEnv) -> dict[str, str]:
     """A VPC that is not the setup's, with a subnet, and the default VPC's default group (a
     security group that is not the setup's)."""
-    ec2 = env.clients.ec2
+    ec2 = env.admin.ec2
     vpc = ec2.create_vpc(CidrBlock="10.99.0.0/16")["Vpc"]["VpcId"]
     subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.99.1.0/24")["Subnet"]["SubnetId"]
     groups = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": ["default"]}])[
@@ -359,8 +359,8 @@ def _another_vpc(env: AnnexEnv) -> dict[str, str]:
 
 
 def _remove_vpc(env: AnnexEnv, made: dict[str, str]) -> None:
-    env.clients.ec2.delete_subnet(SubnetId=made["subnet"])
-    env.clients.ec2.delete_vpc(VpcId=made["vpc"])
+    env.admin.ec2.delete_subnet(SubnetId=made["subnet"])
+    env.admin.ec2.delete_vpc(VpcId=made["vpc"])
 
 
 @mark(AREA, "operator credentials, IAM engine: Spot Fleets from templates outside the guard rails")
@@ -399,7 +399,7 @@ def test_spot_fleet_cannot_launch_outside_the_guard_rails(env: AnnexEnv, observe
     fleets: list[str] = []
     try:
         for number, (what, template_data) in enumerate(variants.items()):
-            templates[what] = env.clients.ec2.create_launch_template(
+            templates[what] = env.admin.ec2.create_launch_template(
                 LaunchTemplateName=f"guard-rail-{number}",
                 LaunchTemplateData=template_data,
                 TagSpecifications=[{"ResourceType": "launch-template", "Tags": annex_tag}],
@@ -439,11 +439,11 @@ def test_spot_fleet_cannot_launch_outside_the_guard_rails(env: AnnexEnv, observe
         refusals = decisions(env, arn)[1]
     finally:
         if fleets:
-            env.clients.ec2.cancel_spot_fleet_requests(
+            env.admin.ec2.cancel_spot_fleet_requests(
                 SpotFleetRequestIds=fleets, TerminateInstances=True
             )
         for template_id in templates.values():
-            env.clients.ec2.delete_launch_template(LaunchTemplateId=template_id)
+            env.admin.ec2.delete_launch_template(LaunchTemplateId=template_id)
         iam.delete_instance_profile(InstanceProfileName="FleetAdmin")
         _remove_vpc(env, elsewhere)
     claim_outcomes(
@@ -457,7 +457,7 @@ def test_spot_fleet_cannot_launch_outside_the_guard_rails(env: AnnexEnv, observe
 
 @mark(AREA, "operator credentials, IAM engine: terminate an instance that has no annex tag")
 def test_operator_cannot_terminate_untagged_instances(env: AnnexEnv, observed: Any) -> None:
-    ec2 = env.clients.ec2
+    ec2 = env.admin.ec2
     other = ec2.run_instances(ImageId=env.ami_id, MinCount=1, MaxCount=1)["Instances"][0]
     with operator_credentials(env) as (clients, _):
         outcome = _code(lambda: clients.ec2.terminate_instances(InstanceIds=[other["InstanceId"]]))
@@ -509,7 +509,7 @@ def test_operator_cannot_touch_other_objects(env: AnnexEnv, observed: Any) -> No
                 )
             ),
         }
-    env.clients.s3.delete_object(Bucket=bucket, Key=contract.config_key("x"))
+    env.admin.s3.delete_object(Bucket=bucket, Key=contract.config_key("x"))
     claim_outcomes(
         observed,
         "engine",
@@ -580,7 +580,7 @@ def instance_role_credentials(env: AnnexEnv) -> Iterator[tuple[AnnexClients, Any
     try:
         yield clients, role_iam
     finally:
-        env.local.enforce_iam(False)
+        env.local.enforce_iam(env.local.state.iam_engine_default)
         for name in iam.list_role_policies(RoleName=role)["PolicyNames"]:
             iam.delete_role_policy(RoleName=role, PolicyName=name)
         iam.delete_role(RoleName=role)
@@ -597,7 +597,7 @@ def _try(call: Any) -> str:
 @mark(AREA, "instance role credentials, IAM engine: S3 reads and writes")
 def test_instance_role_reads_only_config_tarballs(env: AnnexEnv, observed: Any) -> None:
     bucket = env.settings.config_bucket
-    s3 = env.clients.s3
+    s3 = env.admin.s3
     for key in (contract.config_key("mine"), contract.lease_key("mine"), "other.txt"):
         s3.put_object(Bucket=bucket, Key=key, Body=b"x")
     try:
@@ -634,7 +634,7 @@ def test_instance_role_reads_only_config_tarballs(env: AnnexEnv, observed: Any) 
 
 @mark(AREA, "instance role credentials, IAM engine: terminate, launch, pass roles, read IAM")
 def test_instance_role_cannot_terminate_or_launch(env: AnnexEnv, observed: Any) -> None:
-    ec2 = env.clients.ec2
+    ec2 = env.admin.ec2
     victim = ec2.run_instances(ImageId=env.ami_id, MinCount=1, MaxCount=1)["Instances"][0][
         "InstanceId"
     ]

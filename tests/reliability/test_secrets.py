@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from condor_annex import contract, tokens
-from condor_annex.errors import InvalidInput
+from condor_annex.errors import CredentialsError, InvalidInput
 from tests.integration.annex_env import POOL_KEY, TRUST_DOMAIN, AnnexEnv, write_scrambled_key
 from tests.reliability.conftest import (
     assert_no_secret,
@@ -100,13 +100,13 @@ def test_create_output_holds_no_secret_and_tarball_token_is_private(
     before = env.leftovers()
     text = cli(env, *od_args(env, "quiet", "-token-file", str(path)))
     doc = cli(env, *od_args(env, "quietjson", "-token-file", str(path), "--json"))
-    body = env.clients.s3.get_object(
+    body = env.admin.s3.get_object(
         Bucket=env.settings.config_bucket, Key=contract.config_key("quiet")
     )["Body"].read()
     with tarfile.open(fileobj=io.BytesIO(body), mode="r:gz") as archive:
         member = archive.getmember(contract.TARBALL_TOKEN_FILE)
         inside = archive.extractfile(member).read().decode()  # type: ignore[union-attr]
-    head = env.clients.s3.head_object(
+    head = env.admin.s3.head_object(
         Bucket=env.settings.config_bucket, Key=contract.config_key("quiet")
     )
     for name in ("quiet", "quietjson"):
@@ -137,6 +137,7 @@ def test_failure_after_token_does_not_print_it(
     argv = od_args(
         env, "failtok", "-token-file", str(path), "-aws-subnet-id", "subnet-00000000dead"
     )
-    run = check_refused(env, observed, argv, InvalidInput.exit_code, "subnet-00000000dead")
+    # A subnet outside the setup's VPC: the operator's launch policy refuses the launch.
+    run = check_refused(env, observed, argv, CredentialsError.exit_code, "launch")
     observed.check("failed after the token step", "  token: done" in run.err, run.err)
     observed.check("error holds no token", _admin_token() not in run.out + run.err)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from condor_annex import contract
-from condor_annex.errors import SetupMissing
+from condor_annex.errors import CredentialsError, SetupMissing
 from condor_annex.user_config import read_annex_macros
 from tests.integration.annex_env import TRUST_DOMAIN, AnnexEnv
 from tests.reliability.conftest import (
@@ -122,9 +122,11 @@ def test_duplicated_macro_last_definition_wins_like_htcondor(
     bogus = "annex-config-deleted-by-someone"
     text = _macros(env) + f"{contract.OUTPUT_CONFIG_BUCKET.macro} = {bogus}\n"
     config = _config(tmp_path, env, text)
+    # The operator's policies grant only the setup's bucket, and S3 answers a caller without
+    # permission on a bucket AccessDenied whether or not it exists.
     check_refused(
-        env, observed, _args(env, config, "dup"), SETUP, bogus, "does not exist", "-check-setup",
-        defaults=False,
+        env, observed, _args(env, config, "dup"), CredentialsError.exit_code, bogus,
+        "-check-setup", defaults=False,
     )  # fmt: skip
 
 
@@ -148,15 +150,17 @@ def test_duplicated_macro_first_wrong_still_works(
 def test_deleted_security_group_rolls_back(env: AnnexEnv, observed: Any, tmp_path: Path) -> None:
     text = _macros(env, **{contract.OUTPUT_SECURITY_GROUP_IDS.macro: "sg-0123456789abcdef0"})
     config = _config(tmp_path, env, text)
+    # The operator's launch policy allows only the setup's group: EC2 refuses the launch.
     check_refused(
-        env, observed, _args(env, config, "nosg"), 2, "sg-0123456789abcdef0", "launch",
+        env, observed, _args(env, config, "nosg"), CredentialsError.exit_code, "launch",
+        "-check-setup",
         defaults=False,
     )  # fmt: skip
 
 
 @mark(AREA, "connectivity Lambda deleted behind our back (real Invoke)")
 def test_connectivity_function_deleted(env: AnnexEnv, observed: Any) -> None:
-    awslambda = env.clients.lambda_
+    awslambda = env.admin.lambda_
     arn = env.settings.connectivity_function_arn
     saved = awslambda.get_function(FunctionName=arn)
     awslambda.delete_function(FunctionName=arn)
@@ -173,7 +177,7 @@ def test_connectivity_function_deleted(env: AnnexEnv, observed: Any) -> None:
 def _recreate_function(env: AnnexEnv, saved: dict[str, Any]) -> None:
     """Put a deleted function back from its code asset in the CDK bootstrap bucket."""
     config = saved["Configuration"]
-    s3 = env.clients.s3
+    s3 = env.admin.s3
     code = b""
     for bucket in (b["Name"] for b in s3.list_buckets()["Buckets"]):
         if not bucket.startswith("cdk-"):
@@ -184,7 +188,7 @@ def _recreate_function(env: AnnexEnv, saved: dict[str, Any]) -> None:
             if digest == config["CodeSha256"]:
                 code = body
     assert code, "the function's code asset is not in the bootstrap bucket"
-    env.clients.lambda_.create_function(
+    env.admin.lambda_.create_function(
         FunctionName=config["FunctionName"],
         Runtime=config["Runtime"],
         Role=config["Role"],
@@ -197,7 +201,7 @@ def _recreate_function(env: AnnexEnv, saved: dict[str, Any]) -> None:
 
 @mark(AREA, "-check-setup after the lease function was deleted behind our back")
 def test_check_setup_reports_deleted_lease_function(env: AnnexEnv, observed: Any) -> None:
-    awslambda = env.clients.lambda_
+    awslambda = env.admin.lambda_
     arn = env.settings.lease_function_arn
     saved = awslambda.get_function(FunctionName=arn)
     awslambda.delete_function(FunctionName=arn)
@@ -212,7 +216,7 @@ def test_check_setup_reports_deleted_lease_function(env: AnnexEnv, observed: Any
 @mark(AREA, "setup stack deleted behind our back: create, then -check-setup")
 def test_deleted_stack_is_reported_by_create_and_check_setup(env: AnnexEnv, observed: Any) -> None:
     # Last in this module: it removes the module's setup.
-    s3 = env.clients.s3
+    s3 = env.admin.s3
     bucket = env.settings.config_bucket
     for item in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
         s3.delete_object(Bucket=bucket, Key=item["Key"])
@@ -222,9 +226,23 @@ def test_deleted_stack_is_reported_by_create_and_check_setup(env: AnnexEnv, obse
         StackName=env.settings.stack_name, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
     )
     bucket_gone = bucket not in {b["Name"] for b in s3.list_buckets()["Buckets"]}
-    create = cli(env, "-annex-name", "orphan", "-count", "1", "-aws-on-demand-ami-id", env.ami_id)
-    check = cli(env, "-check-setup", "-config-file", str(env.config_file),
-                "-collector", env.collector.address, defaults=False)  # fmt: skip
+    # The operator policies went with the stack: the operator is refused everything, and only
+    # the account's administrator (here the root) can see that the setup is gone.
+    as_operator = cli(env, "-annex-name", "orphan", "-count", "1",
+                      "-aws-on-demand-ami-id", env.ami_id)  # fmt: skip
+    observed.equal("operator's create exit {}", as_operator.code, CredentialsError.exit_code)
+    observed.holds(
+        as_operator.first_line,
+        lambda: assert_clear_error(as_operator, CredentialsError.exit_code, "operator policies"),
+    )
+    with pytest.MonkeyPatch.context() as administrator:
+        for name, value in env.local.env().items():
+            administrator.setenv(name, value)
+        create = cli(env, "-annex-name", "orphan", "-count", "1",
+                     "-aws-on-demand-ami-id", env.ami_id, clients=env.admin)  # fmt: skip
+        check = cli(env, "-check-setup", "-config-file", str(env.config_file),
+                    "-collector", env.collector.address, defaults=False,
+                    clients=env.admin)  # fmt: skip
     instances = env.live_instances()
     observed.equal("create exit {}", create.code, SETUP)
     observed.holds(create.first_line, lambda: assert_clear_error(create, SETUP, "-setup"))
