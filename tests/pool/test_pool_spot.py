@@ -39,9 +39,14 @@ def test_interruption_notice_stops_matches_and_vacates_the_running_job(
     [booted] = annex_pool.create_and_boot(annex, owner=OWNER)
     manager.wait_for(slot_constraint(booted.instance_id))
     cluster = manager.submit_as(OWNER, annex_pool.workdir / OWNER, long_job(annex))
+    # Running means executing: JobStatus turns 2 when the shadow starts, NumJobStarts only once
+    # the starter has the job running (a notice in between finds no job to vacate yet).
     deadline = time.monotonic() + 120
-    while (manager.job(cluster) or {}).get("JobStatus") != 2:
-        assert time.monotonic() < deadline, manager.job(cluster)
+    while True:
+        job = manager.job(cluster) or {}
+        if job.get("JobStatus") == 2 and job.get("NumJobStarts", 0) >= 1:
+            break
+        assert time.monotonic() < deadline, job
         time.sleep(0.5)
 
     annex_pool.imds.schedule_spot_interruption(booted.instance_id)
