@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from annex_sandbox.principals import create_user, delete_user
 from condor_annex import contract, images
 from condor_annex.annex_settings import USER_DEFAULT_MACROS, AnnexClients
 from condor_annex.errors import CredentialsError, InvalidInput
@@ -78,25 +79,20 @@ def operator_credentials(
     `documents`); the local AWS's IAM engine decides every request those clients make."""
     iam = env.local.client("iam")
     user = f"annex-operator-{next(_users)}"
-    arn = iam.create_user(UserName=user)["User"]["Arn"]
     policies = [
         iam.create_policy(PolicyName=f"{user}-policy-{number}", PolicyDocument=json.dumps(doc))[
             "Policy"
         ]["Arn"]
         for number, doc in enumerate(documents or operator_documents(env))
     ]
-    for policy in policies:
-        iam.attach_user_policy(UserName=user, PolicyArn=policy)
-    key = iam.create_access_key(UserName=user)["AccessKey"]
+    keys = create_user(iam, user, managed_policy_arns=policies)
     env.local.enforce_iam(True)
     try:
-        yield _clients_for(key["AccessKeyId"], key["SecretAccessKey"], env), arn
+        yield _clients_for(keys.access_key_id, keys.secret_access_key, env), keys.arn
     finally:
+        delete_user(iam, user)
         for policy in policies:
-            iam.detach_user_policy(UserName=user, PolicyArn=policy)
             iam.delete_policy(PolicyArn=policy)
-        iam.delete_access_key(UserName=user, AccessKeyId=key["AccessKeyId"])
-        iam.delete_user(UserName=user)
 
 
 def decisions(env: AnnexEnv, principal: str) -> tuple[Counter[str], list[str]]:
